@@ -1,0 +1,91 @@
+"""Loading ``params.yaml`` and the fixed layout of stage outputs under a project root."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> dict:
+    """Read the params file and apply dotted-key overrides such as ``{"compress.budget_bytes": 32}``."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"params file not found: {path}") from e
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, found {type(params).__name__}")
+    return apply_overrides(params, overrides or {})
+
+
+def apply_overrides(params: dict, overrides: dict[str, Any]) -> dict:
+    params = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        node = params
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise KeyError(f"override {dotted!r}: {key!r} is not a section of params")
+            node = node[key]
+        node[keys[-1]] = value
+    return params
+
+
+def codec_slug(spec: str) -> str:
+    """A file-system name for a codec spec: ``"OPQ16,PQ16x8"`` → ``"OPQ16_PQ16x8"``."""
+    return re.sub(r"[^A-Za-z0-9x]+", "_", spec).strip("_")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, relative to the project root."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.root / "data" / "catalog"
+
+    @property
+    def fusion_dir(self) -> Path:
+        return self.root / "artifacts" / "fusion"
+
+    @property
+    def fused_dir(self) -> Path:
+        return self.root / "artifacts" / "fused"
+
+    @property
+    def codecs_dir(self) -> Path:
+        return self.root / "artifacts" / "codecs"
+
+    @property
+    def codes_dir(self) -> Path:
+        return self.root / "artifacts" / "codes"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "artifacts" / "index"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path

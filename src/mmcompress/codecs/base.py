@@ -1,0 +1,149 @@
+"""The codec contract every compressor follows (scikit-learn estimator shape).
+
+    codec = make_codec("PCA128,OPQ16,PQ16x8", metric="ip").fit(X_train)
+    codes = codec.encode(X)            # uint8, (n, codec.code_size)
+    X_hat = codec.decode(codes)        # float32, (n, d)
+    D, I = codec.search(codes, xq, k)  # asymmetric: float queries vs codes
+    codec.save(path); load_codec(path)
+
+A subclass implements ``_fit``, ``_encode``, ``_decode`` (or ``_search``) and the state hooks
+``_get_state`` / ``_set_state`` that turn its fitted attributes into JSON metadata plus numpy
+arrays. Saving goes through :mod:`mmcompress.artifacts`: data only, versioned, checksummed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mmcompress.errors import CodecError
+
+METRICS = ("ip", "l2")
+
+
+def check_vectors(X: np.ndarray, *, d: int | None = None, name: str = "X") -> np.ndarray:
+    """Validate a float matrix: 2-D, finite, of dimension ``d`` when given; return float32."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise CodecError(f"{name} must be a 2-D array (n, d); found shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise CodecError(f"{name} must be numeric; found dtype {X.dtype}")
+    if d is not None and X.shape[1] != d:
+        raise CodecError(f"{name} has dimension {X.shape[1]}; the codec was fitted on d={d}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise CodecError(f"{name} has non-finite values (NaN/inf) in {len(rows)} rows, "
+                         f"first at row {int(rows[0])}")
+    return X
+
+
+def check_codes(codes: np.ndarray, code_size: int) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != code_size:
+        raise CodecError(f"codes must be uint8 of shape (n, {code_size}); "
+                         f"found {codes.dtype} {codes.shape}")
+    return np.ascontiguousarray(codes)
+
+
+def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive float search; scores are inner products, or negative squared L2 distances."""
+    import faiss
+
+    k = min(k, len(xb))
+    index = faiss.IndexFlatIP(xb.shape[1]) if metric == "ip" else faiss.IndexFlatL2(xb.shape[1])
+    index.add(np.ascontiguousarray(xb, dtype=np.float32))
+    D, I = index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
+    return (D if metric == "ip" else -D), I
+
+
+class Codec(ABC):
+    """A fitted, fixed-length vector compressor. Subclasses register a ``kind`` name."""
+
+    kind: ClassVar[str] = ""
+    format_version: ClassVar[int] = 1
+    registry: ClassVar[dict[str, type[Codec]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            Codec.registry[cls.kind] = cls
+
+    def __init__(self, metric: str = "ip") -> None:
+        if metric not in METRICS:
+            raise CodecError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        self.metric = metric
+
+    # ---- contract ------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The resolved spec string that rebuilds this codec with ``make_codec``."""
+
+    @property
+    @abstractmethod
+    def code_size(self) -> int:
+        """Bytes per item of the fixed-length code."""
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "d_")
+
+    def fit(self, X: np.ndarray, y: Any = None) -> Codec:
+        X = check_vectors(X)
+        self._fit(X)
+        self.d_ = X.shape[1]
+        return self
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        X = check_vectors(X, d=self.d_)
+        codes = self._encode(X)
+        assert codes.dtype == np.uint8 and codes.shape == (len(X), self.code_size), (codes.dtype, codes.shape)
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._decode(check_codes(codes, self.code_size)).astype(np.float32, copy=False)
+
+    def search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows of ``codes`` for each float query: (scores, ids), higher score = closer."""
+        self._check_fitted()
+        codes = check_codes(codes, self.code_size)
+        queries = check_vectors(queries, d=self.d_, name="queries")
+        if not 1 <= k:
+            raise CodecError(f"k must be >= 1; found {k}")
+        if len(codes) == 0:
+            raise CodecError("cannot search an empty code array")
+        return self._search(codes, queries, min(k, len(codes)))
+
+    # ---- subclass hooks ------------------------------------------------------------------
+    @abstractmethod
+    def _fit(self, X: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _encode(self, X: np.ndarray) -> np.ndarray: ...
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        raise CodecError(f"codec {self.spec!r} does not reconstruct vectors")
+
+    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Default: decode then exact search; codecs with a faster ADC path override this."""
+        return exact_search(self._decode(codes), queries, k, self.metric)
+
+    @abstractmethod
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Fitted state as (JSON-able metadata, named arrays)."""
+
+    @abstractmethod
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None: ...
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise CodecError(f"codec {type(self).__name__} is not fitted; call fit(X) first")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r}, metric={self.metric!r})"

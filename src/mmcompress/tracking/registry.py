@@ -1,0 +1,111 @@
+"""Registry operations: log a codec as a pyfunc model, apply the promotion gate, move aliases.
+
+Aliases: ``champion`` is what the service loads; ``previous`` is the champion it replaced, so
+``rollback`` is one call. Every version carries its gate decision as tags and a markdown note.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mmcompress.promotion import GateDecision
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_codec.py")
+GATE_METRICS = ("recall_at_10", "hr_at_10", "bytes_per_item", "latency_p50_ms")
+
+
+def champion_version(client: MlflowClient, model_name: str):
+    """The model version holding the ``champion`` alias, or None."""
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_metrics(client: MlflowClient, model_name: str) -> tuple[dict | None, str | None]:
+    """The gate metrics recorded on the champion version (as tags), and its label."""
+    mv = champion_version(client, model_name)
+    if mv is None:
+        return None, None
+    raw = mv.tags.get("gate_metrics")
+    metrics = json.loads(raw) if raw else None
+    return metrics, f"{model_name} v{mv.version} ({mv.tags.get('codec_spec', '?')})"
+
+
+def log_codec_model(codec_dir: Path, index_dir: Path | None, model_name: str,
+                    pip_requirements: list[str]) -> Any:
+    """Log the codec (and index) as a pyfunc model in the active run and register a version."""
+    artifacts = {"codec": str(codec_dir / "codec.json")}
+    for extra in codec_dir.iterdir():
+        if extra.name != "codec.json":
+            artifacts[f"codec_file_{extra.name}"] = str(extra)
+    if index_dir is not None:
+        artifacts["index"] = str(index_dir)
+    return mlflow.pyfunc.log_model(
+        name="codec",
+        python_model=str(PYFUNC_CODE),
+        artifacts=artifacts,
+        pip_requirements=pip_requirements,
+        registered_model_name=model_name,
+    )
+
+
+def record_decision(client: MlflowClient, model_name: str, version: str, decision: GateDecision,
+                    challenger_metrics: dict, spec: str, note: str) -> None:
+    """Write the decision on the version and move aliases when it is promoted."""
+    client.set_model_version_tag(model_name, version, "gate_decision",
+                                 "promoted" if decision.promoted else "rejected")
+    client.set_model_version_tag(model_name, version, "gate_reasons", json.dumps(decision.reasons))
+    client.set_model_version_tag(model_name, version, "gate_metrics",
+                                 json.dumps({k: challenger_metrics.get(k) for k in GATE_METRICS}))
+    client.set_model_version_tag(model_name, version, "codec_spec", spec)
+    client.update_model_version(model_name, version, description=note)
+    if decision.promoted:
+        old = champion_version(client, model_name)
+        if old is not None and old.version != version:
+            client.set_registered_model_alias(model_name, PREVIOUS, old.version)
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+
+
+def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
+    """Swap ``champion`` and ``previous``; return (new champion version, demoted version)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    cur = champion_version(client, model_name)
+    try:
+        prev = client.get_model_version_by_alias(model_name, PREVIOUS)
+    except MlflowException as e:
+        raise RuntimeError(f"no '{PREVIOUS}' version of {model_name} to roll back to") from e
+    client.set_registered_model_alias(model_name, CHAMPION, prev.version)
+    if cur is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, cur.version)
+        client.set_model_version_tag(model_name, cur.version, "rolled_back", "true")
+    return prev.version, (cur.version if cur else "")
+
+
+def resolve_champion_index(tracking_uri: str, model_name: str, dst: Path | None = None) -> Path:
+    """Download the champion's artifacts and return the local saved index directory."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    mv = champion_version(client, model_name)
+    if mv is None:
+        raise LookupError(f"registered model {model_name!r} has no '{CHAMPION}' alias at {tracking_uri}")
+    mlflow.set_tracking_uri(tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}",
+                                                     dst_path=str(dst) if dst else None))
+    index_dir = local / "artifacts" / "index"
+    if not index_dir.exists():
+        raise LookupError(f"champion {model_name} v{mv.version} has no index artifact")
+    return index_dir
+
+
+def champion_marker(tracking_uri: str, model_name: str) -> str | None:
+    """A cheap token that changes whenever the champion alias moves (used for hot reload)."""
+    mv = champion_version(MlflowClient(tracking_uri=tracking_uri), model_name)
+    return None if mv is None else f"{model_name}:{mv.version}"
