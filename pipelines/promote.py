@@ -1,0 +1,141 @@
+"""Stage ``promote``: record the run in MLflow and let the gate decide the new champion.
+
+One parent run per pipeline execution with a nested run per codec; the challenger is logged as
+a pyfunc model, registered, and gets the ``champion`` alias only if the gate passes. The decision
+and its reasons are written on the model version either way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from mmcompress.artifacts import sha256_file, write_json_atomic
+from mmcompress.promotion import GateThresholds, gate
+from pipelines.config import Layout
+from pipelines.stage_runner import main
+
+PIP_REQUIREMENTS = ["numpy", "pandas", "faiss-cpu", "torch==2.13.0", "mmcompress"]
+
+
+def _git_revision(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dataset_version(root: Path, params: dict) -> dict:
+    """DVC lock hashes of the stage outputs when present, the catalog checksum, the git revision."""
+    L = Layout(root)
+    version = {"git_revision": _git_revision(root)}
+    schema = L.catalog_dir / "schema.json"
+    if schema.exists():
+        version["catalog_sha256"] = json.loads(schema.read_text()).get("parquet_sha256", "")
+    vec = L.fused_dir / "vectors.npy"
+    if vec.exists():
+        version["fused_vectors_sha256"] = sha256_file(vec)
+    lock = root / "dvc.lock"
+    if lock.exists():
+        version["dvc_lock_sha256"] = sha256_file(lock)
+    return version
+
+
+def _flat_params(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_params(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else str(v)
+    return out
+
+
+def _numeric(m: dict) -> dict[str, float]:
+    from mmcompress.evaluation.metrics import flatten_metrics
+
+    return {k.replace("/", "."): v for k, v in flatten_metrics(m).items()}
+
+
+def promote(params: dict, root: Path) -> dict:
+    """Log everything to MLflow, register the challenger, apply the gate, move aliases."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mmcompress.tracking.registry import champion_metrics, log_codec_model, record_decision
+    from mmcompress.tracking.store import check_tracking_store, resolve_tracking_uri
+
+    root = Path(root)
+    L = Layout(root)
+    tp, pp = params["tracking"], params["promote"]
+    uri = resolve_tracking_uri(tp["uri"], root)
+    check_tracking_store(uri)
+    report = json.loads((L.reports_dir / "evaluate.json").read_text())
+    index_metrics = json.loads((L.metrics_dir / "index.json").read_text()) if (L.metrics_dir / "index.json").exists() else {}
+    train_report = json.loads((L.reports_dir / "train.json").read_text())
+    challenger_name = report["challenger"]
+    ch = report["codecs"][challenger_name]
+    challenger = {"recall_at_10": index_metrics.get("recall_at_10", ch["recall_at_10"]),
+                  "hr_at_10": ch.get("hr_at_10", report["baseline"].get("hr_at_10", 0.0)),
+                  "bytes_per_item": index_metrics.get("resident_bytes_per_item", ch["bytes_per_item"]),
+                  "latency_p50_ms": index_metrics.get("latency_p50_ms")}
+    baseline = {"recall_at_10": 1.0, "hr_at_10": report["baseline"].get("hr_at_10", challenger["hr_at_10"])}
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(tp["experiment"])
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        tp["experiment"], artifact_location=L.resolve(tp["artifact_location"]).resolve().as_uri())
+    spec = train_report["codecs"][challenger_name]["resolved_spec"]
+    champ_metrics, champ_label = champion_metrics(client, pp["model_name"])
+    decision = gate(challenger, baseline, champ_metrics, GateThresholds(
+        max_recall_drop=pp["max_recall_drop"], max_hr_drop=pp["max_hr_drop"],
+        champion_tolerance=pp["champion_tolerance"], max_bytes_per_item=pp["max_bytes_per_item"],
+        latency_slo_ms=pp["latency_slo_ms"]))
+
+    with mlflow.start_run(experiment_id=exp_id, run_name="pipeline") as run:
+        mlflow.log_params({k: v[:6000] for k, v in _flat_params(params).items()})
+        mlflow.set_tags({f"data.{k}": v for k, v in dataset_version(root, params).items()})
+        mlflow.set_tag("challenger", challenger_name)
+        mlflow.set_tag("challenger_spec", spec)
+        mlflow.log_metrics({f"baseline.{k}": v for k, v in _numeric(report["baseline"]).items()})
+        mlflow.log_metrics({f"index.{k}": v for k, v in index_metrics.items() if isinstance(v, int | float)})
+        for name, m in report["codecs"].items():
+            with mlflow.start_run(experiment_id=exp_id, run_name=name, nested=True):
+                tr = train_report["codecs"][name]
+                mlflow.log_params({"spec": tr["spec"], "resolved_spec": tr["resolved_spec"],
+                                   "code_size": tr["code_size"]})
+                mlflow.log_metrics(_numeric({k: v for k, v in m.items() if k != "spec"}))
+                mlflow.log_metric("fit_seconds", tr["fit_seconds"])
+                mlflow.log_artifacts(str(L.codecs_dir / name), artifact_path="codec")
+        for f in (L.reports_dir / "evaluate.json", L.reports_dir / "train.json",
+                  L.reports_dir / "compress.json", L.plots_dir / "recall_vs_bytes.csv"):
+            if f.exists():
+                mlflow.log_artifact(str(f), artifact_path="reports")
+        report_html = L.reports_dir / "report.html"
+        if report_html.exists():
+            mlflow.log_artifact(str(report_html), artifact_path="reports")
+        info = log_codec_model(L.codecs_dir / challenger_name,
+                               L.index_dir if L.index_dir.exists() else None,
+                               pp["model_name"], PIP_REQUIREMENTS)
+        version = str(info.registered_model_version)
+        note = decision.to_markdown(f"{pp['model_name']} v{version} ({spec})", champ_label)
+        mlflow.log_text(note, "promotion.md")
+        mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "rejected")
+        record_decision(client, pp["model_name"], version, decision, challenger, spec, note)
+        run_id = run.info.run_id
+    result = {"promoted": decision.promoted, "reasons": decision.reasons, "checks": decision.checks,
+              "version": version, "run_id": run_id, "challenger": challenger_name, "spec": spec,
+              "champion_before": champ_label, "tracking_uri": uri}
+    write_json_atomic(L.metrics_dir / "promote.json",
+                      {"promoted": int(decision.promoted), "version": int(version)})
+    write_json_atomic(L.reports_dir / "promote.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(promote))
