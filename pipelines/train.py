@@ -112,7 +112,11 @@ def choose_challenger(codecs: dict[str, dict], params: dict) -> str:
 
 def train(params: dict, root: Path) -> dict:
     """Fit fusion and codecs; write artifacts/fusion, artifacts/fused, artifacts/codecs."""
+    from mmcompress.tracking.store import check_tracking_store, resolve_tracking_uri
+
     root = Path(root)
+    # the run ends in the tracking store: refuse to spend minutes training if it is unreachable
+    check_tracking_store(resolve_tracking_uri(params["tracking"]["uri"], root))
     fused = fit_fused_vectors(params, root)
     codecs = fit_codecs(params, root)
     result = {"fusion": fused, "codecs": codecs, "challenger": choose_challenger(codecs, params)}
