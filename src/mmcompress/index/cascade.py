@@ -1,0 +1,829 @@
+"""Cascade index: a compact coarse code scanned for every candidate, a finer codec reranking
+the coarse shortlist, and an optional exact rerank from float32 vectors memory-mapped on disk.
+
+    index = CascadeIndex.build(make_codec("BIN128"), make_codec("PQ16x8"), X, ids,
+                               config=CascadeConfig(coarse=CoarseStageConfig(shortlist=400)))
+    D, I = index.search(xq, k=10)                  # item ids, best first; -1 pads
+    D, I = index.search_by_id(item_id, k=10)       # the item itself excluded
+    index.add(X_new, ids_new); index.remove(ids_old); index.compact()
+    index.save("artifacts/index"); CascadeIndex.load("artifacts/index", mmap=True)
+
+Rows live in a *main* segment (sorted by coarse cell when IVF routing is on, memory-mapped when
+loaded) and a small *delta* segment that ``add`` appends to; ``remove`` sets tombstones. Neither
+retrains a codec. ``compact`` folds the delta in and drops tombstoned rows.
+
+Only the coarse codes, fine codes, ids, packed masks and codec/centroid tables are resident; the
+exact store and the id lookup are on disk and touched only for the final candidates / lookups.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmcompress.codecs.base import Codec, check_vectors
+from mmcompress.errors import CatalogError, CodecError
+from mmcompress.index.config import CascadeConfig
+from mmcompress.index.hamming import hamming_distances
+from mmcompress.index.partition import CoarsePartition
+
+FORMAT_VERSION = 1
+KIND = "cascade_index"
+_CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
+_STATE_VERSIONS = itertools.count()
+
+
+@dataclass
+class SearchStats:
+    """Per-query means of what each stage touched (items) and bytes read from the exact store."""
+
+    n_queries: int = 0
+    coarse_scanned: float = 0.0
+    coarse_shortlist: float = 0.0
+    fine_shortlist: float = 0.0
+    exact_reranked: float = 0.0
+    disk_bytes: float = 0.0
+    seconds: dict[str, float] = field(default_factory=lambda: {"coarse": 0.0, "fine": 0.0, "exact": 0.0})
+
+    def merge(self, other: SearchStats) -> SearchStats:
+        n = self.n_queries + other.n_queries
+        if n == 0:
+            return SearchStats()
+
+        def mean(a: float, b: float) -> float:
+            return (a * self.n_queries + b * other.n_queries) / n
+
+        return SearchStats(
+            n_queries=n,
+            coarse_scanned=mean(self.coarse_scanned, other.coarse_scanned),
+            coarse_shortlist=mean(self.coarse_shortlist, other.coarse_shortlist),
+            fine_shortlist=mean(self.fine_shortlist, other.fine_shortlist),
+            exact_reranked=mean(self.exact_reranked, other.exact_reranked),
+            disk_bytes=mean(self.disk_bytes, other.disk_bytes),
+            seconds={k: self.seconds.get(k, 0.0) + other.seconds.get(k, 0.0)
+                     for k in set(self.seconds) | set(other.seconds)},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_queries": self.n_queries, "coarse_scanned": self.coarse_scanned,
+                "coarse_shortlist": self.coarse_shortlist, "fine_shortlist": self.fine_shortlist,
+                "exact_reranked": self.exact_reranked, "disk_bytes_per_query": self.disk_bytes,
+                "seconds": dict(self.seconds)}
+
+
+@dataclass
+class _Segment:
+    """Row-aligned arrays of one segment. ``offsets`` bound the coarse cells (one cell if
+    unpartitioned); ``masks`` are packed little-endian bits, one row per modality."""
+
+    coarse: np.ndarray
+    fine: np.ndarray | None
+    ids: np.ndarray
+    exact: np.ndarray | None
+    masks: np.ndarray
+    offsets: np.ndarray
+    cells: np.ndarray | None = None  # delta only: the coarse cell of each row
+    id_sorted: np.ndarray | None = None
+    id_order: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.id_sorted is None or self.id_order is None:
+            order = np.argsort(self.ids, kind="stable").astype(np.int64)
+            self.id_sorted, self.id_order = np.asarray(self.ids)[order], order
+        return self.id_sorted, self.id_order
+
+    def find(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each id in this segment, -1 where absent."""
+        if self.n == 0:
+            return np.full(len(item_ids), -1, dtype=np.int64)
+        srt, order = self.lookup()
+        pos = np.searchsorted(srt, item_ids)
+        pos_c = np.minimum(pos, self.n - 1)
+        hit = np.asarray(srt[pos_c]) == item_ids
+        return np.where(hit, np.asarray(order[pos_c]), -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _State:
+    """An immutable snapshot; mutations build a new one, so searches never see a torn index."""
+
+    main: _Segment
+    delta: _Segment | None
+    dead: np.ndarray | None  # bool over main + delta rows
+    n_dead: int = 0
+    version: int = field(default_factory=lambda: next(_STATE_VERSIONS))
+
+    @property
+    def n_rows(self) -> int:
+        return self.main.n + (self.delta.n if self.delta is not None else 0)
+
+    @property
+    def n_alive(self) -> int:
+        return self.n_rows - self.n_dead
+
+
+def _pack_masks(masks: np.ndarray) -> np.ndarray:
+    """(n, n_mod) bool -> (n_mod, ceil(n/8)) uint8."""
+    if masks.shape[1] == 0:
+        return np.zeros((0, (len(masks) + 7) // 8), dtype=np.uint8)
+    return np.packbits(np.ascontiguousarray(masks.T), axis=1, bitorder="little")
+
+
+def _unpack_mask(packed_row: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Bits [a, b) of one packed mask row, as bool."""
+    bits = np.unpackbits(np.asarray(packed_row[a // 8:(b + 7) // 8]), bitorder="little")
+    return bits[a % 8:a % 8 + (b - a)].astype(bool)
+
+
+def _check_ids(ids: Any, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != n:
+        raise CatalogError("item ids must be a 1-D array with one id per vector", column="item_id",
+                           expected=f"shape ({n},)", found=f"shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise CatalogError("item ids must be integers", column="item_id", expected="int64",
+                           found=str(ids.dtype))
+    ids = ids.astype(np.int64)
+    if n:
+        srt = np.sort(ids)
+        dup = srt[1:][srt[1:] == srt[:-1]]
+        if len(dup):
+            raise CatalogError("duplicate item ids", column="item_id", expected="unique ids",
+                               found=f"{len(dup)} duplicates, first {int(dup[0])}")
+    return ids
+
+
+def _narrow_ids(ids: np.ndarray) -> np.ndarray:
+    info = np.iinfo(np.int32)
+    if len(ids) == 0 or (ids.min() >= info.min and ids.max() <= info.max):
+        return ids.astype(np.int32)
+    return ids.astype(np.int64)
+
+
+def _codec_state_bytes(codec: Codec | None) -> int:
+    if codec is None:
+        return 0
+    try:
+        _, arrays = codec._get_state()
+    except Exception:  # a codec without tables
+        return 0
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+class CascadeIndex:
+    """Coarse -> fine -> exact retrieval over item embeddings; see the module docstring."""
+
+    def __init__(self, config: CascadeConfig | None = None) -> None:
+        self.config = config if config is not None else CascadeConfig()
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def build(cls, coarse_codec: Codec, fine_codec: Codec | None, vectors: np.ndarray,
+              ids: Iterable[int] | np.ndarray, exact_vectors_path: str | Path | None = None, *,
+              config: CascadeConfig | None = None, masks: Mapping[str, np.ndarray] | None = None,
+              titles: Mapping[int, str] | None = None, progress: bool = False) -> CascadeIndex:
+        """Encode ``vectors`` with both codecs (fitting them on a sample when unfitted).
+
+        ``exact_vectors_path``: where the float32 exact store is written (an .npy, memory-mapped
+        afterwards); None keeps it in memory until :meth:`save`. ``masks``: modality -> bool per
+        item (for the modality filter). ``titles``: item id -> display title.
+        """
+        self = cls(config)
+        cfg = self.config
+        X = check_vectors(vectors, name="vectors")
+        if len(X) == 0:
+            raise CatalogError("cannot build an index from zero vectors", expected=">= 1 row", found=0)
+        ids = _check_ids(ids, len(X))
+        mask_names, mask_matrix = self._check_masks(masks, len(X))
+        rng = np.random.default_rng(cfg.seed)
+        train = X if len(X) <= cfg.train_rows else X[np.sort(rng.choice(len(X), cfg.train_rows, replace=False))]
+        for codec in (coarse_codec, fine_codec):
+            if codec is not None and not codec.is_fitted:
+                codec.fit(train)
+            if codec is not None and codec.d_ != X.shape[1]:
+                raise CodecError(f"codec {codec.spec!r} was fitted on d={codec.d_}; vectors have d={X.shape[1]}")
+            if codec is not None and codec.metric != cfg.metric:
+                raise CodecError(f"codec {codec.spec!r} uses metric {codec.metric!r}; the index uses {cfg.metric!r}")
+        self.coarse_codec = coarse_codec
+        self.fine_codec = fine_codec if cfg.fine.enabled else None
+        self.d_ = X.shape[1]
+        self.modalities = mask_names
+        self.titles: dict[int, str] = {int(k): str(v) for k, v in (titles or {}).items()}
+        self.partition = None
+        if cfg.coarse.nlist > 0:
+            nlist = min(cfg.coarse.nlist, len(X))
+            self.partition = CoarsePartition(nlist, cfg.metric, random_state=cfg.seed,
+                                             max_train_rows=cfg.train_rows).fit(train)
+            cells = self.partition.assign(X)
+            order = np.argsort(cells, kind="stable")
+            offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
+        else:
+            order = np.arange(len(X))
+            offsets = np.array([0, len(X)], dtype=np.int64)
+        coarse, fine = self._encode(X, order, progress=progress)
+        exact = None
+        if cfg.exact_rerank:
+            if exact_vectors_path is not None:
+                exact = _write_npy_rows(Path(exact_vectors_path), X, order)
+            else:
+                exact = X[order]
+        main = _Segment(coarse=coarse, fine=fine, ids=_narrow_ids(ids[order]), exact=exact,
+                        masks=_pack_masks(mask_matrix[order]), offsets=offsets)
+        self._init_runtime(_State(main=main, delta=None, dead=None))
+        return self
+
+    def _check_masks(self, masks: Mapping[str, np.ndarray] | None, n: int,
+                     names: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        masks = dict(masks or {})
+        if names is not None:
+            unknown = sorted(set(masks) - set(names))
+            if unknown:
+                raise CatalogError(f"unknown modality masks {unknown}", expected=names, found=sorted(masks))
+            cols = [np.ones(n, dtype=bool) if m not in masks else masks[m] for m in names]
+        else:
+            names = sorted(masks)
+            cols = [masks[m] for m in names]
+        out = np.zeros((n, len(names)), dtype=bool)
+        for j, (name, col) in enumerate(zip(names, cols, strict=True)):
+            col = np.asarray(col)
+            if col.shape != (n,):
+                raise CatalogError(f"mask of modality {name!r} has the wrong shape", column=name,
+                                   expected=(n,), found=col.shape)
+            out[:, j] = col.astype(bool)
+        return names, out
+
+    def _encode(self, X: np.ndarray, order: np.ndarray, *, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        from tqdm.auto import tqdm
+
+        n = len(order)
+        coarse = np.empty((n, self.coarse_codec.code_size), dtype=np.uint8)
+        fine = None if self.fine_codec is None else np.empty((n, self.fine_codec.code_size), dtype=np.uint8)
+        step = 65536
+        for s in tqdm(range(0, n, step), desc="encode", disable=not progress or n <= step):
+            block = X[order[s:s + step]]
+            coarse[s:s + step] = self.coarse_codec.encode(block)
+            if fine is not None:
+                fine[s:s + step] = self.fine_codec.encode(block)
+        return coarse, fine
+
+    def _init_runtime(self, state: _State) -> None:
+        self._state = state
+        self._lock = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self.total_stats = SearchStats()
+        self._exclusion_cache: dict[tuple, np.ndarray | None] = {}
+
+    # ---- properties ------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        """Items that are searchable (tombstoned rows excluded)."""
+        return self._state.n_alive
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    @property
+    def has_exact(self) -> bool:
+        return self._state.main.exact is not None
+
+    def item_ids(self) -> np.ndarray:
+        """Ids of all searchable items (int64), in storage order."""
+        st = self._state
+        ids = np.asarray(st.main.ids, dtype=np.int64)
+        if st.delta is not None:
+            ids = np.concatenate([ids, np.asarray(st.delta.ids, dtype=np.int64)])
+        return ids if st.dead is None else ids[~st.dead]
+
+    def __contains__(self, item_id: object) -> bool:
+        try:
+            return self._row_of(self._state, np.array([int(item_id)]))[0] >= 0  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def has_modality(self, item_id: int, modality: str) -> bool:
+        st = self._state
+        row = int(self._row_of(st, np.array([item_id]))[0])
+        if row < 0:
+            raise KeyError(item_id)
+        j = self._modality_index(modality)
+        seg, r = (st.main, row) if row < st.main.n else (st.delta, row - st.main.n)
+        return bool(_unpack_mask(seg.masks[j], r, r + 1)[0])
+
+    def _modality_index(self, modality: str) -> int:
+        try:
+            return self.modalities.index(modality)
+        except ValueError:
+            raise CatalogError(f"unknown modality {modality!r}", expected=self.modalities,
+                               found=modality) from None
+
+    def _row_of(self, st: _State, item_ids: np.ndarray) -> np.ndarray:
+        """Global row of each alive id, -1 where unknown or removed."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        rows = np.full(len(item_ids), -1, dtype=np.int64)
+        if st.delta is not None:
+            r = st.delta.find(item_ids)
+            hit = r >= 0
+            rows[hit] = r[hit] + st.main.n
+        todo = rows < 0
+        if todo.any():
+            r = st.main.find(item_ids[todo])
+            rows[todo] = r
+        if st.dead is not None:
+            ok = rows >= 0
+            rows[ok & st.dead[np.maximum(rows, 0)]] = -1
+        return rows
+
+    # ---- search ----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, *, modality: str | None = None,
+               coarse_shortlist: int | None = None, fine_shortlist: int | None = None,
+               nprobe: int | None = None, exact_rerank: bool | None = None,
+               threads: int = 1, return_stats: bool = False
+               ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, SearchStats]:
+        """Top-``k`` items of each query: (scores float32 (nq, k), item ids int64 (nq, k)).
+
+        Scores are inner products (``ip``) or negative squared distances (``l2``) of the last
+        stage that ran; rows with fewer than ``k`` candidates are padded with id -1 and -inf.
+        Keyword arguments override the configured stage parameters for this call.
+        """
+        st = self._state
+        Q = check_vectors(queries, d=self.d_, name="queries")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise CodecError(f"k must be a positive integer; found {k!r}")
+        k = int(k)
+        cfg = self.config
+        exact = cfg.exact_rerank if exact_rerank is None else bool(exact_rerank)
+        exact = exact and st.main.exact is not None
+        use_fine = self.fine_codec is not None
+        s2 = max(fine_shortlist or cfg.fine.shortlist, k) if (use_fine and exact) else k
+        s1 = max(coarse_shortlist or cfg.coarse.shortlist, s2 if use_fine else k)
+        if not use_fine and not exact:
+            s1 = k
+        params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine,
+                      nprobe=nprobe or cfg.coarse.nprobe,
+                      excl=self._exclusions(st, modality))
+        per_chunk = max(1, min(256, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
+        chunks = [slice(s, min(s + per_chunk, len(Q))) for s in range(0, len(Q), per_chunk)]
+
+        def run(sl: slice) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+            return self._search_chunk(st, Q[sl], params)
+
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                parts = list(pool.map(run, chunks))
+        else:
+            parts = [run(sl) for sl in chunks]
+        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.float32)
+        found = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.int64)
+        stats = SearchStats()
+        for p in parts:
+            stats = stats.merge(p[2])
+        with self._stats_lock:
+            self.total_stats = self.total_stats.merge(stats)
+        return (scores, found, stats) if return_stats else (scores, found)
+
+    def search_by_id(self, item_id: int, k: int, *, modality: str | None = None,
+                     vector: np.ndarray | None = None, **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items to a stored item, the item itself excluded: (scores, ids) 1-D.
+
+        Raises ``KeyError`` for an unknown or removed id. ``vector`` skips the lookup of the
+        item's own vector (e.g. from a cache)."""
+        if vector is None:
+            vector = self.vector_of(item_id)
+        scores, found = self.search(vector[None, :], k + 1, modality=modality, **overrides)
+        keep = found[0] != int(item_id)
+        return scores[0][keep][:k], found[0][keep][:k]
+
+    def vector_of(self, item_id: int) -> np.ndarray:
+        """The best vector the index holds for an item: exact, else fine, else coarse decode."""
+        st = self._state
+        row = int(self._row_of(st, np.array([item_id]))[0])
+        if row < 0:
+            raise KeyError(item_id)
+        rows = np.array([row])
+        if st.main.exact is not None:
+            return np.asarray(self._take(st, "exact", rows)[0], dtype=np.float32)
+        if self.fine_codec is not None:
+            return self.fine_codec.decode(self._take(st, "fine", rows))[0]
+        return self.coarse_codec.decode(self._take(st, "coarse", rows))[0]
+
+    def _scan_width(self, st: _State, nprobe: int) -> int:
+        nd = st.delta.n if st.delta is not None else 0
+        if self.partition is None:
+            return st.main.n + nd
+        sizes = np.diff(st.main.offsets)
+        top = np.sort(sizes)[::-1][:min(nprobe, len(sizes))]
+        return int(top.sum()) + nd
+
+    def _exclusions(self, st: _State, modality: str | None) -> np.ndarray | None:
+        """Bool over all rows: tombstoned, or lacking ``modality``; None when nothing is excluded."""
+        j = None if modality is None else self._modality_index(modality)
+        key = (st.version, j)
+        cached = self._exclusion_cache.get(key, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        excl = None if st.dead is None else st.dead.copy()
+        if j is not None:
+            lacks = ~_unpack_mask(st.main.masks[j], 0, st.main.n)
+            if st.delta is not None:
+                lacks = np.concatenate([lacks, ~_unpack_mask(st.delta.masks[j], 0, st.delta.n)])
+            excl = lacks if excl is None else (excl | lacks)
+        if len(self._exclusion_cache) > 16:
+            self._exclusion_cache.clear()
+        self._exclusion_cache[key] = excl
+        return excl
+
+    def _search_chunk(self, st: _State, Q: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+        nq, k = len(Q), p["k"]
+        stats = SearchStats(n_queries=nq)
+        t0 = time.perf_counter()
+        rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
+        t1 = time.perf_counter()
+        stats.coarse_scanned = float(scanned.mean()) if nq else 0.0
+        stats.coarse_shortlist = float((rows >= 0).sum(axis=1).mean()) if nq else 0.0
+        stats.seconds["coarse"] = t1 - t0
+        if p["use_fine"]:
+            keep = p["s2"] if p["exact"] else k
+            rows, scores = self._rescore(st, "fine", Q, rows, keep)
+            stats.fine_shortlist = float((rows >= 0).sum(axis=1).mean()) if nq else 0.0
+        t2 = time.perf_counter()
+        stats.seconds["fine"] = t2 - t1
+        if p["exact"]:
+            rows, scores, nbytes = self._rescore(st, "exact", Q, rows, k, count_bytes=True)
+            stats.exact_reranked = stats.fine_shortlist if p["use_fine"] else stats.coarse_shortlist
+            stats.disk_bytes = nbytes / max(nq, 1)
+        stats.seconds["exact"] = time.perf_counter() - t2
+        rows, scores = _top(rows, scores, k)
+        ids = self._ids_of(st, rows)
+        return scores.astype(np.float32), ids, stats
+
+    def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
+                excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coarse shortlist: global rows (nq, s1) padded with -1, scores (higher = closer),
+        and how many items each query scanned."""
+        main, delta = st.main, st.delta
+        nq = len(Q)
+        if self.partition is not None:
+            probes = self.partition.probe(Q, nprobe)
+            lens = main.offsets[probes + 1] - main.offsets[probes]
+        else:
+            probes = np.zeros((nq, 1), dtype=np.int64)
+            lens = np.full((nq, 1), main.n, dtype=np.int64)
+        nd = delta.n if delta is not None else 0
+        if not getattr(self.coarse_codec, "is_binary", False):
+            return self._coarse_generic(st, Q, probes, s1, excl)
+        qcodes = self.coarse_codec.encode(Q)
+        sentinel = 8 * self.coarse_codec.code_size + 1
+        starts = np.zeros_like(lens)
+        starts[:, 1:] = np.cumsum(lens, axis=1)[:, :-1]
+        starts += nd
+        width = nd + lens.sum(axis=1)
+        buf = np.full((nq, int(width.max()) if nq else 0), sentinel, dtype=np.int32)
+        if nd:
+            blk = hamming_distances(qcodes, delta.coarse)
+            if excl is not None:
+                blk[:, excl[main.n:]] = sentinel
+            buf[:, :nd] = blk
+        offs = main.offsets
+        if self.partition is None:
+            if nd == 0:
+                hamming_distances(qcodes, main.coarse, out=buf)
+            else:
+                buf[:, nd:] = hamming_distances(qcodes, main.coarse)
+            if excl is not None:
+                buf[:, nd:][:, excl[:main.n]] = sentinel
+        else:
+            flat = probes.ravel()
+            order = np.argsort(flat, kind="stable")
+            cells = flat[order]
+            bounds = np.flatnonzero(np.diff(cells)) + 1
+            g_start = np.concatenate([[0], bounds])
+            g_end = np.concatenate([bounds, [len(cells)]])
+            for gs, ge in zip(g_start, g_end, strict=True):
+                c = int(cells[gs])
+                a, b = int(offs[c]), int(offs[c + 1])
+                if a == b:
+                    continue
+                pairs = order[gs:ge]
+                qi, pj = pairs // probes.shape[1], pairs % probes.shape[1]
+                blk = hamming_distances(qcodes[qi], main.coarse[a:b])
+                if excl is not None:
+                    ex = excl[a:b]
+                    if ex.any():
+                        blk[:, ex] = sentinel
+                dst = starts[qi, pj]
+                for r in range(len(qi)):
+                    buf[qi[r], dst[r]:dst[r] + (b - a)] = blk[r]
+        rows = np.full((nq, s1), -1, dtype=np.int64)
+        scores = np.full((nq, s1), -np.inf, dtype=np.float32)
+        for i in range(nq):
+            w = int(width[i])
+            line = buf[i, :w]
+            sel = np.argpartition(line, s1 - 1)[:s1] if w > s1 else np.arange(w)
+            sel = sel[line[sel] < sentinel]
+            r = np.empty(len(sel), dtype=np.int64)
+            in_delta = sel < nd
+            r[in_delta] = main.n + sel[in_delta]
+            sm = sel[~in_delta]
+            j = np.searchsorted(starts[i], sm, side="right") - 1
+            r[~in_delta] = offs[probes[i, j]] + (sm - starts[i, j])
+            rows[i, :len(r)] = r
+            scores[i, :len(r)] = -line[sel]
+        return rows, scores, width
+
+    def _coarse_generic(self, st: _State, Q: np.ndarray, probes: np.ndarray, s1: int,
+                        excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coarse stage through ``codec.search`` (ADC or decode) for non-binary coarse codes."""
+        main, delta = st.main, st.delta
+        nq = len(Q)
+        rows = np.full((nq, s1), -1, dtype=np.int64)
+        scores = np.full((nq, s1), -np.inf, dtype=np.float32)
+        scanned = np.zeros(nq, dtype=np.int64)
+        delta_rows = np.arange(main.n, st.n_rows) if delta is not None else np.zeros(0, np.int64)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in range(nq):
+            groups.setdefault(tuple(probes[i]) if self.partition is not None else (), []).append(i)
+        for key, qs in groups.items():
+            if self.partition is None:
+                cand = np.arange(st.n_rows)
+            else:
+                cand = np.concatenate([np.arange(main.offsets[c], main.offsets[c + 1]) for c in key] + [delta_rows])
+            if excl is not None:
+                cand = cand[~excl[cand]]
+            scanned[qs] = len(cand)
+            if len(cand) == 0:
+                continue
+            codes = self._take(st, "coarse", cand)
+            dist, pos = self.coarse_codec.search(codes, Q[qs], min(s1, len(cand)))
+            valid = pos >= 0
+            r = np.where(valid, cand[np.maximum(pos, 0)], -1)
+            rows[qs, :r.shape[1]] = r
+            scores[qs, :r.shape[1]] = np.where(valid, dist, -np.inf)
+        return rows, scores, scanned
+
+    def _rescore(self, st: _State, stage: str, Q: np.ndarray, rows: np.ndarray, keep: int,
+                 count_bytes: bool = False) -> tuple:
+        """Score shortlisted rows with fine (decoded) or exact vectors; keep the best ``keep``."""
+        valid = rows >= 0
+        uniq, inv = np.unique(rows[valid], return_inverse=True)
+        if stage == "fine":
+            X = self.fine_codec.decode(self._take(st, "fine", uniq)) if len(uniq) else np.zeros((0, self.d_), np.float32)
+        else:
+            X = np.asarray(self._take(st, "exact", uniq), dtype=np.float32)
+        pos = np.zeros(rows.shape, dtype=np.int64)
+        pos[valid] = inv
+        G = X[pos]  # (nq, s, d)
+        S = np.matmul(G, Q[:, :, None])[:, :, 0]
+        if self.config.metric == "l2":
+            S = 2 * S - (G * G).sum(axis=2) - (Q * Q).sum(axis=1)[:, None]
+        S = np.where(valid, S, -np.inf).astype(np.float32)
+        rows, S = _top(rows, S, keep)
+        if count_bytes:
+            return rows, S, int(len(uniq)) * self.d_ * 4
+        return rows, S
+
+    def _take(self, st: _State, attr: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of one array across the main and delta segments (rows sorted for locality)."""
+        main, delta = st.main, st.delta
+        rows = np.asarray(rows, dtype=np.int64)
+        src = getattr(main, attr)
+        if delta is None or len(rows) == 0 or rows.max() < main.n:
+            return np.asarray(src[rows])
+        dsrc = getattr(delta, attr)
+        out = np.empty((len(rows),) + src.shape[1:], dtype=src.dtype)
+        m = rows < main.n
+        out[m] = src[rows[m]]
+        out[~m] = dsrc[rows[~m] - main.n]
+        return out
+
+    def _ids_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+        out = np.full(rows.shape, -1, dtype=np.int64)
+        valid = rows >= 0
+        if valid.any():
+            out[valid] = self._take(st, "ids", rows[valid])
+        return out
+
+    # ---- mutation --------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: Iterable[int] | np.ndarray, *,
+            masks: Mapping[str, np.ndarray] | None = None, titles: Mapping[int, str] | None = None) -> None:
+        """Encode and append items with the fitted codecs (no retraining). Missing modality
+        masks default to present. Ids already in the index are refused."""
+        X = check_vectors(vectors, d=self.d_, name="vectors")
+        ids = _check_ids(ids, len(X))
+        _, mask_matrix = self._check_masks(masks, len(X), self.modalities)
+        with self._lock:
+            st = self._state
+            present = self._row_of(st, ids) >= 0
+            if present.any():
+                raise CatalogError("item ids already in the index", column="item_id",
+                                   expected="new ids", found=f"{int(present.sum())} present, first "
+                                   f"{int(ids[np.flatnonzero(present)[0]])}")
+            order = np.arange(len(X))
+            coarse, fine = self._encode(X, order, progress=False)
+            cells = self.partition.assign(X) if self.partition is not None else np.zeros(len(X), np.int32)
+            old = st.delta
+            exact = X if st.main.exact is not None else None
+            if old is not None:
+                def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+                    return None if a is None or b is None else np.concatenate([np.asarray(a), b])
+                old_masks = np.unpackbits(old.masks, axis=1, bitorder="little")[:, :old.n].T.astype(bool) \
+                    if len(self.modalities) else np.zeros((old.n, 0), bool)
+                mask_matrix = np.concatenate([old_masks, mask_matrix])
+                coarse, fine = cat(old.coarse, coarse), cat(old.fine, fine)
+                exact = cat(old.exact, exact)
+                cells = np.concatenate([old.cells, cells])
+                ids = np.concatenate([np.asarray(old.ids, np.int64), ids])
+            delta = _Segment(coarse=coarse, fine=fine, ids=ids, exact=exact,
+                             masks=_pack_masks(mask_matrix), offsets=np.array([0, len(ids)], np.int64),
+                             cells=cells.astype(np.int32))
+            dead = st.dead
+            if dead is not None:
+                dead = np.concatenate([dead[:st.main.n], np.zeros(delta.n, bool)])
+                if old is not None:
+                    dead[st.main.n:st.main.n + old.n] = st.dead[st.main.n:]
+            self._state = _State(main=st.main, delta=delta, dead=dead, n_dead=st.n_dead)
+            if titles:
+                self.titles.update({int(a): str(b) for a, b in titles.items()})
+
+    def remove(self, ids: Iterable[int] | np.ndarray, *, missing_ok: bool = False) -> int:
+        """Tombstone items; returns how many were removed. Unknown ids raise unless ``missing_ok``."""
+        ids = np.atleast_1d(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)).astype(np.int64)
+        with self._lock:
+            st = self._state
+            rows = self._row_of(st, ids)
+            missing = rows < 0
+            if missing.any() and not missing_ok:
+                raise CatalogError("cannot remove ids that are not in the index", column="item_id",
+                                   found=f"{int(missing.sum())} unknown, first {int(ids[np.flatnonzero(missing)[0]])}")
+            rows = np.unique(rows[~missing])
+            if len(rows) == 0:
+                return 0
+            dead = np.zeros(st.n_rows, bool) if st.dead is None else st.dead.copy()
+            dead[rows] = True
+            self._state = _State(main=st.main, delta=st.delta, dead=dead, n_dead=int(dead.sum()))
+            return len(rows)
+
+    def compact(self, exact_vectors_path: str | Path | None = None) -> None:
+        """Fold the delta into the main segment and drop tombstoned rows (codecs unchanged).
+
+        The compacted exact store is written to ``exact_vectors_path`` when given, else kept in
+        memory until :meth:`save`."""
+        with self._lock:
+            main = self._compacted(self._state, exact_vectors_path)
+            self._state = _State(main=main, delta=None, dead=None)
+            self._exclusion_cache.clear()
+
+    def _compacted(self, st: _State, exact_vectors_path: str | Path | None = None) -> _Segment:
+        if st.delta is None and st.dead is None:
+            return st.main
+        main, delta = st.main, st.delta
+        cells = np.repeat(np.arange(len(main.offsets) - 1, dtype=np.int32), np.diff(main.offsets))
+        if delta is not None:
+            cells = np.concatenate([cells, delta.cells])
+        alive = np.ones(st.n_rows, bool) if st.dead is None else ~st.dead
+        rows = np.flatnonzero(alive)
+        order = rows[np.argsort(cells[rows], kind="stable")]
+        nlist = len(main.offsets) - 1
+        offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
+        masks = np.zeros((len(order), len(self.modalities)), bool)
+        for j in range(len(self.modalities)):
+            col = _unpack_mask(main.masks[j], 0, main.n)
+            if delta is not None:
+                col = np.concatenate([col, _unpack_mask(delta.masks[j], 0, delta.n)])
+            masks[:, j] = col[order]
+        exact = None
+        if main.exact is not None:
+            if exact_vectors_path is not None:
+                exact = _write_npy_rows(Path(exact_vectors_path), _RowSource(self, st), order)
+            else:
+                exact = self._take(st, "exact", order).astype(np.float32)
+        return _Segment(coarse=self._take(st, "coarse", order),
+                        fine=None if main.fine is None else self._take(st, "fine", order),
+                        ids=_narrow_ids(self._take(st, "ids", order).astype(np.int64)),
+                        exact=exact, masks=_pack_masks(masks), offsets=offsets)
+
+    # ---- memory ----------------------------------------------------------------------------
+    def memory_report(self) -> dict[str, Any]:
+        """Bytes by component: resident (scanned or touched per query) and on disk."""
+        st = self._state
+        segs = [st.main] + ([st.delta] if st.delta is not None else [])
+        resident = {
+            "coarse_codes": sum(s.coarse.nbytes for s in segs),
+            "fine_codes": sum(s.fine.nbytes for s in segs if s.fine is not None),
+            "ids": sum(np.asarray(s.ids).nbytes for s in segs),
+            "modality_masks": sum(s.masks.nbytes for s in segs),
+            "tombstones": 0 if st.dead is None else st.dead.nbytes,
+            "cell_offsets": st.main.offsets.nbytes,
+            "centroids": 0 if self.partition is None else self.partition.centroids_.nbytes,
+            "coarse_codec": _codec_state_bytes(self.coarse_codec),
+            "fine_codec": _codec_state_bytes(self.fine_codec),
+        }
+        on_disk = {
+            "exact_vectors": sum(s.exact.nbytes for s in segs if s.exact is not None),
+            "id_lookup": st.main.n * 16,
+        }
+        n = max(st.n_alive, 1)
+        total = sum(resident.values())
+        return {"n_items": st.n_alive, "resident_bytes": resident, "resident_total": total,
+                "resident_bytes_per_item": total / n, "on_disk_bytes": on_disk,
+                "exact_on_disk": isinstance(st.main.exact, np.memmap)}
+
+    def bytes_per_item(self) -> float:
+        """All-in resident bytes per item: codes + ids + masks + tables amortised."""
+        return float(self.memory_report()["resident_bytes_per_item"])
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path, *, progress: bool = False) -> Path:
+        """Write the index (compacted view) into ``directory`` atomically; see :mod:`.store`."""
+        from mmcompress.index.store import save_index
+
+        return save_index(self, directory, progress=progress)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, mmap: bool = True, verify: str = "quick") -> CascadeIndex:
+        """Open a saved index; code arrays are memory-mapped when ``mmap``. ``verify``: "quick"
+        checks small files fully and large arrays by size and sampled digest; "full" hashes all."""
+        from mmcompress.index.store import load_index
+
+        return load_index(directory, mmap=mmap, verify=verify)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"coarse_codec": self.coarse_codec.spec,
+                "fine_codec": None if self.fine_codec is None else self.fine_codec.spec,
+                "exact_rerank": self.has_exact and cfg.exact_rerank, "metric": cfg.metric,
+                "nlist": 0 if self.partition is None else self.partition.nlist,
+                "nprobe": cfg.coarse.nprobe, "coarse_shortlist": cfg.coarse.shortlist,
+                "fine_shortlist": cfg.fine.shortlist, "n_items": self.n_items, "d": self.d_,
+                "modalities": list(self.modalities)}
+
+    def __repr__(self) -> str:
+        return f"CascadeIndex({json.dumps(self.describe())})"
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best columns of each row, sorted by score descending (padding -1 / -inf)."""
+    nq, s = rows.shape
+    if s > keep:
+        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        rows = np.take_along_axis(rows, part, axis=1)
+        scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rows = np.take_along_axis(rows, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    if rows.shape[1] < keep:
+        pad = keep - rows.shape[1]
+        rows = np.concatenate([rows, np.full((nq, pad), -1, rows.dtype)], axis=1)
+        scores = np.concatenate([scores, np.full((nq, pad), -np.inf, scores.dtype)], axis=1)
+    rows = np.where(np.isfinite(scores), rows, -1)
+    return rows, scores
+
+
+class _RowSource:
+    """Exact vectors of a state's rows, readable by row index (for streaming compaction)."""
+
+    def __init__(self, index: CascadeIndex, st: _State) -> None:
+        self.index, self.st = index, st
+        self.shape = (st.n_rows, index.d_)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.index._take(self.st, "exact", rows)
+
+
+def _write_npy_rows(path: Path, source: Any, order: np.ndarray, step: int = 65536,
+                    progress: Callable[[int], None] | None = None) -> np.memmap:
+    """Write ``source[order]`` as a float32 .npy at ``path`` in chunks; return it memory-mapped."""
+    from mmcompress.artifacts import atomic_path
+
+    d = source.shape[1]
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), d))
+        for s in range(0, len(order), step):
+            idx = order[s:s + step]
+            srt = np.argsort(idx, kind="stable")
+            block = np.empty((len(idx), d), np.float32)
+            block[srt] = np.asarray(source[idx[srt]], dtype=np.float32)
+            out[s:s + step] = block
+            if progress is not None:
+                progress(len(idx))
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r")
+
+
+def recommended_nlist(n: int) -> int:
+    """A cell count for ``n`` items: none below 20k items, about 2 * sqrt(n) above."""
+    return 0 if n < 20_000 else int(2 ** round(math.log2(2 * math.sqrt(n))))

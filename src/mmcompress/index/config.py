@@ -1,0 +1,87 @@
+"""Typed configuration of the cascade index, read from the ``index:`` section of params.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from mmcompress.errors import CodecError
+
+
+@dataclass
+class CoarseStageConfig:
+    """Stage 1: an ultra-compact code scanned for every candidate item.
+
+    ``nlist == 0`` scans every item; ``nlist > 0`` routes each query to the ``nprobe`` closest
+    of ``nlist`` k-means cells and scans only those (items are stored cell by cell).
+    """
+
+    codec: str = "BIN128"
+    shortlist: int = 400
+    nlist: int = 0
+    nprobe: int = 16
+
+
+@dataclass
+class FineStageConfig:
+    """Stage 2: a finer codec rescoring the coarse shortlist. ``codec=None``: the caller's codec
+    (the pipeline passes the compress stage's choice); ``enabled=False`` skips the stage."""
+
+    codec: str | None = None
+    shortlist: int = 50
+    enabled: bool = True
+
+
+@dataclass
+class CascadeConfig:
+    """All stages; ``exact_rerank`` rescores the fine shortlist with float32 vectors on disk."""
+
+    coarse: CoarseStageConfig = field(default_factory=CoarseStageConfig)
+    fine: FineStageConfig = field(default_factory=FineStageConfig)
+    exact_rerank: bool = True
+    metric: str = "ip"
+    cache_bytes: int = 4_000_000
+    cache_policy: str = "tinylfu"
+    train_rows: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.coarse, Mapping):
+            self.coarse = _from_mapping(CoarseStageConfig, self.coarse, "index.coarse")
+        if isinstance(self.fine, Mapping):
+            self.fine = _from_mapping(FineStageConfig, self.fine, "index.fine")
+        self.validate()
+
+    def validate(self) -> None:
+        if self.metric not in ("ip", "l2"):
+            raise CodecError(f"index.metric must be 'ip' or 'l2'; found {self.metric!r}")
+        if self.coarse.shortlist < 1:
+            raise CodecError(f"index.coarse.shortlist must be >= 1; found {self.coarse.shortlist}")
+        if self.fine.shortlist < 1:
+            raise CodecError(f"index.fine.shortlist must be >= 1; found {self.fine.shortlist}")
+        if self.coarse.nlist < 0 or self.coarse.nprobe < 1:
+            raise CodecError(f"index.coarse needs nlist >= 0 and nprobe >= 1; found "
+                             f"nlist={self.coarse.nlist}, nprobe={self.coarse.nprobe}")
+        if self.cache_bytes < 0:
+            raise CodecError(f"index.cache_bytes must be >= 0; found {self.cache_bytes}")
+        if self.cache_policy not in ("tinylfu", "lru"):
+            raise CodecError(f"index.cache_policy must be 'tinylfu' or 'lru'; found {self.cache_policy!r}")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> CascadeConfig:
+        """Build from the ``index:`` section of params.yaml; unknown keys are an error."""
+        return _from_mapping(cls, section, "index")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_mapping(cls: type, section: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(section, Mapping):
+        raise CodecError(f"{where} must be a mapping; found {type(section).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise CodecError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    return cls(**dict(section))

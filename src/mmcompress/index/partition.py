@@ -1,0 +1,84 @@
+"""IVF routing for the coarse tier: k-means cells over full-precision vectors.
+
+Items are stored sorted by cell, so a cell is a contiguous slice of the code arrays and the
+partition costs no bytes per item: only the centroids (float16) and the cell offsets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mmcompress.codecs.base import check_vectors
+from mmcompress.errors import CodecError
+
+
+class CoarsePartition:
+    """``nlist`` k-means cells; ``probe`` returns the ``nprobe`` closest cells of each query."""
+
+    def __init__(self, nlist: int, metric: str = "ip", *, niter: int = 20,
+                 max_train_rows: int = 100_000, random_state: int = 0) -> None:
+        self.nlist = nlist
+        self.metric = metric
+        self.niter = niter
+        self.max_train_rows = max_train_rows
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray) -> CoarsePartition:
+        import faiss
+
+        X = check_vectors(X)
+        if not 1 <= self.nlist <= len(X):
+            raise CodecError(f"nlist must be in [1, n_train={len(X)}]; found {self.nlist}")
+        rng = np.random.default_rng(self.random_state)
+        if len(X) > self.max_train_rows:
+            X = X[np.sort(rng.choice(len(X), self.max_train_rows, replace=False))]
+        km = faiss.Kmeans(X.shape[1], self.nlist, niter=self.niter, seed=self.random_state,
+                          spherical=self.metric == "ip", verbose=False,
+                          max_points_per_centroid=max(256, len(X) // self.nlist + 1))
+        km.train(X)
+        self.centroids_ = km.centroids.astype(np.float16)
+        return self
+
+    @property
+    def d(self) -> int:
+        return self.centroids_.shape[1]
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        C = self.centroids_.astype(np.float32)
+        S = X @ C.T
+        if self.metric == "l2":
+            S = 2 * S - (C * C).sum(axis=1)[None, :]
+        return S
+
+    def assign(self, X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """Closest cell of each row (int32)."""
+        out = np.empty(len(X), dtype=np.int32)
+        for s in range(0, len(X), chunk):
+            out[s:s + chunk] = self._scores(np.asarray(X[s:s + chunk], dtype=np.float32)).argmax(axis=1)
+        return out
+
+    def probe(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` best cells of each query, best first: int64 (nq, nprobe)."""
+        nprobe = min(nprobe, self.nlist)
+        S = self._scores(Q)
+        if nprobe < self.nlist:
+            part = np.argpartition(-S, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            part = np.broadcast_to(np.arange(self.nlist), S.shape).copy()
+        order = np.argsort(-np.take_along_axis(S, part, axis=1), axis=1)
+        return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return ({"nlist": self.nlist, "metric": self.metric, "niter": self.niter,
+                 "random_state": self.random_state}, {"centroids": self.centroids_})
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CoarsePartition:
+        p = cls(int(meta["nlist"]), meta["metric"], niter=int(meta["niter"]),
+                random_state=int(meta["random_state"]))
+        p.centroids_ = np.asarray(arrays["centroids"], dtype=np.float16)
+        if p.centroids_.shape[0] != p.nlist:
+            raise CodecError(f"partition has {p.centroids_.shape[0]} centroids; header says {p.nlist}")
+        return p
