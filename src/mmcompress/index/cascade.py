@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 KIND = "cascade_index"
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
 _STATE_VERSIONS = itertools.count()
+POPULAR_KEEP = 10_000  # most popular ids kept with the index, for cache warming
 
 
 @dataclass
@@ -189,18 +190,22 @@ class CascadeIndex:
 
     def __init__(self, config: CascadeConfig | None = None) -> None:
         self.config = config if config is not None else CascadeConfig()
+        self.titles: dict[int, str] = {}
+        self.popular_item_ids: list[int] = []
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def build(cls, coarse_codec: Codec, fine_codec: Codec | None, vectors: np.ndarray,
               ids: Iterable[int] | np.ndarray, exact_vectors_path: str | Path | None = None, *,
               config: CascadeConfig | None = None, masks: Mapping[str, np.ndarray] | None = None,
-              titles: Mapping[int, str] | None = None, progress: bool = False) -> CascadeIndex:
+              titles: Mapping[int, str] | None = None, popularity: np.ndarray | None = None,
+              progress: bool = False) -> CascadeIndex:
         """Encode ``vectors`` with both codecs (fitting them on a sample when unfitted).
 
         ``exact_vectors_path``: where the float32 exact store is written (an .npy, memory-mapped
         afterwards); None keeps it in memory until :meth:`save`. ``masks``: modality -> bool per
-        item (for the modality filter). ``titles``: item id -> display title.
+        item (for the modality filter). ``titles``: item id -> display title. ``popularity``:
+        a score per item (e.g. rating counts); the most popular ids are kept for cache warming.
         """
         self = cls(config)
         cfg = self.config
@@ -222,7 +227,14 @@ class CascadeIndex:
         self.fine_codec = fine_codec if cfg.fine.enabled else None
         self.d_ = X.shape[1]
         self.modalities = mask_names
-        self.titles: dict[int, str] = {int(k): str(v) for k, v in (titles or {}).items()}
+        self.titles = {int(k): str(v) for k, v in (titles or {}).items()}
+        if popularity is not None:
+            popularity = np.asarray(popularity, dtype=np.float64)
+            if popularity.shape != (len(X),):
+                raise CatalogError("popularity needs one value per vector", column="popularity",
+                                   expected=(len(X),), found=popularity.shape)
+            top = np.argsort(-popularity, kind="stable")[:POPULAR_KEEP]
+            self.popular_item_ids = [int(i) for i in ids[top]]
         self.partition = None
         if cfg.coarse.nlist > 0:
             nlist = min(cfg.coarse.nlist, len(X))

@@ -9,6 +9,7 @@
     <dir>/offsets.npy, masks.npy, centroids.npy   cell bounds, packed modality bits, IVF centroids
     <dir>/coarse_codec.json(.npz), fine_codec.json(.npz)   codecs, saved by ``codec.save``
     <dir>/titles.json          item id -> title                      (optional)
+    <dir>/popular.npy          most popular item ids first (cache warming, optional)
 
 Opening checks every small file's SHA-256 and each large array's size, .npy header and a
 digest of its first and last MiB, so a large index opens in milliseconds yet a truncated or
@@ -86,6 +87,9 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             index.fine_codec.save(tmp / "fine_codec.json")
         if index.titles:
             write_json_atomic(tmp / "titles.json", {str(k): v for k, v in sorted(index.titles.items())})
+        if index.popular_item_ids:
+            arrays["popular"] = np.asarray(index.popular_item_ids, dtype=np.int64)
+            np.save(tmp / "popular.npy", arrays["popular"], allow_pickle=False)
         files = {}
         for f in sorted(tmp.iterdir()):
             if f.is_file() and f.name != MANIFEST:
@@ -194,6 +198,8 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         titles_path = directory / "titles.json"
         index.titles = ({int(k): v for k, v in json.loads(titles_path.read_text()).items()}
                         if titles_path.exists() else {})
+        popular = arr("popular", required=False)
+        index.popular_item_ids = [] if popular is None else [int(i) for i in popular]
         main = _Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None),
                         ids=arr("ids"), exact=arr("exact", required=bool(manifest["exact"])),
                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),

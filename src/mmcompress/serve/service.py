@@ -1,0 +1,238 @@
+"""The similar-items service without HTTP: current index + hot-item cache, hot reload.
+
+Requests read ``self.current`` once and use that snapshot to the end, and a reload builds the
+new index and its cache completely before one attribute assignment swaps them in, so a swap
+never fails or mixes two indexes within a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmcompress.index.cache import LRUCache, TinyLFUCache, make_cache
+from mmcompress.index.cascade import SearchStats
+from mmcompress.serve.metrics import ServiceMetrics
+from mmcompress.serve.source import IndexBundle, IndexSource
+
+log = logging.getLogger("mmcompress.serve")
+
+
+@dataclass
+class ServiceSettings:
+    """Limits and knobs of the service (``cache_bytes=None``: the index config's value)."""
+
+    max_k: int = 1000
+    default_k: int = 10
+    max_body_bytes: int = 1 << 20
+    cache_policy: str | None = None
+    cache_bytes: int | None = None
+    reload_interval_s: float | None = 10.0
+    warm_items: int = 200
+
+
+class ServiceError(Exception):
+    """A request the service refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Loaded:
+    bundle: IndexBundle
+    cache: LRUCache | TinyLFUCache
+
+    @property
+    def index(self) -> Any:
+        return self.bundle.index
+
+
+class SimilarItemsService:
+    """Answers similar-item and vector queries from the current index; swaps in new ones."""
+
+    def __init__(self, source: IndexSource, settings: ServiceSettings | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
+        self.source = source
+        self.settings = settings or ServiceSettings()
+        self.metrics = metrics or ServiceMetrics()
+        self.current: Loaded | None = None
+        self.last_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- loading ---------------------------------------------------------------------------
+    def _prepare(self, bundle: IndexBundle) -> Loaded:
+        cfg = bundle.index.config
+        policy = self.settings.cache_policy or cfg.cache_policy
+        nbytes = self.settings.cache_bytes if self.settings.cache_bytes is not None else cfg.cache_bytes
+        loaded = Loaded(bundle=bundle, cache=make_cache(policy, nbytes))
+        if self.settings.warm_items and bundle.popular_item_ids:
+            self._warm(loaded, bundle.popular_item_ids[:self.settings.warm_items], self.settings.default_k)
+        return loaded
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Load the source's index if its version changed (or ``force``); True if swapped."""
+        with self._reload_lock:
+            try:
+                version = self.source.version()
+                cur = self.current
+                if version is None or (not force and cur is not None and cur.bundle.version == version):
+                    return False
+                loaded = self._prepare(self.source.load())
+            except Exception as e:  # keep serving the old index
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.metrics.reloads.labels(result="failed").inc()
+                log.warning("index reload failed, keeping the current index: %s", self.last_error)
+                return False
+            old, self.current = self.current, loaded
+            self.last_error = None
+            self.metrics.reloads.labels(result="ok").inc()
+            self.metrics.describe_index(loaded.bundle)
+            log.info("serving index %s from %s (%d items)", loaded.bundle.version,
+                     loaded.bundle.origin, loaded.index.n_items)
+            if old is not None and old.bundle.cleanup_dir is not None:
+                shutil.rmtree(old.bundle.cleanup_dir, ignore_errors=True)
+            return True
+
+    def start(self) -> None:
+        """Poll the source every ``reload_interval_s`` in a daemon thread."""
+        interval = self.settings.reload_interval_s
+        if interval is None or self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.reload()
+
+        self._thread = threading.Thread(target=loop, name="index-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _require(self) -> Loaded:
+        cur = self.current
+        if cur is None:
+            raise ServiceError(503, f"no index loaded yet{': ' + self.last_error if self.last_error else ''}")
+        return cur
+
+    # ---- queries ---------------------------------------------------------------------------
+    def check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
+            raise ServiceError(422, f"k must be an integer in [1, {self.settings.max_k}]; found {k!r}")
+        return k
+
+    def _check_modality(self, cur: Loaded, modality: str | None) -> None:
+        if modality is not None and modality not in cur.index.modalities:
+            raise ServiceError(422, f"unknown modality {modality!r}; this index knows "
+                                    f"{list(cur.index.modalities)}")
+
+    def similar(self, item_id: int, k: int, modality: str | None = None) -> dict[str, Any]:
+        """The ``k`` items most similar to a catalog item (itself excluded)."""
+        cur = self._require()
+        k = self.check_k(k)
+        self._check_modality(cur, modality)
+        key = ("similar", int(item_id), k, modality)
+        hit = cur.cache.get(key)
+        cached = hit is not None
+        if hit is None:
+            scores, ids = self._similar_uncached(cur, int(item_id), k, modality)
+            cur.cache.put(key, (scores, ids))
+        else:
+            scores, ids = hit
+        self.metrics.observe_cache(cur.cache, cached)
+        return self._response(cur, scores, ids, k=k, modality=modality, cached=cached,
+                              query={"item_id": int(item_id), "title": cur.bundle.titles.get(int(item_id))})
+
+    def _similar_uncached(self, cur: Loaded, item_id: int, k: int,
+                          modality: str | None) -> tuple[np.ndarray, np.ndarray]:
+        index = cur.index
+        vkey = ("vector", item_id)
+        vec = cur.cache.get(vkey)
+        if vec is None:
+            try:
+                vec = index.vector_of(item_id)
+            except KeyError:
+                raise ServiceError(404, f"unknown item id {item_id}") from None
+            cur.cache.put(vkey, vec)
+        scores, ids, stats = index.search(vec[None, :], k + 1, modality=modality, return_stats=True)
+        self.metrics.observe_stages(stats)
+        keep = ids[0] != item_id
+        return scores[0][keep][:k], ids[0][keep][:k]
+
+    def search_vector(self, vector: Sequence[float], k: int, modality: str | None = None) -> dict[str, Any]:
+        """The ``k`` items nearest to a query vector."""
+        cur = self._require()
+        k = self.check_k(k)
+        self._check_modality(cur, modality)
+        d = cur.index.d_
+        try:
+            q = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ServiceError(422, "vector must be a list of numbers") from None
+        if q.ndim != 1 or len(q) != d:
+            raise ServiceError(422, f"vector has length {q.shape[0] if q.ndim == 1 else q.shape}; "
+                                    f"this index expects {d}")
+        bad = ~np.isfinite(q)
+        if bad.any():
+            raise ServiceError(422, f"vector has {int(bad.sum())} non-finite values (NaN/inf), "
+                                    f"first at position {int(np.flatnonzero(bad)[0])}")
+        scores, ids, stats = cur.index.search(q[None, :], k, modality=modality, return_stats=True)
+        self.metrics.observe_stages(stats)
+        return self._response(cur, scores[0], ids[0], k=k, modality=modality, cached=False, query=None)
+
+    def _response(self, cur: Loaded, scores: np.ndarray, ids: np.ndarray, *, k: int,
+                  modality: str | None, cached: bool, query: dict[str, Any] | None) -> dict[str, Any]:
+        titles = cur.bundle.titles
+        results = [{"item_id": int(i), "score": float(s) if math.isfinite(s) else None,
+                    "title": titles.get(int(i))}
+                   for s, i in zip(scores.tolist(), ids.tolist(), strict=True) if i >= 0]
+        out: dict[str, Any] = {"k": k, "modality": modality, "index_version": cur.bundle.version,
+                               "cached": cached, "results": results}
+        if query is not None:
+            out["query"] = query
+        return out
+
+    # ---- cache warming ---------------------------------------------------------------------
+    def warm(self, popular_item_ids: Iterable[int], k: int | None = None) -> int:
+        """Precompute results for popular items (most popular first) into the current cache."""
+        cur = self._require()
+        return self._warm(cur, popular_item_ids, k or self.settings.default_k)
+
+    def _warm(self, cur: Loaded, popular_item_ids: Iterable[int], k: int) -> int:
+        entries = []
+        for item_id in popular_item_ids:
+            try:
+                entries.append((("similar", int(item_id), k, None),
+                                self._similar_uncached(cur, int(item_id), k, None)))
+            except ServiceError:
+                continue
+        return cur.cache.warm(entries)
+
+    def health(self) -> dict[str, Any]:
+        cur = self.current
+        if cur is None:
+            return {"status": "unavailable", "detail": self.last_error or "no index loaded"}
+        return {"status": "ok", "index_version": cur.bundle.version, "origin": cur.bundle.origin,
+                "n_items": cur.index.n_items, "loaded_at": cur.bundle.loaded_at,
+                "uptime_s": time.time() - cur.bundle.loaded_at, "last_reload_error": self.last_error,
+                "index": cur.index.describe()}
+
+
+__all__ = ["Loaded", "ServiceError", "ServiceSettings", "SimilarItemsService", "SearchStats"]
