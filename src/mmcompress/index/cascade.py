@@ -603,8 +603,8 @@ class CascadeIndex:
             S = 2 * S - (G * G).sum(axis=2) - (Q * Q).sum(axis=1)[:, None]
         S = np.where(valid, S, -np.inf).astype(np.float32)
         rows, S = _top(rows, S, keep)
-        if count_bytes:
-            return rows, S, int(len(uniq)) * self.d_ * 4
+        if count_bytes:  # as if each query read its own rows (a batch shares some)
+            return rows, S, int(valid.sum()) * self.d_ * 4
         return rows, S
 
     def _take(self, st: _State, attr: str, rows: np.ndarray) -> np.ndarray:
