@@ -58,6 +58,17 @@ class Holdout:
     def seen_counts(self) -> np.ndarray:
         return np.diff(self.seen_indptr)
 
+    def take(self, users: np.ndarray) -> Holdout:
+        """The holdout of a subset of users (positions into ``user_ids``), e.g. a quick sample."""
+        users = np.asarray(users, dtype=np.int64)
+        counts = self.seen_counts[users]
+        starts = self.seen_indptr[users]
+        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Holdout(self.item_ids, self.user_ids[users], self.target_rows[users], self.history_rows[users],
+                       indptr, self.seen_rows[idx], self.user_segment[users], self.target_bucket[users],
+                       self.item_rating_count, dict(self.params))
+
 
 def make_holdout(ratings_df: pd.DataFrame, item_ids: np.ndarray, like_threshold: float = 4.0,
                  holdout_per_user: int = 1, history: int = 20, seed: int = 0,
@@ -174,8 +185,10 @@ def downstream_metrics(holdout: Holdout, item_vectors: np.ndarray, k: int = 10,
 
     ``aggregate="mean"`` queries with the mean of the history vectors; ``"max"`` scores an item by
     its best similarity to any history item. ``search_fn(queries, k) -> (scores, rows)`` answers
-    the candidate searches (default: exact ``metric`` search of ``item_vectors``); it is asked for
-    enough candidates that the top ``k`` unseen items are exact for an exact search.
+    the candidate searches (default: exact ``metric`` search of ``item_vectors``); higher score =
+    closer. Candidate lists grow (doubling) for a user until the k-th best unseen score is at
+    least the last score of every list, so no unretrieved item can rank higher under the search's
+    own scores: the result is the exact top ``k`` unseen items of that search.
     """
     X = np.asarray(item_vectors, dtype=np.float32)
     assert X.ndim == 2 and len(X) == holdout.n_items, (X.shape, holdout.n_items)
@@ -184,14 +197,16 @@ def downstream_metrics(holdout: Holdout, item_vectors: np.ndarray, k: int = 10,
         search_fn = exact_search_fn(X, metric)
     n_items = holdout.n_items
     top = np.full((holdout.n_users, k), -1, dtype=np.int64)
-    seen_counts = holdout.seen_counts
-    # users grouped by how many candidates they need, so one heavy user does not set k for all
-    need = k + seen_counts
-    groups = np.ceil(np.log2(np.maximum(need, 2))).astype(int)
-    for g in np.unique(groups):
-        users = np.flatnonzero(groups == g)
-        k_search = int(min(n_items, need[users].max()))
-        top[users] = _top_unseen(holdout, X, users, k, k_search, search_fn, aggregate)
+    # enough candidates to be certain: k + everything the user has seen
+    sufficient = np.minimum(n_items, k + holdout.seen_counts)
+    pending = np.arange(holdout.n_users)
+    k_search = min(n_items, 4 * k)
+    while len(pending):
+        rows, done = _top_unseen(holdout, X, pending, k, k_search, search_fn, aggregate)
+        done |= sufficient[pending] <= k_search
+        top[pending[done]] = rows[done]
+        pending = pending[~done]
+        k_search = min(n_items, 2 * k_search)
     hit_rank = np.full(holdout.target_rows.shape, -1, dtype=np.int64)
     for j in range(holdout.target_rows.shape[1]):
         eq = top == holdout.target_rows[:, j:j + 1]
@@ -224,39 +239,48 @@ def _history_queries(holdout: Holdout, X: np.ndarray, users: np.ndarray) -> tupl
 
 
 def _top_unseen(holdout: Holdout, X: np.ndarray, users: np.ndarray, k: int, k_search: int,
-                search_fn: SearchFn, aggregate: str) -> np.ndarray:
-    """Top-``k`` unseen rows for ``users``: (len(users), k), -1 padded."""
+                search_fn: SearchFn, aggregate: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` unseen rows for ``users`` from ``k_search`` candidates per query, -1 padded, and
+    whether that list is certain (its k-th score beats every list's last score)."""
     n_items = holdout.n_items
     if aggregate == "mean":
         Q, _ = _history_queries(holdout, X, users)
-        D, ids = search_fn(np.ascontiguousarray(Q, dtype=np.float32), k_search)
-        owner = np.repeat(np.arange(len(users)), ids.shape[1])
-        cand, score = np.asarray(ids, dtype=np.int64).ravel(), np.asarray(D, dtype=np.float64).ravel()
+        query_owner = np.arange(len(users))
     else:
         H = holdout.history_rows[users]
-        hu, hj = np.nonzero(H >= 0)
-        D, ids = search_fn(np.ascontiguousarray(X[H[hu, hj]]), k_search)
-        owner = np.repeat(hu, ids.shape[1])
-        cand, score = np.asarray(ids, dtype=np.int64).ravel(), np.asarray(D, dtype=np.float64).ravel()
-    ok = cand >= 0
-    owner, cand, score = owner[ok], cand[ok], score[ok]
+        query_owner, hj = np.nonzero(H >= 0)
+        Q = X[H[query_owner, hj]]
+    D, ids = search_fn(np.ascontiguousarray(Q, dtype=np.float32), k_search)
+    D, ids = np.asarray(D, dtype=np.float64), np.asarray(ids, dtype=np.int64)
+    valid = ids >= 0
+    n_valid = valid.sum(1)
+    # an item missing from a list scores at most that list's last score
+    last = np.where(n_valid > 0, D[np.arange(len(D)), np.maximum(n_valid - 1, 0)], -np.inf)
+    last[n_valid >= n_items] = -np.inf
+    bound = np.full(len(users), -np.inf)
+    np.maximum.at(bound, query_owner, last)
+    owner = np.repeat(query_owner, ids.shape[1])[valid.ravel()]
+    cand, score = ids[valid], D[valid]
     key = owner * n_items + cand
     # best score per (user, item): sort by key then score descending, keep the first of each key
     order = np.lexsort((-score, key))
     key, owner, cand, score = key[order], owner[order], cand[order], score[order]
     first = np.concatenate([[True], key[1:] != key[:-1]])
     key, owner, cand, score = key[first], owner[first], cand[first], score[first]
-    seen_key = _seen_keys(holdout, users)
-    unseen = ~np.isin(key, seen_key)
+    unseen = ~np.isin(key, _seen_keys(holdout, users))
     owner, cand, score = owner[unseen], cand[unseen], score[unseen]
     order = np.lexsort((cand, -score, owner))
-    owner, cand = owner[order], cand[order]
+    owner, cand, score = owner[order], cand[order], score[order]
     starts = np.searchsorted(owner, np.arange(len(users)))
     rank = np.arange(len(owner)) - starts[owner]
     top = np.full((len(users), k), -1, dtype=np.int64)
+    kth = np.full(len(users), -np.inf)
     keep = rank < k
     top[owner[keep], rank[keep]] = cand[keep]
-    return top
+    at_k = rank == k - 1
+    kth[owner[at_k]] = score[at_k]
+    done = (top[:, -1] >= 0) & (kth >= bound)
+    return top, done
 
 
 def _seen_keys(holdout: Holdout, users: np.ndarray) -> np.ndarray:
