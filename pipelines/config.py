@@ -48,7 +48,7 @@ class Layout:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", Path(self.root).resolve())
 
     @property
     def catalog_dir(self) -> Path:

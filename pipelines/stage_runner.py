@@ -25,6 +25,8 @@ def main(stage: Callable[[dict, Path], dict], argv: list[str] | None = None) -> 
                         help="override a param, e.g. --set compress.budget_bytes=32 (YAML value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("great_expectations", "alembic", "mlflow", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -27,10 +27,14 @@ def validate(params: dict, root: Path) -> dict:
     vp = params["validate"]
     catalog = ItemCatalog.load(L.catalog_dir)
     out_dir = L.resolve(vp.get("out_dir", "reports/validation"))
+    norm_range = vp["norm_range"]
+    norm_range = ({m: tuple(r) for m, r in norm_range.items()} if isinstance(norm_range, dict)
+                  else tuple(norm_range))
     with atomic_dir(out_dir) as tmp:
-        result = validate_catalog(catalog, norm_range=tuple(vp["norm_range"]),
+        result = validate_catalog(catalog, norm_range=norm_range,
                                   min_coverage=vp["min_modality_coverage"],
                                   on_row_error=vp["on_row_error"], out_dir=tmp)
+    result.summary = result.summary.replace(str(tmp), str(out_dir))
     write_json_atomic(L.metrics_dir / "validate.json",
                       {"success": int(result.success), "n_items": len(catalog),
                        "n_quarantined": int(result.n_quarantined)})
