@@ -3,7 +3,7 @@
     codec = make_codec("PCA128,OPQ16,PQ16x8", metric="ip").fit(X_train)
     codes = codec.encode(X)            # uint8, (n, codec.code_size)
     X_hat = codec.decode(codes)        # float32, (n, d)
-    D, I = codec.search(codes, xq, k)  # asymmetric: float queries vs codes
+    D, ids = codec.search(codes, xq, k)  # asymmetric: float queries vs codes
     codec.save(path); load_codec(path)
 
 A subclass implements ``_fit``, ``_encode``, ``_decode`` (or ``_search``) and the state hooks
@@ -13,7 +13,9 @@ arrays. Saving goes through :mod:`mmcompress.artifacts`: data only, versioned, c
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,8 +58,30 @@ def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, metric: str) -> tuple[n
     k = min(k, len(xb))
     index = faiss.IndexFlatIP(xb.shape[1]) if metric == "ip" else faiss.IndexFlatL2(xb.shape[1])
     index.add(np.ascontiguousarray(xb, dtype=np.float32))
-    D, I = index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
-    return (D if metric == "ip" else -D), I
+    D, ids = index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
+    return (D if metric == "ip" else -D), ids
+
+
+def chunked_search(decode: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, xq: np.ndarray,
+                   k: int, metric: str, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over ``decode(codes)`` one chunk of rows at a time (bounded memory).
+
+    For codecs whose fastest scan is "decode a block, then BLAS": decoding costs once per
+    call, not per query, and the matrix product runs at full BLAS speed.
+    """
+    k = min(k, len(codes))
+    best_D = best_ids = None
+    for start in range(0, len(codes), chunk_rows):
+        D, ids = exact_search(decode(codes[start:start + chunk_rows]), xq, k, metric)
+        ids = ids + start
+        if best_D is None:
+            best_D, best_ids = D, ids
+            continue
+        D = np.concatenate([best_D, D], axis=1)
+        ids = np.concatenate([best_ids, ids], axis=1)
+        top = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        best_D, best_ids = np.take_along_axis(D, top, 1), np.take_along_axis(ids, top, 1)
+    return best_D, best_ids
 
 
 class Codec(ABC):
@@ -66,6 +90,8 @@ class Codec(ABC):
     kind: ClassVar[str] = ""
     format_version: ClassVar[int] = 1
     registry: ClassVar[dict[str, type[Codec]]] = {}
+    #: True for sign-bit codes that also offer a Hamming scan (``search_hamming``).
+    is_binary: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,6 +113,15 @@ class Codec(ABC):
     @abstractmethod
     def code_size(self) -> int:
         """Bytes per item of the fixed-length code."""
+
+    @property
+    def field_bits(self) -> list[int]:
+        """Bit widths of the fields packed MSB-first in each code row (sums to 8 * code_size).
+
+        The entropy coder models each field separately; codecs whose fields are not whole
+        bytes (4-bit PQ, variable-width scalar codes) override this.
+        """
+        return [8] * self.code_size
 
     @property
     def is_fitted(self) -> bool:
@@ -119,6 +154,26 @@ class Codec(ABC):
         if len(codes) == 0:
             raise CodecError("cannot search an empty code array")
         return self._search(codes, queries, min(k, len(codes)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted codec as data (JSON header + .npz arrays, versioned, checksummed)."""
+        from mmcompress.codecs.io import save_codec
+
+        save_codec(self, path)
+
+    @classmethod
+    def _from_state(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Codec:
+        """Rebuild a fitted codec from a saved header: ``make_codec(spec)`` then ``_set_state``."""
+        from mmcompress.codecs.spec import make_codec
+        from mmcompress.errors import ArtifactError
+
+        codec = make_codec(header["spec"], metric=header["metric"])
+        if type(codec) is not cls:
+            raise ArtifactError(f"spec {header['spec']!r} builds {type(codec).__name__}, "
+                                f"but the file says {cls.__name__}")
+        codec._set_state(header["state"], arrays)
+        codec.d_ = int(header["d"])
+        return codec
 
     # ---- subclass hooks ------------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,165 @@
+"""Sign-bit codes: ``BIN<bits>`` (PCA + ITQ rotation) and ``BIN<bits>_rr`` (random rotation).
+
+One bit per projected dimension, packed MSB-first, ``bits / 8`` bytes per item: the
+ultra-compact coarse tier of the cascade index. Two scans:
+
+- :meth:`BinaryCodec.search` is asymmetric: the float query meets each code's reconstruction
+  ``mean + (alpha * sign) @ W.T``. Every byte of the code is a choice among 256 sign patterns
+  of 8 dimensions, so the scan is a product-quantizer look-up table (faiss ``IndexPQ`` with
+  the sign patterns as centroids): 256 entries per byte, one add per byte per item.
+- :meth:`BinaryCodec.search_hamming` binarizes the query too and ranks by popcount distance
+  (faiss ``IndexBinaryFlat``) - the cheapest scan, for shortlists that get reranked.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from mmcompress.codecs.base import Codec, check_codes, check_vectors, chunked_search
+from mmcompress.codecs.faiss_quantizers import subsample_rows
+from mmcompress.codecs.spec import SpecContext, register_quantizer
+from mmcompress.codecs.transforms import _pca, random_orthogonal
+from mmcompress.errors import CodecError
+
+
+def itq_rotation(V: np.ndarray, n_iter: int = 50, random_state: int = 0) -> np.ndarray:
+    """Iterative quantization (Gong & Lazebnik): the rotation that best aligns V with its signs."""
+    R = random_orthogonal(V.shape[1], random_state)
+    for _ in range(n_iter):
+        B = np.where(V @ R >= 0, 1.0, -1.0)
+        S, _, Wt = np.linalg.svd(V.T @ B)
+        R = S @ Wt
+    return R
+
+
+def sign_patterns(alpha: np.ndarray) -> np.ndarray:
+    """(bits/8, 256, 8) centroids: byte value -> its 8 signs (MSB first) times ``alpha``."""
+    signs = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
+    return signs[None, :, :] * alpha.reshape(-1, 1, 8).astype(np.float32)
+
+
+class BinaryCodec(Codec):
+    """Sign bits of a learned (ITQ) or random rotation, with asymmetric and Hamming scans."""
+
+    kind = "binary"
+    is_binary = True
+
+    def __init__(self, bits: int, rotation: str = "itq", metric: str = "ip",
+                 max_train_rows: int | None = 20000, random_state: int = 0) -> None:
+        super().__init__(metric)
+        if bits < 8 or bits % 8:
+            raise CodecError(f"BIN needs a positive multiple of 8 bits; found {bits}")
+        if rotation not in ("itq", "rr"):
+            raise CodecError(f"BIN rotation must be 'itq' or 'rr'; found {rotation!r}")
+        self.bits = bits
+        self.rotation = rotation
+        self.max_train_rows = max_train_rows
+        self.random_state = random_state
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> str:
+        return f"BIN{self.bits}" + ("_rr" if self.rotation == "rr" else "")
+
+    @property
+    def code_size(self) -> int:
+        return self.bits // 8
+
+    def _fit(self, X: np.ndarray) -> None:
+        n, d = X.shape
+        if n < 2:
+            raise CodecError(f"{self.spec} needs at least 2 training rows; found {n}")
+        if self.rotation == "itq" and self.bits > d:
+            raise CodecError(f"{self.spec}: ITQ gives at most d={d} bits; use BIN{self.bits}_rr")
+        Xs = subsample_rows(X, self.max_train_rows, self.random_state).astype(np.float64)
+        mean = Xs.mean(axis=0)
+        if self.rotation == "itq":
+            _, V, _ = _pca(Xs, self.bits)
+            W = V @ itq_rotation((Xs - mean) @ V, random_state=self.random_state)
+        else:
+            reps = -(-self.bits // d)
+            W = np.concatenate([random_orthogonal(d, self.random_state + r) for r in range(reps)],
+                               axis=1)[:, :self.bits]
+        proj = (Xs - mean) @ W
+        alpha = np.maximum(np.abs(proj).mean(axis=0), 1e-12)
+        self._set_params(mean, W, alpha)
+
+    def _set_params(self, mean: np.ndarray, W: np.ndarray, alpha: np.ndarray) -> None:
+        import faiss
+
+        self.mean_ = np.asarray(mean, dtype=np.float32)
+        self.W_ = np.ascontiguousarray(W, dtype=np.float32)
+        self.alpha_ = np.asarray(alpha, dtype=np.float32)
+        self._orthonormal = bool(np.allclose(self.W_.T @ self.W_, np.eye(self.bits), atol=1e-4))
+        self._recon = (self.W_.T if self._orthonormal else np.linalg.pinv(self.W_)).astype(np.float32)
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+        index = faiss.IndexPQ(self.bits, self.bits // 8, 8, metric)
+        faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
+        index.is_trained = True
+        self._scan = index
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_) @ self.W_
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return np.packbits(self._project(X) > 0, axis=1)
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
+        return self.mean_ + (signs * self.alpha_) @ self._recon
+
+    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.metric == "l2" and not self._orthonormal:
+            return chunked_search(self._decode, codes, queries, k, "l2")
+        if self.metric == "ip":
+            mapped, const = queries @ self._recon.T, queries @ self.mean_
+        else:
+            centred = queries - self.mean_
+            mapped = centred @ self.W_
+            const = -np.maximum((centred * centred).sum(1) - (mapped * mapped).sum(1), 0.0)
+        with self._lock:
+            self._scan.reset()
+            try:
+                self._scan.add_sa_codes(codes)
+                D, ids = self._scan.search(np.ascontiguousarray(mapped, dtype=np.float32), k)
+            finally:
+                self._scan.reset()
+        D = D if self.metric == "ip" else -D
+        return D + const[:, None], ids
+
+    def encode_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Sign codes of float queries, for :meth:`search_hamming` or external popcount scans."""
+        self._check_fitted()
+        return self._encode(check_vectors(queries, d=self.d_, name="queries"))
+
+    def search_hamming(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rank by Hamming distance between sign codes; scores are ``-distance`` (higher = closer)."""
+        import faiss
+
+        codes = check_codes(codes, self.code_size)
+        qcodes = self.encode_queries(queries)
+        k = min(k, len(codes))
+        index = faiss.IndexBinaryFlat(self.bits)
+        index.add(codes)
+        D, ids = index.search(qcodes, k)
+        return -D.astype(np.float32), ids
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {"mean": self.mean_, "W": self.W_, "alpha": self.alpha_}
+
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if arrays["W"].shape[1] != self.bits:
+            raise CodecError(f"{self.spec}: saved projection has {arrays['W'].shape[1]} columns")
+        self._set_params(arrays["mean"], arrays["W"], arrays["alpha"])
+
+
+def _build_bin(m: re.Match[str], ctx: SpecContext) -> Codec:
+    return BinaryCodec(int(m["bits"]), "rr" if m["rr"] else "itq", ctx.metric,
+                       random_state=ctx.random_state)
+
+
+register_quantizer(r"BIN(?P<bits>\d+)(?P<rr>_rr)?", _build_bin)

@@ -1,0 +1,242 @@
+"""Vector quantizers backed by faiss: PQ, residual (beam search) and local-search quantizers.
+
+Each wraps a trained, empty faiss ``IndexFlatCodes`` (IndexPQ, IndexResidualQuantizer,
+IndexLocalSearchQuantizer). Search is faiss's look-up-table ADC over the given codes
+(``add_sa_codes`` -> ``search`` -> ``reset``), so nothing is decoded. For additive quantizers
+under L2, the squared norm of each reconstruction is computed from the look-up tables
+(``ST_norm_from_LUT``), so the code holds no extra norm bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from mmcompress.codecs.base import Codec
+from mmcompress.codecs.io import index_from_array, index_to_array
+from mmcompress.codecs.spec import SpecContext, register_quantizer
+from mmcompress.errors import CodecError
+
+
+def subsample_rows(X: np.ndarray, max_rows: int | None, random_state: int) -> np.ndarray:
+    """At most ``max_rows`` rows of ``X``, chosen deterministically for a seed, in order."""
+    if max_rows is None or len(X) <= max_rows:
+        return X
+    rng = np.random.default_rng(random_state)
+    return X[np.sort(rng.choice(len(X), max_rows, replace=False))]
+
+
+class FaissCodesCodec(Codec):
+    """Shared behaviour of codecs that own a trained faiss ``IndexFlatCodes`` (``index_``)."""
+
+    def __init__(self, M: int, nbits: int = 8, metric: str = "ip", max_train_rows: int | None = 50000,
+                 random_state: int = 0) -> None:
+        super().__init__(metric)
+        if M < 1 or not 1 <= nbits <= 16:
+            raise CodecError(f"{type(self).__name__}: need M >= 1 and 1 <= nbits <= 16; found M={M}, nbits={nbits}")
+        if (M * nbits) % 8:
+            raise CodecError(f"{type(self).__name__}: M*nbits={M * nbits} bits is not a whole number of bytes")
+        self.M = M
+        self.nbits = nbits
+        self.max_train_rows = max_train_rows
+        self.random_state = random_state
+        self._lock = threading.Lock()
+
+    @property
+    def code_size(self) -> int:
+        return self.M * self.nbits // 8
+
+    @property
+    def field_bits(self) -> list[int]:
+        return [self.nbits] * self.M
+
+    @property
+    def faiss_metric(self) -> int:
+        import faiss
+
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+
+    def _check_train_rows(self, X: np.ndarray) -> None:
+        need = 1 << self.nbits
+        if len(X) < need:
+            raise CodecError(f"{self.spec}: {need} centroids per codebook need at least {need} "
+                             f"training rows; found {len(X)}")
+
+    def _new_index(self, d: int) -> Any:
+        raise NotImplementedError
+
+    def _fit(self, X: np.ndarray) -> None:
+        self._check_train_rows(X)
+        index = self._new_index(X.shape[1])
+        index.train(subsample_rows(X, self.max_train_rows, self.random_state))
+        self.index_ = self._ready(index)
+
+    def _ready(self, index: Any) -> Any:
+        """Hook run on a trained or deserialized index before use."""
+        return index
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return self.index_.sa_encode(X)
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.index_.sa_decode(codes)
+
+    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            self.index_.reset()
+            try:
+                self.index_.add_sa_codes(codes)
+                D, ids = self.index_.search(queries, k)
+            finally:
+                self.index_.reset()
+        return (D if self.metric == "ip" else -D), ids
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {"index": index_to_array(self.index_)}
+
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        index = index_from_array(arrays["index"])
+        expected = self._expected_code_size(index)
+        if index.sa_code_size() != expected:
+            raise CodecError(f"{self.spec}: saved index has {index.sa_code_size()}-byte codes, "
+                             f"spec says {expected}")
+        self.index_ = self._ready(index)
+
+    def _expected_code_size(self, index: Any) -> int:
+        return self.code_size
+
+
+class ProductQuantizer(FaissCodesCodec):
+    """``PQ<M>x<nbits>``: ``M`` sub-vector codebooks of ``2**nbits`` k-means centroids."""
+
+    kind = "pq"
+
+    @property
+    def spec(self) -> str:
+        return f"PQ{self.M}x{self.nbits}"
+
+    def _new_index(self, d: int) -> Any:
+        import faiss
+
+        if d % self.M:
+            raise CodecError(f"{self.spec}: input dimension {d} is not a multiple of M={self.M}; "
+                             f"prefix a transform such as 'PCA{d - d % self.M}' or 'OPQ{self.M}_{d - d % self.M}'")
+        index = faiss.IndexPQ(d, self.M, self.nbits, self.faiss_metric)
+        index.pq.cp.seed = self.random_state
+        index.pq.cp.min_points_per_centroid = 1
+        index.do_polysemous_training = False
+        return index
+
+
+class AdditiveQuantizerCodec(FaissCodesCodec):
+    """Shared setup for faiss additive quantizers (sum of ``M`` codewords)."""
+
+    def _search_type(self) -> int:
+        import faiss
+
+        aq = faiss.AdditiveQuantizer
+        return aq.ST_decompress if self.metric == "ip" else aq.ST_norm_from_LUT
+
+    def _ready(self, index: Any) -> Any:
+        # L2 search computes code norms from codebook cross-products; build them once.
+        if self.metric == "l2":
+            index.aq.compute_codebook_tables()
+        return index
+
+
+class ResidualQuantizer(AdditiveQuantizerCodec):
+    """``RQ<M>x<nbits>[_b<beam>]``: residual quantizer trained and encoded with beam search."""
+
+    kind = "rq"
+    default_beam = 16
+
+    def __init__(self, M: int, nbits: int = 8, beam: int | None = None, metric: str = "ip",
+                 max_train_rows: int | None = 20000, random_state: int = 0) -> None:
+        super().__init__(M, nbits, metric, max_train_rows, random_state)
+        self.beam = beam or self.default_beam
+        if self.beam < 1:
+            raise CodecError(f"RQ beam width must be >= 1; found {self.beam}")
+
+    @property
+    def spec(self) -> str:
+        suffix = "" if self.beam == self.default_beam else f"_b{self.beam}"
+        return f"RQ{self.M}x{self.nbits}{suffix}"
+
+    def _new_index(self, d: int) -> Any:
+        import faiss
+
+        index = faiss.IndexResidualQuantizer(d, self.M, self.nbits, self.faiss_metric, self._search_type())
+        index.rq.max_beam_size = self.beam
+        index.rq.use_beam_LUT = 1
+        index.rq.cp.seed = self.random_state
+        index.rq.cp.min_points_per_centroid = 1
+        return index
+
+    def _ready(self, index: Any) -> Any:
+        # Encoding settings are not all serialized; restore them so codes are bit-identical.
+        index.rq.max_beam_size = self.beam
+        index.rq.use_beam_LUT = 1
+        return super()._ready(index)
+
+
+class LocalSearchQuantizer(AdditiveQuantizerCodec):
+    """``LSQ<M>x<nbits>``: additive quantizer trained by local search (LSQ++)."""
+
+    kind = "lsq"
+
+    @property
+    def spec(self) -> str:
+        return f"LSQ{self.M}x{self.nbits}"
+
+    def _new_index(self, d: int) -> Any:
+        import faiss
+
+        index = faiss.IndexLocalSearchQuantizer(d, self.M, self.nbits, self.faiss_metric, self._search_type())
+        index.lsq.random_seed = self.random_state
+        return index
+
+
+def _train_rows(ctx: SpecContext, default: int) -> int | None:
+    value = ctx.options.get("max_train_rows", default)
+    return None if value is None else int(value)
+
+
+def _build_pq(m: re.Match[str], ctx: SpecContext) -> Codec:
+    return ProductQuantizer(int(m["M"]), int(m["nbits"] or 8), ctx.metric,
+                            _train_rows(ctx, 50000), ctx.random_state)
+
+
+def _build_rq(m: re.Match[str], ctx: SpecContext) -> Codec:
+    beam = int(m["beam"]) if m["beam"] else ctx.options.get("beam")
+    return ResidualQuantizer(int(m["M"]), int(m["nbits"] or 8), beam, ctx.metric,
+                             _train_rows(ctx, 20000), ctx.random_state)
+
+
+def _build_lsq(m: re.Match[str], ctx: SpecContext) -> Codec:
+    return LocalSearchQuantizer(int(m["M"]), int(m["nbits"] or 8), ctx.metric,
+                                _train_rows(ctx, 20000), ctx.random_state)
+
+
+def _pq_candidates(budget: int, d: int, metric: str) -> list[str]:
+    specs = []
+    if d % budget == 0:
+        specs.append(f"PQ{budget}x8")
+    d_opq = d - d % budget if d >= budget else None
+    if d_opq:
+        specs.append(f"OPQ{budget}_{d_opq},PQ{budget}x8" if d_opq != d else f"OPQ{budget},PQ{budget}x8")
+    return specs
+
+
+def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
+    # Beam-search encoding costs grow with M and d: past 32 bytes it misses the encode-rate
+    # floor, so auto leaves longer RQ codes to explicit specs.
+    return [f"RQ{budget}x8"] if budget <= 32 else []
+
+
+register_quantizer(r"PQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_pq, auto_candidates=_pq_candidates)
+register_quantizer(r"RQ(?P<M>\d+)(?:x(?P<nbits>\d+))?(?:_b(?P<beam>\d+))?", _build_rq,
+                   auto_candidates=_rq_candidates)
+register_quantizer(r"LSQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_lsq)

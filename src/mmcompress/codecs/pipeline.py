@@ -1,0 +1,127 @@
+"""A quantizer behind a chain of affine transforms ("PCA128,OPQ16,PQ16x8").
+
+The chain collapses to ``y = (x - c) @ B.T``-like maps: encoding applies the transforms then
+the quantizer; decoding reverses them. Search stays in the compressed domain: an
+inner-product query maps to ``q @ B.T`` and adds the constant ``q . c``; an L2 query maps to
+``(q - c) @ B.T`` when ``B`` has orthonormal rows (the distance to the discarded subspace is
+the same for every item). Only whitened L2 chains fall back to decode + exact search.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mmcompress.codecs.base import Codec, exact_search
+from mmcompress.codecs.transforms import Transform
+from mmcompress.errors import ArtifactError, CodecError
+
+
+class TransformedCodec(Codec):
+    """Transforms followed by one quantizer codec; itself a :class:`Codec`."""
+
+    kind = "pipeline"
+
+    def __init__(self, transforms: list[Transform], quantizer: Codec, metric: str = "ip") -> None:
+        super().__init__(metric)
+        if quantizer.metric != metric:
+            raise CodecError(f"quantizer metric {quantizer.metric!r} differs from codec metric {metric!r}")
+        self.transforms = list(transforms)
+        self.quantizer = quantizer
+
+    @property
+    def spec(self) -> str:
+        return ",".join([t.spec for t in self.transforms] + [self.quantizer.spec])
+
+    @property
+    def code_size(self) -> int:
+        return self.quantizer.code_size
+
+    @property
+    def field_bits(self) -> list[int]:
+        return self.quantizer.field_bits
+
+    @property
+    def is_binary(self) -> bool:  # type: ignore[override]
+        return self.quantizer.is_binary
+
+    def _fit(self, X: np.ndarray) -> None:
+        Y = X
+        for t in self.transforms:
+            t.fit(Y)
+            Y = t.apply(Y)
+        self.quantizer.fit(Y)
+        self._compose()
+
+    def _compose(self) -> None:
+        """Collapse the chain to ``y = x @ A - b`` and ``x ~ c + y @ B``."""
+        A = np.eye(self.transforms[0].d_in, dtype=np.float64)
+        b = np.zeros(A.shape[0])
+        for t in self.transforms:
+            b = (b + t.mean_.astype(np.float64)) @ t.A_
+            A = A @ t.A_
+        c = np.zeros(self.transforms[-1].d_out)
+        B = np.eye(self.transforms[-1].d_out, dtype=np.float64)
+        for t in reversed(self.transforms):
+            c = t.mean_ + c @ t.B_
+            B = B @ t.B_
+        self._A = A.astype(np.float32)
+        self._b = b.astype(np.float32)
+        self._B = B.astype(np.float32)
+        self._c = c.astype(np.float32)
+        self._orthonormal = bool(np.allclose(B @ B.T, np.eye(B.shape[0]), atol=1e-4))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Map vectors into the quantizer's input space."""
+        self._check_fitted()
+        return X @ self._A - self._b
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return self.quantizer.encode(self.transform(X))
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return self._c + self.quantizer.decode(codes) @ self._B
+
+    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.metric == "ip":
+            D, ids = self.quantizer.search(codes, queries @ self._B.T, k)
+            return D + (queries @ self._c)[:, None], ids
+        if not self._orthonormal:
+            return exact_search(self._decode(codes), queries, k, self.metric)
+        qc = queries - self._c
+        qy = qc @ self._B.T
+        D, ids = self.quantizer.search(codes, qy, k)
+        off_subspace = (qc * qc).sum(axis=1) - (qy * qy).sum(axis=1)
+        return D - np.maximum(off_subspace, 0.0)[:, None], ids
+
+    def search_hamming(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming scan of a binary quantizer with the queries mapped through the transforms."""
+        if not self.is_binary:
+            raise CodecError(f"codec {self.spec!r} is not binary; use search()")
+        self._check_fitted()
+        from mmcompress.codecs.base import check_vectors
+
+        queries = check_vectors(queries, d=self.d_, name="queries")
+        mapped = queries @ self._B.T if self.metric == "ip" else (queries - self._c) @ self._B.T
+        return self.quantizer.search_hamming(codes, mapped, k)
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        metas, arrays = [], {}
+        for i, t in enumerate(self.transforms):
+            meta, arrs = t.get_state()
+            metas.append(meta)
+            arrays.update({f"t{i}.{k}": v for k, v in arrs.items()})
+        q_meta, q_arrs = self.quantizer._get_state()
+        arrays.update({f"q.{k}": v for k, v in q_arrs.items()})
+        return {"transforms": metas, "quantizer": q_meta, "quantizer_d": self.quantizer.d_}, arrays
+
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if len(meta["transforms"]) != len(self.transforms):
+            raise ArtifactError("saved pipeline has a different number of transforms than its spec")
+        for i, (t, t_meta) in enumerate(zip(self.transforms, meta["transforms"], strict=True)):
+            prefix = f"t{i}."
+            t.set_state(t_meta, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        self.quantizer._set_state(meta["quantizer"], {k[2:]: v for k, v in arrays.items() if k.startswith("q.")})
+        self.quantizer.d_ = int(meta["quantizer_d"])
+        self._compose()
