@@ -20,7 +20,7 @@ from mmcompress.drift import (
     temporal_split,
     write_drift_html,
 )
-from mmcompress.drift.statistics import code_entropy, mmd_permutation_test, psi
+from mmcompress.drift.statistics import code_entropy, mmd_permutation_test, psi, unpack_fields
 from mmcompress.errors import CatalogError
 
 RAW = Path(__file__).resolve().parents[2] / "data" / "raw" / "movielens"
@@ -103,6 +103,9 @@ def test_statistics_behave_under_null_and_shift():
     assert p_shift < 0.05 < p_null
     codes = np.stack([np.arange(256).repeat(2), np.zeros(512)], 1).astype(np.uint8)
     np.testing.assert_allclose(code_entropy(codes), [8.0, 0.0])
+    fields = unpack_fields(codes, [4, 4, 6, 2])
+    np.testing.assert_array_equal(fields[:, 0] * 16 + fields[:, 1], codes[:, 0])
+    np.testing.assert_allclose(code_entropy(fields), [4.0, 4.0, 0.0, 0.0])
 
 
 def test_codec_statistics_flag_items_the_codec_was_not_fitted_on(digits):
@@ -114,7 +117,7 @@ def test_codec_statistics_flag_items_the_codec_was_not_fitted_on(digits):
     shifted = drift_report(X[ref_mask], X[~ref_mask], codec=codec, seed=0, permutations=20)
     assert shifted.recon_error_ratio > 1.5
     assert any("reconstruction error" in r for r in shifted.reasons)
-    assert len(shifted.entropy_batch) == codec.code_size == len(shifted.entropy_reference)
+    assert len(shifted.entropy_batch) == len(codec.field_bits) == len(shifted.entropy_reference) == 8
 
     idx = np.flatnonzero(ref_mask)
     np.random.default_rng(0).shuffle(idx)

@@ -93,13 +93,34 @@ def mmd_permutation_test(X: np.ndarray, Y: np.ndarray, *, permutations: int = 10
     return observed, p_value, float(np.sqrt(med))
 
 
+def unpack_fields(codes: np.ndarray, field_bits: list[int] | None) -> np.ndarray:
+    """Split packed uint8 codes into their fields (MSB-first bit widths ``field_bits``).
+
+    ``None`` (or all widths 8) means one field per byte. Returns (n, n_fields) int64.
+    """
+    codes = np.asarray(codes)
+    assert codes.ndim == 2 and codes.dtype == np.uint8, (codes.dtype, codes.shape)
+    if field_bits is None or all(b == 8 for b in field_bits):
+        return codes.astype(np.int64)
+    field_bits = [int(b) for b in field_bits]
+    assert sum(field_bits) == 8 * codes.shape[1] and max(field_bits) <= 62, (field_bits, codes.shape)
+    bits = np.unpackbits(codes, axis=1).astype(np.int64)
+    out = np.empty((len(codes), len(field_bits)), dtype=np.int64)
+    start = 0
+    for j, w in enumerate(field_bits):
+        out[:, j] = bits[:, start:start + w] @ (1 << np.arange(w - 1, -1, -1, dtype=np.int64))
+        start += w
+    return out
+
+
 def code_entropy(codes: np.ndarray) -> np.ndarray:
-    """Plug-in entropy (bits) of the byte values in each column of a uint8 code array."""
+    """Plug-in entropy (bits) of the values in each column of a code (or unpacked field) array."""
     assert codes.ndim == 2, codes.shape
     codes = np.asarray(codes)
     out = np.empty(codes.shape[1])
     for j in range(codes.shape[1]):
-        p = np.bincount(codes[:, j].astype(np.int64), minlength=1) / len(codes)
+        _, counts = np.unique(codes[:, j], return_counts=True)
+        p = counts / len(codes)
         p = p[p > 0]
         out[j] = float(-(p * np.log2(p)).sum()) + 0.0
     return out
