@@ -7,6 +7,7 @@ from mmcompress.evaluation.metrics import (
     compression_ratio,
     evaluate_codec,
     exact_topk,
+    flatten_metrics,
     ndcg_at_k,
     one_recall_at_1,
     rank_stability,
@@ -17,6 +18,6 @@ from mmcompress.evaluation.metrics import (
 
 __all__ = [
     "Holdout", "bytes_per_item", "compression_ratio", "downstream_metrics", "evaluate_codec",
-    "exact_topk", "make_holdout", "ndcg_at_k", "one_recall_at_1", "rank_stability", "recall_at_k",
+    "exact_topk", "flatten_metrics", "make_holdout", "ndcg_at_k", "one_recall_at_1", "rank_stability", "recall_at_k",
     "reconstruction_mse", "time_call",
 ]
