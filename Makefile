@@ -29,7 +29,7 @@ demo: $(STAMP)  ## install, run the pipeline on the embedded MovieLens catalog, 
 
 test: $(STAMP)  ## the whole suite (slow end-to-end tests included), as CI runs it
 	$(BIN)/ruff check src pipelines dags validation tests benchmarks
-	$(BIN)/python -m pytest -q -x --timeout=900
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q --timeout=900 --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
