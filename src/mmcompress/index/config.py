@@ -25,12 +25,18 @@ class CoarseStageConfig:
 
 @dataclass
 class FineStageConfig:
-    """Stage 2: a finer codec rescoring the coarse shortlist. ``codec=None``: the caller's codec
-    (the pipeline passes the compress stage's choice); ``enabled=False`` skips the stage."""
+    """Stage 2: a finer scoring of the coarse shortlist.
+
+    ``codec``: a spec; ``"coarse"`` rescores the coarse codes themselves with the coarse codec's
+    asymmetric scan (no extra bytes per item); None: the caller's codec (the pipeline passes the
+    compress stage's choice). ``scoring``: ``"adc"`` (``codec.search`` over each query's
+    shortlist) or ``"decode"`` (reconstruct, then dot products). ``enabled=False`` skips it.
+    """
 
     codec: str | None = None
     shortlist: int = 50
     enabled: bool = True
+    scoring: str = "adc"
 
 
 @dataclass
@@ -63,6 +69,8 @@ class CascadeConfig:
         if self.coarse.nlist < 0 or self.coarse.nprobe < 1:
             raise CodecError(f"index.coarse needs nlist >= 0 and nprobe >= 1; found "
                              f"nlist={self.coarse.nlist}, nprobe={self.coarse.nprobe}")
+        if self.fine.scoring not in ("adc", "decode"):
+            raise CodecError(f"index.fine.scoring must be 'adc' or 'decode'; found {self.fine.scoring!r}")
         if self.cache_bytes < 0:
             raise CodecError(f"index.cache_bytes must be >= 0; found {self.cache_bytes}")
         if self.cache_policy not in ("tinylfu", "lru"):

@@ -83,7 +83,7 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             else:
                 _write_npy_rows(tmp / "exact.npy", main.exact, np.arange(main.n))
         index.coarse_codec.save(tmp / "coarse_codec.json")
-        if index.fine_codec is not None:
+        if index.fine_codec is not None and not index.fine_shares_coarse:
             index.fine_codec.save(tmp / "fine_codec.json")
         if index.titles:
             write_json_atomic(tmp / "titles.json", {str(k): v for k, v in sorted(index.titles.items())})
@@ -101,6 +101,7 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             "config": index.config.to_dict(), "modalities": list(index.modalities),
             "coarse_codec": {"spec": index.coarse_codec.spec, "file": "coarse_codec.json"},
             "fine_codec": None if index.fine_codec is None else
+            {"spec": index.fine_codec.spec, "shared_with_coarse": True} if index.fine_shares_coarse else
             {"spec": index.fine_codec.spec, "file": "fine_codec.json"},
             "partition": None if index.partition is None else index.partition.get_state()[0],
             "exact": main.exact is not None,
@@ -190,7 +191,9 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         index = CascadeIndex(config)
         index.coarse_codec = load_codec(directory / manifest["coarse_codec"]["file"])
         fine = manifest.get("fine_codec")
-        index.fine_codec = None if fine is None else load_codec(directory / fine["file"])
+        index.fine_shares_coarse = bool(fine and fine.get("shared_with_coarse"))
+        index.fine_codec = (None if fine is None else index.coarse_codec if index.fine_shares_coarse
+                            else load_codec(directory / fine["file"]))
         index.d_ = int(manifest["d"])
         index.modalities = list(manifest["modalities"])
         part = manifest.get("partition")
@@ -200,7 +203,7 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
                         if titles_path.exists() else {})
         popular = arr("popular", required=False)
         index.popular_item_ids = [] if popular is None else [int(i) for i in popular]
-        main = _Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None),
+        main = _Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None and not index.fine_shares_coarse),
                         ids=arr("ids"), exact=arr("exact", required=bool(manifest["exact"])),
                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
                         id_sorted=arr("id_sorted"), id_order=arr("id_order"))

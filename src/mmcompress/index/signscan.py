@@ -1,0 +1,86 @@
+"""Asymmetric scan of sign codes with per-byte look-up tables, in numpy.
+
+A binary codec reconstructs ``x_hat = m + sum_b s_b * A_b`` with ``s_b = +-1`` the code's bits.
+Then ``q . x_hat = q . m + sum_b s_b (q . A_b)``: a 256-entry table per code byte (the 8 signs of
+each byte value times the query's projections) makes the score of a code ``cs`` table look-ups,
+as in product-quantizer ADC. The affine map is read from the codec's own ``decode`` (the zero
+code and the ``bits`` one-bit codes), and checked on random codes, so any binary codec whose
+reconstruction is affine in its signs qualifies without knowing its internals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmcompress.codecs.base import Codec
+
+#: byte value -> its 8 signs, most significant bit first (the packing of ``np.packbits``)
+SIGNS8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
+
+
+class SignLUTScorer:
+    """Scores ``q . decode(code)`` (``ip``) or ``-|q - decode(code)|^2`` (``l2``) from sign codes."""
+
+    def __init__(self, mean: np.ndarray, A: np.ndarray, metric: str = "ip", *,
+                 dtype: type = np.float16) -> None:
+        assert A.ndim == 2 and A.shape[0] % 8 == 0 and mean.shape == (A.shape[1],), (A.shape, mean.shape)
+        self.mean = mean.astype(np.float32)
+        self.A = np.ascontiguousarray(A, dtype=dtype)  # half precision: scores only rank a shortlist
+        self.metric = metric
+        self.code_size = A.shape[0] // 8
+        if metric == "l2":
+            A32 = self.A.astype(np.float32)
+            self._norm_const = float(self.mean @ self.mean + (A32 * A32).sum())
+
+    @property
+    def nbytes(self) -> int:
+        return self.mean.nbytes + self.A.nbytes
+
+    @classmethod
+    def from_codec(cls, codec: Codec, *, rtol: float = 1e-3, seed: int = 0) -> SignLUTScorer | None:
+        """Read the affine sign map off ``codec.decode``; None if the codec is not binary, its
+        decode is not affine in the signs, or (``l2``) its sign directions are not orthogonal."""
+        if not getattr(codec, "is_binary", False) or not codec.is_fitted:
+            return None
+        bits = 8 * codec.code_size
+        try:
+            zero = codec.decode(np.zeros((1, codec.code_size), np.uint8))[0].astype(np.float64)
+            ones = codec.decode(np.packbits(np.eye(bits, dtype=bool), axis=1)).astype(np.float64)
+        except Exception:
+            return None
+        A = (ones - zero) / 2
+        mean = zero + A.sum(axis=0)
+        rng = np.random.default_rng(seed)
+        probe = rng.integers(0, 256, (16, codec.code_size), dtype=np.uint8)
+        signs = np.unpackbits(probe, axis=1).astype(np.float64) * 2 - 1
+        want = codec.decode(probe).astype(np.float64)
+        scale = max(float(np.abs(want).max()), 1e-12)
+        if np.abs(mean + signs @ A - want).max() > rtol * scale:
+            return None
+        if codec.metric == "l2":
+            G = A @ A.T
+            if np.abs(G - np.diag(np.diag(G))).max() > rtol * max(float(np.abs(G).max()), 1e-12):
+                return None
+        return cls(mean, A, codec.metric)
+
+    def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: (code_size * 256) look-up table and the constant term."""
+        Q = np.asarray(Q, dtype=np.float32)
+        A = self.A.astype(np.float32)
+        if self.metric == "ip":
+            proj, const = Q @ A.T, Q @ self.mean
+        else:
+            proj = 2 * (Q - self.mean) @ A.T
+            const = 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
+        nq = len(Q)
+        lut = np.matmul(proj.reshape(nq, self.code_size, 1, 8), SIGNS8.T[None, None])  # (nq, cs, 1, 256)
+        return lut.reshape(nq, self.code_size * 256), const
+
+    def scores(self, Q: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """``codes`` (nq, s, code_size) uint8, one shortlist per query -> scores (nq, s)."""
+        nq, s, cs = codes.shape
+        assert cs == self.code_size and len(Q) == nq, (codes.shape, self.code_size, len(Q))
+        lut, const = self.tables(Q)
+        idx = codes.astype(np.intp) + (np.arange(cs, dtype=np.intp) * 256)
+        vals = np.take_along_axis(lut, idx.reshape(nq, s * cs), axis=1).reshape(nq, s, cs)
+        return vals.sum(axis=2) + const[:, None]

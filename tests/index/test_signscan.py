@@ -1,0 +1,30 @@
+"""The sign look-up-table scan reproduces the binary codec's own asymmetric scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmcompress.codecs import make_codec
+from mmcompress.index.signscan import SignLUTScorer
+
+
+@pytest.mark.parametrize("spec, metric", [("BIN32", "ip"), ("BIN64_rr", "ip"), ("BIN32", "l2"),
+                                          ("PCA48,BIN32", "ip")])
+def test_lut_scores_equal_scores_against_the_reconstruction(digits, spec, metric):
+    codec = make_codec(spec, metric=metric).fit(digits["xb"])
+    scorer = SignLUTScorer.from_codec(codec)
+    assert scorer is not None
+    codes = codec.encode(digits["xb"][:300]).reshape(3, 100, -1)
+    q = digits["xq"][:3]
+    got = scorer.scores(q, codes)
+    X = codec.decode(codes.reshape(300, -1)).reshape(3, 100, -1)
+    want = np.einsum("qsd,qd->qs", X, q) if metric == "ip" else -((X - q[:, None, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(got, want, atol=2e-3 * np.abs(want).max())
+    # and the codec's own asymmetric search ranks the same way
+    scores, order = codec.search(codes[0], q[:1], 10)
+    np.testing.assert_allclose(np.sort(got[0])[::-1][:10], scores[0], atol=2e-3 * np.abs(want).max())
+
+
+def test_non_binary_codec_has_no_sign_scan(digits, fitted):
+    assert SignLUTScorer.from_codec(fitted["PQ8x8"]) is None
