@@ -37,7 +37,10 @@ class ModalitySpec:
 
 @dataclass
 class ItemCatalog:
-    """Items with per-modality embeddings. Rows of a missing modality are zeros, masked False."""
+    """Items with per-modality embeddings. Rows of a missing modality are zeros, masked False.
+
+    ``attributes`` always starts with an ``item_id`` column equal to ``item_ids``.
+    """
 
     item_ids: np.ndarray
     modalities: dict[str, np.ndarray] = field(default_factory=dict)
@@ -83,12 +86,22 @@ class ItemCatalog:
             elif spec.dim != X.shape[1]:
                 raise CatalogError(f"modality {name!r} dimension differs from its schema", column=name,
                                    expected=spec.dim, found=X.shape[1])
-        if self.attributes is None or len(self.attributes) == 0:
+        if self.attributes is None or len(self.attributes.columns) == 0:
             self.attributes = pd.DataFrame(index=range(n))
         if len(self.attributes) != n:
             raise CatalogError("attributes table has the wrong number of rows",
                                expected=n, found=len(self.attributes))
-        self.attributes = self.attributes.reset_index(drop=True)
+        attrs = self.attributes.reset_index(drop=True)
+        if "item_id" in attrs.columns:
+            given = pd.to_numeric(attrs["item_id"], errors="coerce").to_numpy(np.float64)
+            differ = np.flatnonzero(given != self.item_ids)
+            if len(differ):
+                r = int(differ[0])
+                raise CatalogError("attributes item_id differs from the catalog ids", column="item_id",
+                                   row=r, expected=int(self.item_ids[r]), found=attrs["item_id"].iloc[r])
+            attrs = attrs.drop(columns=["item_id"])
+        attrs.insert(0, "item_id", self.item_ids)
+        self.attributes = attrs
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -132,7 +145,10 @@ class ItemCatalog:
         cols: dict[str, pa.Array] = {"item_id": pa.array(self.item_ids, type=pa.int64())}
         attrs = self.attributes.drop(columns=["item_id"], errors="ignore")
         for c in attrs.columns:
-            cols[c] = pa.array(attrs[c].tolist())
+            try:
+                cols[c] = pa.Array.from_pandas(attrs[c])
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise CatalogError(f"attribute column cannot be stored: {e}", column=c) from e
         for name, X in self.modalities.items():
             d = X.shape[1]
             flat = pa.array(X.reshape(-1), type=pa.float32())
@@ -184,7 +200,7 @@ class ItemCatalog:
             raise CatalogError("missing column", file=file, column="item_id",
                                expected="item_id", found=table.column_names)
         specs = dict(specs or {})
-        ids = table.column("item_id").to_numpy()
+        ids = item_id_array(table.column("item_id"), file=file, column="item_id")
         mods: dict[str, np.ndarray] = {}
         masks: dict[str, np.ndarray] = {}
         attr_cols = []
@@ -249,3 +265,24 @@ def list_column_to_matrix(col: pa.ChunkedArray | pa.Array, *, file: str | None, 
                            row=int(bad_rows[0]), expected="finite floats",
                            found=f"{len(bad_rows)} bad rows")
     return X
+
+
+def item_id_array(col: pa.ChunkedArray | pa.Array, *, file: str | None, column: str) -> np.ndarray:
+    """An integer id column as int64, refusing nulls and non-integer values."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise CatalogError("null item id", file=file, column=column, row=row,
+                           expected="an integer id", found="null")
+    if pa.types.is_integer(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_floating(col.type):
+        v = col.to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~np.isfinite(v) | (np.nan_to_num(v) % 1 != 0))
+        if len(bad):
+            raise CatalogError("item id is not an integer", file=file, column=column, row=int(bad[0]),
+                               expected="an integer id", found=float(v[bad[0]]))
+        return v.astype(np.int64)
+    raise CatalogError("item id column is not integer", file=file, column=column,
+                       expected="int64", found=str(col.type))
