@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Local Airflow for mmcompress (`make airflow`): `airflow standalone` with SQLite + LocalExecutor.
+# State lives in <repo>/airflow_home (git-ignored); the DAGs are read from <repo>/dags.
+# Environment knobs: AIRFLOW_HOME, AIRFLOW_PORT (default 8080), AIRFLOW_API_HOST (default 127.0.0.1;
+# 0.0.0.0 to reach the UI from other machines), VENV (default <repo>/.venv).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO/.venv}"
+PORT="${AIRFLOW_PORT:-8080}"
+
+if [[ ! -x "$VENV/bin/airflow" ]]; then
+  echo "airflow not found in $VENV/bin — run 'make venv' first" >&2
+  exit 1
+fi
+
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO/airflow_home}"
+# standalone starts its components as `airflow ...`: the venv's bin must come first on PATH
+export PATH="$VENV/bin:$PATH"
+# tasks import the stage functions from pipelines/ at the repository root
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW__API__HOST="${AIRFLOW_API_HOST:-127.0.0.1}"
+export AIRFLOW__API__PORT="$PORT"
+# tasks report back to the api-server's execution API; it follows the port chosen here
+export AIRFLOW__API__BASE_URL="http://localhost:$PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
+export AIRFLOW__MMCOMPRESS__PROJECT_ROOT="${AIRFLOW__MMCOMPRESS__PROJECT_ROOT:-$REPO}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export GX_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
+# macOS: forked task processes crash in the system proxy lookup unless NO_PROXY is set
+export NO_PROXY="${NO_PROXY:-*}"
+mkdir -p "$AIRFLOW_HOME"
+
+PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+cat <<EOF
+mmcompress local Airflow
+  UI:        http://localhost:$PORT
+  login:     admin — the password is generated on first start and written to
+             $PASSWORDS
+             (standalone also prints it once below, the first time)
+  state:     $AIRFLOW_HOME  (SQLite metadata DB, logs; delete it to start afresh)
+  DAGs:      $AIRFLOW__CORE__DAGS_FOLDER  (mmcompress_pipeline, mmcompress_drift, mmcompress_rebuild_index)
+  stop:      Ctrl-C
+EOF
+if [[ -f "$PASSWORDS" ]]; then
+  echo "  current:   $(cat "$PASSWORDS")"
+fi
+echo
+
+exec airflow standalone

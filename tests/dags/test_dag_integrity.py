@@ -1,0 +1,156 @@
+"""The DAG files parse cleanly, wire the stages in order, and expose a valid trigger form."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.dags.airflow_env import DAGS, REPO, VENV_BIN
+
+EXPECTED_DAGS = {"mmcompress_pipeline", "mmcompress_drift", "mmcompress_rebuild_index"}
+HEAVY_TASKS = {"prepare", "train", "compress_shard"}
+
+
+def dag_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"dagfile_{name}", DAGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_dag_file_loads_without_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == EXPECTED_DAGS
+    for dag_id in EXPECTED_DAGS:
+        assert dagbag.dags[dag_id].fileloc.startswith(str(DAGS))
+
+
+def test_pipeline_runs_the_stages_in_order(dagbag):
+    dag = dagbag.dags["mmcompress_pipeline"]
+    up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+    assert up["choose_catalog_step"] == {"resolve_params"}
+    assert up["prepare"] == {"resolve_params", "choose_catalog_step"}
+    assert up["validate"] == {"resolve_params", "choose_catalog_step", "prepare"}
+    assert "validate" in up["train"]
+    assert {"train", "shard_numbers"} <= up["compress_shard"]
+    assert "compress_shard" in up["merge_shards"]
+    assert "merge_shards" in up["build_index"]
+    assert "build_index" in up["evaluate"]
+    assert "evaluate" in up["promote"]
+    assert dag.get_task("compress_shard").is_mapped  # one task instance per shard
+    assert dag.get_task("validate").retries == 0  # a data contract failure is not retried
+    assert all(t.execution_timeout is not None for t in dag.tasks)
+    assert dag.max_active_runs == 1
+    assert dag.timetable.expression == "0 3 * * 0"  # weekly retraining
+
+
+def test_drift_dag_triggers_the_pipeline_behind_a_short_circuit(dagbag):
+    dag = dagbag.dags["mmcompress_drift"]
+    gate = dag.get_task("retrain_needed")
+    trigger = dag.get_task("trigger_retraining")
+    assert gate.task_type == "_ShortCircuitDecoratedOperator"
+    assert trigger.upstream_task_ids == {"retrain_needed"}
+    assert trigger.trigger_dag_id == "mmcompress_pipeline" in dagbag.dags
+    assert dag.timetable.expression == "0 4 * * *"
+
+
+def test_rebuild_index_dag_only_rebuilds_the_index(dagbag):
+    dag = dagbag.dags["mmcompress_rebuild_index"]
+    assert {t.task_id for t in dag.tasks} == {"resolve_params", "build_index"}
+    assert dag.schedule is None
+
+
+def test_trigger_form_params_are_documented_and_validate(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = dagbag.dags["mmcompress_pipeline"].params
+    assert {"project_root", "catalog_path", "max_items", "budget_bytes", "codec_spec",
+            "n_shards", "refresh_catalog", "overrides"} <= set(params)
+    for name in params:
+        p = params.get_param(name)
+        assert p.schema.get("title") and p.schema.get("type"), name
+    params.validate()  # the defaults are a valid form
+    bad = copy.deepcopy(params)
+    with pytest.raises(ParamValidationError, match="n_shards|minimum"):
+        bad["n_shards"] = 0
+        bad.validate()
+
+
+def test_trigger_form_maps_onto_existing_params_yaml_keys():
+    """Every override the form produces names a real params.yaml key (load_params refuses others)."""
+    from pipelines.config import load_params
+
+    run_overrides = dag_module("mmcompress_pipeline").run_overrides
+    form = {"catalog_path": "data/my_catalog.parquet", "max_items": 500, "budget_bytes": 32,
+            "n_shards": 8, "codec_spec": "OPQ16,PQ16x8", "overrides": {"fusion.epochs": 3}}
+    overrides = run_overrides(form)
+    params = load_params(REPO / "params.yaml", overrides)
+    assert params["catalog"]["source"] == "parquet"
+    assert params["catalog"]["path"] == "data/my_catalog.parquet"
+    assert params["catalog"]["max_items"] == 500
+    assert params["compress"]["budget_bytes"] == 32
+    assert params["compress"]["n_shards"] == 8
+    assert params["compress"]["codecs"] == ["OPQ16,PQ16x8"]
+    assert params["compress"]["auto"] is False
+    assert params["fusion"]["epochs"] == 3
+    assert run_overrides({"codec_spec": "auto", "budget_bytes": 16}) == {"compress.budget_bytes": 16}
+
+
+def _parse_in_subprocess(env_extra: dict[str, str]) -> dict:
+    """Parse the DAG folder in a fresh interpreter under ``env_extra``; return what it saw."""
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        "heavy = [m for m in ('torch', 'faiss', 'sklearn', 'mlflow', 'great_expectations', "
+        "'pipelines', 'mmcompress') if m in sys.modules]\n"
+        "executors = {d: {t.task_id: t.executor for t in bag.dags[d].tasks} for d in bag.dags}\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "                  'executors': executors, 'heavy_modules': heavy}))\n"
+    )
+    env = {**os.environ, **env_extra}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_parsing_imports_no_stage_code_and_uses_the_default_executor():
+    seen = _parse_in_subprocess({})
+    assert seen["errors"] == {}
+    assert seen["heavy_modules"] == []
+    assert all(e is None for tasks in seen["executors"].values() for e in tasks.values())
+
+
+def test_heavy_tasks_switch_to_kubernetes_executor_by_config():
+    seen = _parse_in_subprocess({
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor,KubernetesExecutor",
+        "AIRFLOW__MMCOMPRESS__HEAVY_EXECUTOR": "KubernetesExecutor",
+    })
+    assert seen["errors"] == {}
+    pipeline = seen["executors"]["mmcompress_pipeline"]
+    assert {t for t, e in pipeline.items() if e == "KubernetesExecutor"} == HEAVY_TASKS
+    assert all(e is None for t, e in pipeline.items() if t not in HEAVY_TASKS)
+
+
+@pytest.mark.slow
+def test_heavy_executor_must_be_a_configured_executor():
+    seen = _parse_in_subprocess({
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__MMCOMPRESS__HEAVY_EXECUTOR": "KubernetesExecutor",
+    })
+    [(path, error)] = seen["errors"].items()
+    assert path.endswith("mmcompress_pipeline.py")
+    assert "KubernetesExecutor" in error
+
+
+def test_dags_pass_ruff_airflow3_rules():
+    p = subprocess.run([str(VENV_BIN / "ruff"), "check", "--select", "AIR3", str(DAGS)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
