@@ -10,7 +10,7 @@ New codec families register spec tokens with :func:`register_quantizer` /
 :func:`register_transform` (see :mod:`mmcompress.codecs.spec`).
 """
 
-from mmcompress.codecs import binary, faiss_quantizers, nonuniform, scalar, transforms  # noqa: F401  (register tokens)
+from mmcompress.codecs import binary, faiss_quantizers, nonuniform, pipeline, scalar, transforms  # noqa: F401  (register tokens)
 from mmcompress.codecs.base import Codec, check_codes, check_vectors, chunked_search, exact_search
 from mmcompress.codecs.io import load_codec, save_codec
 from mmcompress.codecs.spec import (
