@@ -60,3 +60,18 @@ def test_bad_config():
         CollaborativeConfig(method="nmf")
     with pytest.raises(ValueError, match="dim"):
         CollaborativeConfig(dim=0)
+
+
+def test_truncated_svd_matches_dense_svd(raw_ratings):
+    from mmcompress.encoders.collaborative import rating_matrix, truncated_svd
+
+    ids = np.sort(raw_ratings["movieId"].unique())[:400]
+    R, _ = rating_matrix(raw_ratings, ids)
+    _, s_ref, vt_ref = np.linalg.svd(R.toarray(), full_matrices=False)
+    for M, ref in ((R, vt_ref), (R.T.tocsr(), None)):
+        s, Vt = truncated_svd(M, 8)
+        np.testing.assert_allclose(s, s_ref[:8], rtol=1e-8)
+        if ref is not None:
+            np.testing.assert_allclose(np.abs((Vt @ ref[:8].T).diagonal()), 1.0, atol=1e-8)
+    s_rand, _ = truncated_svd(R, 8, gram_limit=0)
+    np.testing.assert_allclose(s_rand[:3], s_ref[:3], rtol=1e-2)

