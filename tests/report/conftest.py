@@ -315,3 +315,28 @@ def one_cell(page: DataCells, **attrs) -> dict:
     found = cells(page, **attrs)
     assert len(found) == 1, (attrs, len(found))
     return found[0]
+
+
+def displayed(text: str) -> tuple[float, float]:
+    """The number a cell shows and half a unit of its last shown digit (the rounding allowed)."""
+    t = text.strip().replace(",", "").replace("×", "")
+    scale = 0.01 if t.endswith("%") else 1.0
+    t = t.rstrip("%")
+    if "e" in t:
+        mantissa, _ = t.split("e")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        v = float(t)
+        return v * scale, abs(v) * 0.5 * 10.0 ** -decimals * 10 * scale
+    decimals = len(t.split(".")[1]) if "." in t else 0
+    if "." not in t and abs(float(t)) >= 1000:  # %.4g style may drop digits; rates are whole numbers
+        decimals = 0
+    return float(t) * scale, 0.5 * 10.0 ** -decimals * scale + 1e-12
+
+
+def assert_shows(cell: dict, value: float) -> None:
+    """The cell carries exactly ``value`` and displays it rounded."""
+    assert float(cell["data-value"]) == pytest.approx(value, rel=1e-12, abs=1e-15), cell
+    shown, tol = displayed(cell["text"])
+    if abs(value) < 1e-3 and "e" not in cell["text"]:
+        tol = max(tol, 5e-4)
+    assert abs(shown - value) <= tol * 1.0001 + 1e-12, (cell, value)

@@ -61,13 +61,13 @@ def log_drift_run(tracking_uri: str, experiment: str, result: Mapping[str, Any],
     import mlflow
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
+    metrics = drift_metrics(result)
     known = {field for field, _ in DRIFT_STATISTICS.values()}
     params = {f"threshold.{k}": str(float(v)) for k, v in thresholds.items()
               if k in known and isinstance(v, int | float) and not isinstance(v, bool)}
-    metrics = drift_metrics(result)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=exp_id, run_name=RUN_NAME) as run:
         mlflow.log_params(params)
