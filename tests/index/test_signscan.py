@@ -1,4 +1,4 @@
-"""The sign look-up-table scan reproduces the binary codec's own asymmetric scores."""
+"""The sign look-up-table scan scores codes exactly as their reconstructions would."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ def test_lut_scores_equal_scores_against_the_reconstruction(digits, spec, metric
     X = codec.decode(codes.reshape(300, -1)).reshape(3, 100, -1)
     want = np.einsum("qsd,qd->qs", X, q) if metric == "ip" else -((X - q[:, None, :]) ** 2).sum(axis=2)
     np.testing.assert_allclose(got, want, atol=2e-3 * np.abs(want).max())
-    # and the codec's own asymmetric search ranks the same way
-    scores, order = codec.search(codes[0], q[:1], 10)
-    np.testing.assert_allclose(np.sort(got[0])[::-1][:10], scores[0], atol=2e-3 * np.abs(want).max())
 
 
 def test_non_binary_codec_has_no_sign_scan(digits, fitted):
