@@ -508,7 +508,8 @@ class CascadeIndex:
         starts[:, 1:] = np.cumsum(lens, axis=1)[:, :-1]
         starts += nd
         width = nd + lens.sum(axis=1)
-        buf = np.full((nq, int(width.max()) if nq else 0), sentinel, dtype=np.int32)
+        small = np.uint8 if sentinel <= 255 else np.int32  # narrower rows select faster
+        buf = np.full((nq, int(width.max()) if nq else 0), sentinel, dtype=small)
         if nd:
             blk = hamming_distances(qcodes, delta.coarse)
             if excl is not None:
@@ -516,7 +517,7 @@ class CascadeIndex:
             buf[:, :nd] = blk
         offs = main.offsets
         if self.partition is None:
-            if nd == 0:
+            if nd == 0 and small is np.int32:
                 hamming_distances(qcodes, main.coarse, out=buf)
             else:
                 buf[:, nd:] = hamming_distances(qcodes, main.coarse)
@@ -526,7 +527,7 @@ class CascadeIndex:
             for i in range(nq):
                 cells = probes[i]
                 codes = np.concatenate([main.coarse[offs[c]:offs[c + 1]] for c in cells])
-                hamming_distances(qcodes[i:i + 1], codes, out=buf[i:i + 1, nd:nd + len(codes)])
+                buf[i, nd:nd + len(codes)] = hamming_distances(qcodes[i:i + 1], codes)[0]
                 if excl is not None:
                     ex = np.concatenate([excl[offs[c]:offs[c + 1]] for c in cells])
                     buf[i, nd:nd + len(codes)][ex] = sentinel
@@ -608,12 +609,13 @@ class CascadeIndex:
         valid = rows >= 0
         if stage == "fine" and self.config.fine.scoring == "adc":
             return self._rescore_adc(st, Q, rows, valid, keep)
+        if stage == "exact":
+            rows, S = self._rescore_exact(st, Q, rows)
+            rows, S = _top(rows, S, keep)
+            return (rows, S, int(valid.sum()) * self.d_ * 4) if count_bytes else (rows, S)
         uniq, inv = np.unique(rows[valid], return_inverse=True)
-        if stage == "fine":
-            X = (self.fine_codec.decode(self._take(st, self._fine_attr, uniq)) if len(uniq)
-                 else np.zeros((0, self.d_), np.float32))
-        else:
-            X = np.asarray(self._take(st, "exact", uniq), dtype=np.float32)
+        X = (self.fine_codec.decode(self._take(st, self._fine_attr, uniq)) if len(uniq)
+             else np.zeros((0, self.d_), np.float32))
         pos = np.zeros(rows.shape, dtype=np.int64)
         pos[valid] = inv
         G = X[pos]  # (nq, s, d)
@@ -621,9 +623,24 @@ class CascadeIndex:
         if self.config.metric == "l2":
             S = 2 * S - (G * G).sum(axis=2) - (Q * Q).sum(axis=1)[:, None]
         S = np.where(valid, S, -np.inf).astype(np.float32)
-        rows, S = _top(rows, S, keep)
-        if count_bytes:  # as if each query read its own rows (a batch shares some)
-            return rows, S, int(valid.sum()) * self.d_ * 4
+        return _top(rows, S, keep)
+
+    def _rescore_exact(self, st: _State, Q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores, query by query over its rows in storage order (sequential reads)."""
+        rows = np.sort(rows, axis=1)  # -1 padding first
+        S = np.full(rows.shape, -np.inf, dtype=np.float32)
+        src = st.main.exact if st.delta is None else None
+        l2 = self.config.metric == "l2"
+        for i in range(len(Q)):
+            r = rows[i]
+            a = int(np.searchsorted(r, 0))
+            if a == len(r):
+                continue
+            X = np.asarray(src[r[a:]] if src is not None else self._take(st, "exact", r[a:]), dtype=np.float32)
+            s = X @ Q[i]
+            if l2:
+                s = 2 * s - np.einsum("ij,ij->i", X, X) - float(Q[i] @ Q[i])
+            S[i, a:] = s
         return rows, S
 
     @property

@@ -81,6 +81,8 @@ class SignLUTScorer:
         nq, s, cs = codes.shape
         assert cs == self.code_size and len(Q) == nq, (codes.shape, self.code_size, len(Q))
         lut, const = self.tables(Q)
-        idx = codes.astype(np.intp) + (np.arange(cs, dtype=np.intp) * 256)
-        vals = np.take_along_axis(lut, idx.reshape(nq, s * cs), axis=1).reshape(nq, s, cs)
-        return vals.sum(axis=2) + const[:, None]
+        off = np.arange(cs, dtype=np.intp) * 256
+        out = np.empty((nq, s), dtype=np.float32)
+        for i in range(nq):  # row by row: 1-D gathers are several times faster than a 2-D one
+            out[i] = lut[i][codes[i].astype(np.intp) + off].sum(axis=1)
+        return out + const[:, None]
