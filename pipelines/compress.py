@@ -68,7 +68,8 @@ def compress_shard(params: dict, root: Path, shard: int, n_shards: int) -> str:
 
 def merge_shards(params: dict, root: Path, n_shards: int) -> dict:
     """Concatenate finished shards into ``artifacts/codes/<codec>.npy`` and entropy-pack them."""
-    from mmcompress.codecs import pack, unpack
+    from mmcompress.codecs import load_codec
+    from mmcompress.codecs.entropy import pack, unpack
 
     L = Layout(Path(root))
     vectors_path = L.fused_dir / "vectors.npy"
@@ -88,7 +89,8 @@ def merge_shards(params: dict, root: Path, n_shards: int) -> dict:
                 raise RuntimeError(f"codec {codec_dir.name}: merged {len(codes)} rows, expected {n}")
             np.save(tmp / f"{codec_dir.name}.npy", codes)
             t0 = time.perf_counter()
-            blob = pack(codes, method=method)
+            field_bits = getattr(load_codec(codec_dir / "codec.json"), "field_bits", None)
+            blob = pack(codes, method=method, field_bits=field_bits)
             pack_s = time.perf_counter() - t0
             if not np.array_equal(unpack(blob), codes):
                 raise RuntimeError(f"codec {codec_dir.name}: entropy coding round trip differs")

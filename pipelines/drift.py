@@ -31,10 +31,15 @@ def drift(params: dict, root: Path) -> dict:
         temporal_split,
         write_drift_html,
     )
+    from mmcompress.tracking.history import log_drift_run
+    from mmcompress.tracking.store import check_tracking_store, resolve_tracking_uri
 
     root = Path(root)
     L = Layout(root)
     dp = params["drift"]
+    tp = params["tracking"]
+    uri = resolve_tracking_uri(tp["uri"], root)
+    check_tracking_store(uri)
     catalog = ItemCatalog.load(L.catalog_dir)
     fused = np.load(L.fused_dir / "vectors.npy")
     challenger = json.loads((L.reports_dir / "train.json").read_text())["challenger"]
@@ -67,12 +72,17 @@ def drift(params: dict, root: Path) -> dict:
     with atomic_dir(L.reports_dir / "drift") as tmp:
         (tmp / "drift.json").write_text(json.dumps(result, indent=2, default=str))
         write_drift_html(tmp / "report.html", reports, title=f"Drift: {source}")
+    result["run_id"] = log_drift_run(
+        uri, tp["experiment"], result, dp,
+        artifact_location=L.resolve(tp["artifact_location"]).resolve().as_uri(),
+        artifacts=[L.reports_dir / "drift" / "report.html"])
     f = reports["fused"]
     write_json_atomic(L.metrics_dir / "drift.json", {
         "retrain": int(retrain), "n_batch": int(len(new_rows)), "fused.psi_max": f.psi_max,
         "fused.mmd2": f.mmd2, "fused.mmd_pvalue": f.mmd_pvalue, "fused.mean_shift": f.mean_shift,
         "fused.recon_error_ratio": f.recon_error_ratio, "fused.recall_at_10_batch": f.recall_at_10_batch})
-    return {"retrain": retrain, "reasons": reasons, "report": str(L.reports_dir / "drift" / "report.html")}
+    return {"retrain": retrain, "reasons": reasons, "run_id": result["run_id"],
+            "report": str(L.reports_dir / "drift" / "report.html")}
 
 
 def _concat(a: ItemCatalog, b: ItemCatalog) -> ItemCatalog:

@@ -32,6 +32,10 @@ def evaluate(params: dict, root: Path) -> dict:
     """Write metrics/evaluate.json, plots/recall_vs_bytes.csv and reports/evaluate.json."""
     from mmcompress.codecs import load_codec
     from mmcompress.evaluation.downstream import downstream_metrics, make_holdout
+    from mmcompress.evaluation.faiss_baselines import (
+        default_factory_strings,
+        evaluate_faiss_baselines,
+    )
     from mmcompress.evaluation.metrics import evaluate_codec, exact_topk
 
     root = Path(root)
@@ -77,13 +81,17 @@ def evaluate(params: dict, root: Path) -> dict:
         results[name] = m
 
     challenger = _read_json(L.reports_dir / "train.json")["challenger"]
+    faiss_baselines = evaluate_faiss_baselines(
+        Xb, Xq, gt[1], ep.get("faiss_baselines") or default_factory_strings(X.shape[1], ep.get("faiss_budgets", (8, 16))),
+        seed=ep.get("seed", 0))
     summary = {"baseline": {k: baseline.get(k) for k in ("recall_at_10", "hr_at_10", "bytes_per_item")},
                "challenger": challenger,
                "codecs": {n: {k: m.get(k) for k in (*SUMMARY_KEYS, "hr_at_10", "stored_bytes_per_item")
                               if m.get(k) is not None} for n, m in results.items()}}
     write_json_atomic(L.metrics_dir / "evaluate.json", summary)
     write_json_atomic(L.reports_dir / "evaluate.json",
-                      {"baseline": baseline, "codecs": results, "challenger": challenger})
+                      {"baseline": baseline, "codecs": results, "challenger": challenger,
+                       "faiss_baselines": faiss_baselines})
     with atomic_path(L.plots_dir / "recall_vs_bytes.csv") as tmp:
         pd.DataFrame([{"codec": n, "bytes_per_item": m["bytes_per_item"],
                        "recall_at_10": m["recall_at_10"], "hr_at_10": m.get("hr_at_10")}

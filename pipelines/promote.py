@@ -66,6 +66,8 @@ def promote(params: dict, root: Path) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
+    from mmcompress.report import write_report
+    from mmcompress.tracking.history import drift_history
     from mmcompress.tracking.registry import champion_metrics, log_codec_model, record_decision
     from mmcompress.tracking.store import check_tracking_store, resolve_tracking_uri
 
@@ -116,9 +118,6 @@ def promote(params: dict, root: Path) -> dict:
                   L.reports_dir / "compress.json", L.plots_dir / "recall_vs_bytes.csv"):
             if f.exists():
                 mlflow.log_artifact(str(f), artifact_path="reports")
-        report_html = L.reports_dir / "report.html"
-        if report_html.exists():
-            mlflow.log_artifact(str(report_html), artifact_path="reports")
         info = log_codec_model(L.codecs_dir / challenger_name,
                                L.index_dir if L.index_dir.exists() else None,
                                pp["model_name"], PIP_REQUIREMENTS)
@@ -127,10 +126,14 @@ def promote(params: dict, root: Path) -> dict:
         mlflow.log_text(note, "promotion.md")
         mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "rejected")
         record_decision(client, pp["model_name"], version, decision, challenger, spec, note)
-        run_id = run.info.run_id
-    result = {"promoted": decision.promoted, "reasons": decision.reasons, "checks": decision.checks,
-              "version": version, "run_id": run_id, "challenger": challenger_name, "spec": spec,
-              "champion_before": champ_label, "tracking_uri": uri}
+        result = {"promoted": decision.promoted, "reasons": decision.reasons, "checks": decision.checks,
+                  "version": version, "run_id": run.info.run_id, "challenger": challenger_name,
+                  "spec": spec, "champion_before": champ_label, "tracking_uri": uri,
+                  "challenger_metrics": challenger, "champion_metrics": champ_metrics}
+        report_html = write_report(root, L.reports_dir / "report.html", promotion=result,
+                                   champion_metrics=champ_metrics,
+                                   drift_history=drift_history(uri, tp["experiment"]))
+        mlflow.log_artifact(str(report_html), artifact_path="reports")
     write_json_atomic(L.metrics_dir / "promote.json",
                       {"promoted": int(decision.promoted), "version": int(version)})
     write_json_atomic(L.reports_dir / "promote.json", result)
