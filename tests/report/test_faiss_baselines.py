@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from mmcompress.evaluation.faiss_baselines import evaluate_faiss_baselines
+from mmcompress.evaluation.faiss_baselines import default_factory_strings, evaluate_faiss_baselines
 from mmcompress.evaluation.metrics import exact_topk
 
 
@@ -48,3 +48,13 @@ def test_ground_truth_must_cover_k(digits):
     xb, xq, I_true = digits
     with pytest.raises(AssertionError):
         evaluate_faiss_baselines(xb, xq, I_true[:, :5], ("SQ8",))
+
+
+@pytest.mark.parametrize("d", [64, 80, 426])
+def test_default_strings_build_for_any_dimension(d):
+    import faiss
+
+    specs = default_factory_strings(d)
+    assert len(specs) == 8
+    sizes = [faiss.index_factory(d, s, faiss.METRIC_INNER_PRODUCT).sa_code_size() for s in specs]
+    assert sizes == [8, 8, 8, 16, 16, 16, (d + 1) // 2, d]

@@ -16,14 +16,29 @@ import numpy as np
 
 from mmcompress.evaluation.metrics import one_recall_at_1, recall_at_k
 
-DEFAULT_FACTORY_STRINGS = ("SQ8", "PQ8x8", "OPQ8,PQ8x8", "RQ8x8", "PQ16x8", "OPQ16,PQ16x8", "RQ16x8")
+
+def default_factory_strings(d: int, budgets: Sequence[int] = (8, 16)) -> list[str]:
+    """PQ, OPQ+PQ and RQ at each byte budget (8-bit codes), plus SQ4 and SQ8, for dimension ``d``.
+
+    PQ needs ``d`` divisible by its sub-quantizer count: otherwise PCA (plain PQ) or the OPQ
+    rotation first maps to the largest multiple below ``d``.
+    """
+    specs = []
+    for m in budgets:
+        d_m = d - d % m
+        specs += [f"PQ{m}x8" if d % m == 0 else f"PCA{d_m},PQ{m}x8",
+                  f"OPQ{m},PQ{m}x8" if d % m == 0 else f"OPQ{m}_{d_m},PQ{m}x8",
+                  f"RQ{m}x8"]
+    return specs + ["SQ4", "SQ8"]
 
 
 def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_truth_I: np.ndarray,
-                             factory_strings: Sequence[str] = DEFAULT_FACTORY_STRINGS,
+                             factory_strings: Sequence[str] | None = None,
                              metric: str = "ip", *, k: int = 10, rq_beam_size: int = 4,
                              max_train_rows: int | None = 20000, seed: int = 0) -> list[dict]:
     """Train and search each faiss factory string; one dict per string, in the given order.
+
+    ``factory_strings=None`` uses :func:`default_factory_strings` for the vectors' dimension.
 
     Each dict: ``spec``, ``bytes_per_item`` (``sa_code_size()``), ``recall_at_10`` (k-recall@k
     against ``ground_truth_I``), ``one_recall_at_1``, ``train_s``, ``search_s`` and
@@ -40,6 +55,8 @@ def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_tru
     assert I_true.shape[0] == len(xq) and I_true.shape[1] >= k, (I_true.shape, len(xq), k)
     assert metric in ("ip", "l2"), metric
     d = xb.shape[1]
+    if factory_strings is None:
+        factory_strings = default_factory_strings(d)
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     xt = xb
     if max_train_rows is not None and len(xb) > max_train_rows:
