@@ -20,10 +20,12 @@ from mmcompress.codecs.spec import (
     register_quantizer,
     register_transform,
     registered_tokens,
+    unregister,
 )
 from mmcompress.codecs.transforms import Transform
 
 __all__ = [
+    "AutoCodec",
     "Codec",
     "SpecContext",
     "Transform",
@@ -34,8 +36,13 @@ __all__ = [
     "exact_search",
     "load_codec",
     "make_codec",
+    "pack",
+    "packed_size",
     "register_quantizer",
     "register_transform",
     "registered_tokens",
     "save_codec",
+    "unpack",
+    "unpack_block",
+    "unregister",
 ]

@@ -92,6 +92,10 @@ class Codec(ABC):
     registry: ClassVar[dict[str, type[Codec]]] = {}
     #: True for sign-bit codes that also offer a Hamming scan (``search_hamming``).
     is_binary: ClassVar[bool] = False
+    #: True when ``fit`` may tune the norm weight of inner-product scoring (see ``_scan``).
+    supports_norm_weight: ClassVar[bool] = False
+    #: Fixed norm weight for inner-product scoring; None tunes it at fit on unit-norm data.
+    norm_weight: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,6 +135,14 @@ class Codec(ABC):
         X = check_vectors(X)
         self._fit(X)
         self.d_ = X.shape[1]
+        self.norm_weight_ = 0.0
+        if self.metric == "ip" and self.supports_norm_weight:
+            if self.norm_weight is not None:
+                self.norm_weight_ = float(self.norm_weight)
+            else:
+                from mmcompress.codecs.calibration import tune_norm_weight
+
+                self.norm_weight_ = tune_norm_weight(self, X, random_state=getattr(self, "random_state", 0))
         return self
 
     def encode(self, X: np.ndarray) -> np.ndarray:
@@ -173,6 +185,7 @@ class Codec(ABC):
                                 f"but the file says {cls.__name__}")
         codec._set_state(header["state"], arrays)
         codec.d_ = int(header["d"])
+        codec.norm_weight_ = float(header.get("norm_weight", 0.0))
         return codec
 
     # ---- subclass hooks ------------------------------------------------------------------
@@ -186,8 +199,34 @@ class Codec(ABC):
         raise CodecError(f"codec {self.spec!r} does not reconstruct vectors")
 
     def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Default: decode then exact search; codecs with a faster ADC path override this."""
-        return exact_search(self._decode(codes), queries, k, self.metric)
+        """Rank by ``_scan``: L2 exactly; inner product with the fitted norm weight ``w``.
+
+        For ``metric="ip"`` the score is ``q.x_hat + w * (1 - |x_hat|^2)``: with unit-norm
+        items, ``w > 0`` corrects the shrinkage of reconstructions (``w = 1/2`` is the L2
+        ranking, ``w = 0`` the plain inner product); ``fit`` picks ``w`` by validation recall.
+        """
+        if self.metric == "l2":
+            D, ids = self._scan(codes, queries, k, 0.5)
+            return 2.0 * D - (queries * queries).sum(axis=1, dtype=np.float32)[:, None], ids
+        w = float(getattr(self, "norm_weight_", 0.0))
+        D, ids = self._scan(codes, queries, k, w)
+        return D + np.float32(w), ids
+
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of ``q . x_hat - norm_weight * |x_hat|^2``; default decodes chunks of rows.
+
+        Codecs with look-up-table scans override this; both metrics derive from it.
+        """
+        if norm_weight == 0.0:
+            return chunked_search(self._decode, codes, queries, k, "ip")
+        aug_q = np.hstack([queries, np.full((len(queries), 1), -norm_weight, dtype=np.float32)])
+
+        def decode_aug(c: np.ndarray) -> np.ndarray:
+            X = self._decode(c).astype(np.float32, copy=False)
+            return np.hstack([X, (X * X).sum(axis=1, keepdims=True)])
+
+        return chunked_search(decode_aug, codes, aug_q, k, "ip")
 
     @abstractmethod
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress.codecs.base import Codec, check_codes, check_vectors, chunked_search
+from mmcompress.codecs.base import Codec, check_codes, check_vectors
 from mmcompress.codecs.faiss_quantizers import subsample_rows
 from mmcompress.codecs.spec import SpecContext, register_quantizer
 from mmcompress.codecs.transforms import _pca, random_orthogonal
@@ -47,6 +47,7 @@ class BinaryCodec(Codec):
 
     kind = "binary"
     is_binary = True
+    supports_norm_weight = True
 
     def __init__(self, bits: int, rotation: str = "itq", metric: str = "ip",
                  max_train_rows: int | None = 20000, random_state: int = 0) -> None:
@@ -96,11 +97,10 @@ class BinaryCodec(Codec):
         self.alpha_ = np.asarray(alpha, dtype=np.float32)
         self._orthonormal = bool(np.allclose(self.W_.T @ self.W_, np.eye(self.bits), atol=1e-4))
         self._recon = (self.W_.T if self._orthonormal else np.linalg.pinv(self.W_)).astype(np.float32)
-        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
-        index = faiss.IndexPQ(self.bits, self.bits // 8, 8, metric)
+        index = faiss.IndexPQ(self.bits, self.bits // 8, 8, faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
         index.is_trained = True
-        self._scan = index
+        self._scan_index = index
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean_) @ self.W_
@@ -112,24 +112,22 @@ class BinaryCodec(Codec):
         signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
         return self.mean_ + (signs * self.alpha_) @ self._recon
 
-    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.metric == "l2" and not self._orthonormal:
-            return chunked_search(self._decode, codes, queries, k, "l2")
-        if self.metric == "ip":
-            mapped, const = queries @ self._recon.T, queries @ self.mean_
-        else:
-            centred = queries - self.mean_
-            mapped = centred @ self.W_
-            const = -np.maximum((centred * centred).sum(1) - (mapped * mapped).sum(1), 0.0)
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Sign-pattern look-up tables. With orthonormal projections every code has the same
+        ``|y_hat|``, so the norm term is linear in the code and folds into the query."""
+        if not self._orthonormal:
+            return super()._scan(codes, queries, k, norm_weight)
+        mapped = (queries - 2.0 * norm_weight * self.mean_) @ self.W_
+        const = queries @ self.mean_ - norm_weight * float(self.mean_ @ self.mean_ + self.alpha_ @ self.alpha_)
         with self._lock:
-            self._scan.reset()
+            self._scan_index.reset()
             try:
-                self._scan.add_sa_codes(codes)
-                D, ids = self._scan.search(np.ascontiguousarray(mapped, dtype=np.float32), k)
+                self._scan_index.add_sa_codes(codes)
+                D, ids = self._scan_index.search(np.ascontiguousarray(mapped, dtype=np.float32), k)
             finally:
-                self._scan.reset()
-        D = D if self.metric == "ip" else -D
-        return D + const[:, None], ids
+                self._scan_index.reset()
+        return D + const[:, None].astype(np.float32), ids
 
     def encode_queries(self, queries: np.ndarray) -> np.ndarray:
         """Sign codes of float queries, for :meth:`search_hamming` or external popcount scans."""

@@ -2,9 +2,9 @@
 
 Each wraps a trained, empty faiss ``IndexFlatCodes`` (IndexPQ, IndexResidualQuantizer,
 IndexLocalSearchQuantizer). Search is faiss's look-up-table ADC over the given codes
-(``add_sa_codes`` -> ``search`` -> ``reset``), so nothing is decoded. For additive quantizers
-under L2, the squared norm of each reconstruction is computed from the look-up tables
-(``ST_norm_from_LUT``), so the code holds no extra norm bytes.
+(``add_sa_codes`` -> ``search`` -> ``reset``), so nothing is decoded per query. Additive codes
+are scanned with faiss's PQ scanner (:class:`AdditiveScan`); the squared norms their scores
+need are decoded once per code set and cached, so codes hold no extra norm bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def subsample_rows(X: np.ndarray, max_rows: int | None, random_state: int) -> np
 
 class FaissCodesCodec(Codec):
     """Shared behaviour of codecs that own a trained faiss ``IndexFlatCodes`` (``index_``)."""
+
+    supports_norm_weight = True
 
     def __init__(self, M: int, nbits: int = 8, metric: str = "ip", max_train_rows: int | None = 50000,
                  random_state: int = 0) -> None:
@@ -84,15 +86,28 @@ class FaissCodesCodec(Codec):
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return self.index_.sa_decode(codes)
 
-    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """faiss ADC; the norm weight rides on the L2 scan of the scaled query ``q / 2w``:
+        ``-w |q/2w - x_hat|^2 = q.x_hat - w |x_hat|^2 - |q|^2 / 4w``."""
+        import faiss
+
+        if norm_weight == 0.0:
+            metric, xq = faiss.METRIC_INNER_PRODUCT, queries
+        else:
+            metric, xq = faiss.METRIC_L2, np.ascontiguousarray(queries / (2.0 * norm_weight), dtype=np.float32)
         with self._lock:
+            self.index_.metric_type = metric
             self.index_.reset()
             try:
                 self.index_.add_sa_codes(codes)
-                D, ids = self.index_.search(queries, k)
+                D, ids = self.index_.search(xq, k)
             finally:
                 self.index_.reset()
-        return (D if self.metric == "ip" else -D), ids
+        if norm_weight == 0.0:
+            return D, ids
+        q2 = (queries.astype(np.float64) ** 2).sum(axis=1) / (4.0 * norm_weight)
+        return (q2[:, None] - norm_weight * D).astype(np.float32), ids
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {"index": index_to_array(self.index_)}
@@ -131,20 +146,124 @@ class ProductQuantizer(FaissCodesCodec):
         return index
 
 
+class AdditiveScan:
+    """Look-up-table scan of additive codes (8-bit codebooks) with faiss's PQ scanner.
+
+    ``q . x_hat = sum_m q . C_m[c_m]`` is a product-quantizer score for the query tiled ``M``
+    times against sub-vectors ``C_m`` (faiss ``IndexPQ`` with ``dsub = d``), which scans
+    faster than the additive-quantizer search. The norm term ``-w |x_hat|^2`` is not separable
+    over codebooks, so it rides on two extra transient code bytes holding each item's squared
+    norm (16-bit fixed point over the code set's range) whose "centroids" are the norm levels.
+    """
+
+    def __init__(self, codebooks: np.ndarray) -> None:
+        import faiss
+
+        self.M, K, self.d = codebooks.shape
+        assert K == 256, K
+        self.codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
+        self.plain = faiss.IndexPQ(self.M * self.d, self.M, 8, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(self.codebooks.ravel(), self.plain.pq.centroids)
+        self.plain.is_trained = True
+        self.normed = faiss.IndexPQ((self.M + 2) * self.d, self.M + 2, 8, faiss.METRIC_INNER_PRODUCT)
+        cents = np.zeros((self.M + 2, 256, self.d), dtype=np.float32)
+        cents[:self.M] = self.codebooks
+        faiss.copy_array_to_vector(cents.ravel(), self.normed.pq.centroids)
+        self.normed.is_trained = True
+        self._norm_cents = faiss.rev_swig_ptr(self.normed.pq.centroids.data(), cents.size).reshape(cents.shape)
+        self._lock = threading.Lock()
+
+    def search(self, codes: np.ndarray, queries: np.ndarray, k: int, norm_weight: float,
+               norms: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(queries)
+        if norm_weight == 0.0:
+            index, ext = self.plain, codes
+        else:
+            assert norms is not None
+            lo, hi = float(norms.min()), float(norms.max())
+            step = (hi - lo) / 65535.0 if hi > lo else 1.0
+            v = np.clip(np.rint((norms - lo) / step), 0, 65535).astype(np.int64)
+            ext = np.hstack([codes, (v >> 8).astype(np.uint8)[:, None], (v & 255).astype(np.uint8)[:, None]])
+            index = self.normed
+        D = np.empty((nq, k), dtype=np.float32)
+        ids = np.empty((nq, k), dtype=np.int64)
+        with self._lock:
+            if norm_weight != 0.0:
+                levels = np.arange(256, dtype=np.float64)
+                self._norm_cents[self.M, :, 0] = lo + levels * 256.0 * step
+                self._norm_cents[self.M + 1, :, 0] = levels * step
+            index.reset()
+            try:
+                index.add_sa_codes(np.ascontiguousarray(ext))
+                for s in range(0, nq, 128):
+                    q = queries[s:s + 128]
+                    tiled = np.zeros((len(q), index.d), dtype=np.float32)
+                    tiled[:, :self.M * self.d] = np.tile(q, (1, self.M))
+                    if norm_weight != 0.0:
+                        tiled[:, self.M * self.d] = -norm_weight
+                        tiled[:, (self.M + 1) * self.d] = -norm_weight
+                    D[s:s + 128], ids[s:s + 128] = index.search(tiled, k)
+            finally:
+                index.reset()
+        return D, ids
+
+
+class _NormCache:
+    """Squared norms of decoded code sets, keyed by a hash of the code bytes (last few kept)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._entries: dict[bytes, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self, codes: np.ndarray, decode: Any) -> np.ndarray:
+        import hashlib
+
+        key = hashlib.blake2b(np.ascontiguousarray(codes).data, digest_size=16).digest() + \
+            np.array(codes.shape, dtype=np.int64).tobytes()
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None:
+            return hit
+        norms = np.concatenate([(decode(codes[s:s + 65536]).astype(np.float64) ** 2).sum(axis=1)
+                                for s in range(0, len(codes), 65536)])
+        with self._lock:
+            self._entries[key] = norms
+            while len(self._entries) > self.size:
+                self._entries.pop(next(iter(self._entries)))
+        return norms
+
+
 class AdditiveQuantizerCodec(FaissCodesCodec):
     """Shared setup for faiss additive quantizers (sum of ``M`` codewords)."""
 
     def _search_type(self) -> int:
         import faiss
 
-        aq = faiss.AdditiveQuantizer
-        return aq.ST_decompress if self.metric == "ip" else aq.ST_norm_from_LUT
+        return faiss.AdditiveQuantizer.ST_decompress
+
+    @property
+    def faiss_metric(self) -> int:
+        import faiss
+
+        return faiss.METRIC_L2
 
     def _ready(self, index: Any) -> Any:
-        # L2 search computes code norms from codebook cross-products; build them once.
-        if self.metric == "l2":
-            index.aq.compute_codebook_tables()
+        import faiss
+
+        self._norms = _NormCache()
+        self._scanner = None
+        if self.nbits == 8:
+            cb = faiss.vector_to_array(index.aq.codebooks).reshape(self.M, 256, -1)
+            self._scanner = AdditiveScan(cb)
         return index
+
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        if self._scanner is None:
+            return Codec._scan(self, codes, queries, k, norm_weight)
+        norms = self._norms.get(codes, self.index_.sa_decode) if norm_weight else None
+        return self._scanner.search(codes, queries, k, norm_weight, norms)
 
 
 class ResidualQuantizer(AdditiveQuantizerCodec):

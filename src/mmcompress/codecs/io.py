@@ -33,6 +33,7 @@ def save_codec(codec: Codec, path: str | os.PathLike) -> None:
         "metric": codec.metric,
         "d": int(codec.d_),
         "code_size": int(codec.code_size),
+        "norm_weight": float(getattr(codec, "norm_weight_", 0.0)),
         "state": state,
     }
     save_arrays(path, header, arrays, kind=ARTIFACT_KIND, format_version=FORMAT_VERSION)

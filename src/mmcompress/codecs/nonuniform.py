@@ -44,10 +44,14 @@ class _SortedColumns:
         return pos - (np.arange(self.u) * self.n)[:, None]
 
 
-def lloyd_max(cols: np.ndarray, n_levels: int, entropy_weight: float = 0.0,
-              iters: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def lloyd_max(cols: np.ndarray, n_levels: int, entropy_weight: float = 0.0, iters: int = 30,
+              scale: np.ndarray | None = None,
+              init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """1-D (entropy-constrained) Lloyd-Max quantizers for every row of ``cols`` (u, n), sorted.
 
+    With ``entropy_weight`` > 0 a value goes to the level minimising
+    ``(x - c)^2 + entropy_weight * scale * log2(1 / p(c))``; ``scale`` (u,) is each row's
+    distortion unit (its fixed-rate MSE, so the weight means the same at every bit depth).
     Returns levels (u, L), thresholds (u, L-1), mean squared error (u,) and entropy in bits (u,).
     """
     u, n = cols.shape
@@ -55,12 +59,13 @@ def lloyd_max(cols: np.ndarray, n_levels: int, entropy_weight: float = 0.0,
     P1 = np.concatenate([np.zeros((u, 1)), np.cumsum(cols, axis=1)], axis=1)
     P2 = np.concatenate([np.zeros((u, 1)), np.cumsum(cols * cols, axis=1)], axis=1)
     var = cols.var(axis=1)[:, None] + 1e-30
+    unit = var if scale is None else np.maximum(scale, 1e-30)[:, None]
     qpos = ((np.arange(n_levels) + 0.5) / n_levels * n).astype(int)
-    levels = cols[:, qpos].copy()
+    levels = cols[:, qpos].copy() if init is None else init.copy()
     counts = np.full((u, n_levels), n / n_levels)
     bounds = np.zeros((u, n_levels + 1), dtype=np.int64)
     for _ in range(iters):
-        thr = _thresholds(levels, counts, n, entropy_weight, var)
+        thr = _thresholds(levels, counts, n, entropy_weight, unit)
         bounds[:, 1:-1] = index.positions(thr)
         bounds[:, -1] = n
         counts = np.diff(bounds, axis=1).astype(np.float64)
@@ -70,7 +75,7 @@ def lloyd_max(cols: np.ndarray, n_levels: int, entropy_weight: float = 0.0,
             levels = new
             break
         levels = np.maximum.accumulate(new, axis=1)
-    thr = _thresholds(levels, counts, n, entropy_weight, var)
+    thr = _thresholds(levels, counts, n, entropy_weight, unit)
     bounds[:, 1:-1] = index.positions(thr)
     counts = np.diff(bounds, axis=1).astype(np.float64)
     S1 = np.diff(np.take_along_axis(P1, bounds, axis=1), axis=1)
@@ -81,12 +86,12 @@ def lloyd_max(cols: np.ndarray, n_levels: int, entropy_weight: float = 0.0,
     return levels, thr, mse, entropy
 
 
-def _thresholds(levels: np.ndarray, counts: np.ndarray, n: int, lam: float, var: np.ndarray) -> np.ndarray:
+def _thresholds(levels: np.ndarray, counts: np.ndarray, n: int, lam: float, unit: np.ndarray) -> np.ndarray:
     thr = 0.5 * (levels[:, 1:] + levels[:, :-1])
     if lam > 0:
         cost = -np.log2(np.maximum(counts, 0.5) / n)
-        gap = np.maximum(levels[:, 1:] - levels[:, :-1], 1e-12 * np.sqrt(var))
-        thr = thr + lam * var * (cost[:, 1:] - cost[:, :-1]) / (2 * gap)
+        gap = np.maximum(levels[:, 1:] - levels[:, :-1], 1e-9 * np.sqrt(unit))
+        thr = thr + lam * unit * (cost[:, 1:] - cost[:, :-1]) / (2 * gap)
     return np.maximum.accumulate(thr, axis=1)
 
 
@@ -107,6 +112,7 @@ class NonUniformQuantizer(Codec):
     """Per-dimension Lloyd-Max levels with greedy bit allocation into exactly ``budget_bytes``."""
 
     kind = "nuq"
+    supports_norm_weight = True
 
     def __init__(self, budget_bytes: int, entropy_weight: float = 0.0, max_bits: int = 8,
                  metric: str = "ip", max_train_rows: int | None = 16384, lloyd_iters: int = 30,
@@ -157,7 +163,10 @@ class NonUniformQuantizer(Codec):
         fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         entropy = np.zeros((d, max_bits + 1))
         for b in range(1, max_bits + 1):
-            lev, thr, mse, ent = lloyd_max(cols, 1 << b, self.entropy_weight, self.lloyd_iters)
+            lev, thr, mse, ent = lloyd_max(cols, 1 << b, 0.0, self.lloyd_iters)
+            if self.entropy_weight > 0:
+                lev, thr, mse, ent = lloyd_max(cols, 1 << b, self.entropy_weight, self.lloyd_iters,
+                                               scale=mse, init=lev)
             distortion[:, b], entropy[:, b] = mse, ent
             fitted[b] = (lev, thr)
         weights = (Xs * Xs).mean(axis=0) if self.metric == "ip" else np.ones(d)
@@ -216,15 +225,21 @@ class NonUniformQuantizer(Codec):
         out[:, self.used_] = self._decode_used(codes)
         return out
 
-    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scan only the dimensions that carry bits; the rest add a per-query constant."""
-        q_used = np.ascontiguousarray(queries[:, self.used_])
-        D, ids = chunked_search(self._decode_used, codes, q_used, k, self.metric)
-        if self.metric == "ip":
-            const = queries.astype(np.float64) @ self._const
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Decode only the dimensions that carry bits (blocks of rows, then BLAS); dimensions
+        stored as their mean add a per-query constant."""
+        q_used = queries[:, self.used_]
+        if norm_weight:
+            q_used = np.hstack([q_used, np.full((len(q_used), 1), -norm_weight, dtype=np.float32)])
+
+            def decode(c: np.ndarray) -> np.ndarray:
+                Y = self._decode_used(c)
+                return np.hstack([Y, (Y * Y).sum(axis=1, keepdims=True)])
         else:
-            rest = np.delete(queries, self.used_, axis=1).astype(np.float64)
-            const = -((rest - np.delete(self.mean_, self.used_)) ** 2).sum(axis=1)
+            decode = self._decode_used
+        D, ids = chunked_search(decode, codes, np.ascontiguousarray(q_used, dtype=np.float32), k, "ip")
+        const = queries.astype(np.float64) @ self._const - norm_weight * float(self._const @ self._const)
         return (D + const[:, None]).astype(np.float32), ids
 
     # ---- state -----------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """A quantizer behind a chain of affine transforms ("PCA128,OPQ16,PQ16x8").
 
 The chain collapses to ``y = (x - c) @ B.T``-like maps: encoding applies the transforms then
-the quantizer; decoding reverses them. Search stays in the compressed domain: an
-inner-product query maps to ``q @ B.T`` and adds the constant ``q . c``; an L2 query maps to
-``(q - c) @ B.T`` when ``B`` has orthonormal rows (the distance to the discarded subspace is
-the same for every item). Only whitened L2 chains fall back to decode + exact search.
+the quantizer; decoding reverses them. Search stays in the compressed domain:
+with ``B`` having orthonormal rows (centring, PCA, rotations, OPQ) the score
+``q.x_hat - w|x_hat|^2`` becomes the quantizer's own scan of ``(q - 2wc) @ B.T`` plus a
+per-query constant. Only whitened chains fall back to decoding blocks of rows.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress.codecs.base import Codec, exact_search
+from mmcompress.codecs.base import Codec
 from mmcompress.codecs.transforms import Transform
 from mmcompress.errors import ArtifactError, CodecError
 
@@ -29,6 +29,8 @@ class TransformedCodec(Codec):
             raise CodecError(f"quantizer metric {quantizer.metric!r} differs from codec metric {metric!r}")
         self.transforms = list(transforms)
         self.quantizer = quantizer
+        self.quantizer.norm_weight = 0.0  # the pipeline scores in the input space
+        self.supports_norm_weight = quantizer.supports_norm_weight  # type: ignore[misc]
 
     @property
     def spec(self) -> str:
@@ -83,17 +85,16 @@ class TransformedCodec(Codec):
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return self._c + self.quantizer.decode(codes) @ self._B
 
-    def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.metric == "ip":
-            D, ids = self.quantizer.search(codes, queries @ self._B.T, k)
-            return D + (queries @ self._c)[:, None], ids
+    def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
+              norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """``q.x_hat - w|x_hat|^2`` with ``x_hat = c + y_hat B``: the quantizer's own scan when
+        ``B`` has orthonormal rows, since then ``|y_hat B| = |y_hat|``."""
         if not self._orthonormal:
-            return exact_search(self._decode(codes), queries, k, self.metric)
-        qc = queries - self._c
-        qy = qc @ self._B.T
-        D, ids = self.quantizer.search(codes, qy, k)
-        off_subspace = (qc * qc).sum(axis=1) - (qy * qy).sum(axis=1)
-        return D - np.maximum(off_subspace, 0.0)[:, None], ids
+            return super()._scan(codes, queries, k, norm_weight)
+        mapped = np.ascontiguousarray((queries - 2.0 * norm_weight * self._c) @ self._B.T, dtype=np.float32)
+        D, ids = self.quantizer._scan(codes, mapped, k, norm_weight)
+        const = queries @ self._c - norm_weight * float(self._c @ self._c)
+        return D + const[:, None].astype(np.float32), ids
 
     def search_hamming(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming scan of a binary quantizer with the queries mapped through the transforms."""

@@ -80,6 +80,7 @@ __all__ = [
     "register_quantizer",
     "register_transform",
     "registered_tokens",
+    "unregister",
 ]
 
 #: ``(budget_bytes, d, metric) -> specs`` that fit exactly ``budget_bytes`` bytes per item.
@@ -136,6 +137,16 @@ def register_quantizer(pattern: str, factory: Callable[[re.Match[str], SpecConte
 def register_transform(pattern: str, factory: Callable[[re.Match[str], SpecContext], Transform]) -> None:
     """Register a transform token: ``pattern`` (full match) -> ``factory(match, ctx) -> Transform``."""
     _register(_TRANSFORMS, pattern, factory, None)
+
+
+def unregister(pattern: str) -> bool:
+    """Remove a registered quantizer or transform pattern; True if one was removed."""
+    removed = False
+    for table in (_QUANTIZERS, _TRANSFORMS):
+        keep = [e for e in table if e.pattern.pattern != pattern]
+        removed |= len(keep) != len(table)
+        table[:] = keep
+    return removed
 
 
 def registered_tokens() -> dict[str, list[str]]:
