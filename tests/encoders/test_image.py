@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def catalog():
-    return build_sample_image_catalog(progress=False)
+    return build_sample_image_catalog(image={"num_threads": 1}, progress=False)
 
 
 def _nearest(cat, title, k):

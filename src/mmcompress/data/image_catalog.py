@@ -81,7 +81,8 @@ def build_image_catalog(
                        {"image": spec})
 
 
-def build_sample_image_catalog(*, progress: bool = True) -> ItemCatalog:
+def build_sample_image_catalog(*, image: ImageEncoderConfig | dict[str, Any] | None = None,
+                               progress: bool = True) -> ItemCatalog:
     """The scikit-image example catalog; ``title`` names each picture."""
     imgs = sample_images()
-    return build_image_catalog(list(imgs.values()), titles=list(imgs), progress=progress)
+    return build_image_catalog(list(imgs.values()), titles=list(imgs), image=image, progress=progress)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmcompress.encoders.threads import torch_threads
 from mmcompress.errors import CatalogError
 
 MODEL_ID = "efficientnet-lite0"
@@ -21,11 +22,12 @@ DIM = 1280
 
 @dataclass
 class ImageEncoderConfig:
-    """Knobs of the image encoder."""
+    """Knobs of the image encoder; ``num_threads`` sets torch's thread count while encoding."""
 
     enabled: bool = True
     batch_size: int = 16
     image_size: int = 224
+    num_threads: int | None = None
 
 
 def preprocess_image(image: np.ndarray, size: int = 224) -> np.ndarray:
@@ -101,7 +103,7 @@ class ImageEncoder:
         size = self.config.image_size
         out = np.zeros((len(images), DIM), dtype=np.float32)
         bs = self.config.batch_size
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.config.num_threads):
             for start in tqdm(range(0, len(images), bs), desc="image embeddings",
                               disable=not self.progress or len(images) <= bs):
                 batch = np.stack([self._preprocess(im, start + j, size)

@@ -189,6 +189,7 @@ class TextEncoder:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, 384) float32 unit rows; cached texts are read, the rest embedded and cached."""
         texts = [str(t) for t in texts]
         unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
         unique = [str(t) for t in unique]
@@ -199,6 +200,7 @@ class TextEncoder:
         else:
             vecs, found = np.zeros((len(unique), DIM), dtype=np.float32), np.zeros(len(unique), bool)
         todo = np.flatnonzero(~found)
+        todo = todo[np.argsort([len(unique[i]) for i in todo], kind="stable")]
         if len(todo):
             model = self._load()
             step = self.config.chunk_size
