@@ -105,8 +105,9 @@ class _Segment:
 
     def lookup(self) -> tuple[np.ndarray, np.ndarray]:
         if self.id_sorted is None or self.id_order is None:
-            order = np.argsort(self.ids, kind="stable").astype(np.int64)
-            self.id_sorted, self.id_order = np.asarray(self.ids)[order], order
+            ids = np.asarray(self.ids, dtype=np.int64)
+            order = np.argsort(ids, kind="stable").astype(np.int64)
+            self.id_sorted, self.id_order = ids[order], order
         return self.id_sorted, self.id_order
 
     def find(self, item_ids: np.ndarray) -> np.ndarray:
@@ -170,11 +171,51 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     return ids
 
 
-def _narrow_ids(ids: np.ndarray) -> np.ndarray:
-    info = np.iinfo(np.int32)
-    if len(ids) == 0 or (ids.min() >= info.min and ids.max() <= info.max):
-        return ids.astype(np.int32)
-    return ids.astype(np.int64)
+class PackedIds:
+    """Item ids stored as offsets from the smallest id in the fewest whole bytes (little-endian):
+    ids of a catalog spanning < 2**24 values cost 3 bytes instead of 8. Reads return int64."""
+
+    dtype = np.dtype(np.int64)
+
+    def __init__(self, data: np.ndarray, base: int) -> None:
+        assert data.dtype == np.uint8 and data.ndim == 2 and 1 <= data.shape[1] <= 8, (data.dtype, data.shape)
+        self.data, self.base, self.width = data, int(base), data.shape[1]
+        self._shifts = (8 * np.arange(self.width)).astype(np.uint64)
+
+    @classmethod
+    def pack(cls, ids: np.ndarray) -> PackedIds:
+        ids = np.asarray(ids, dtype=np.int64)
+        base = int(ids.min()) if len(ids) else 0
+        span = (ids - base).astype(np.uint64)
+        width = max(1, -(-int(span.max() if len(ids) else 0).bit_length() // 8))
+        data = ((span[:, None] >> (8 * np.arange(width, dtype=np.uint64))) & np.uint64(0xFF)).astype(np.uint8)
+        return cls(data, base)
+
+    def _unpack(self, d: np.ndarray) -> np.ndarray:
+        vals = (d.astype(np.uint64) << self._shifts).sum(axis=-1, dtype=np.uint64)
+        return vals.astype(np.int64) + self.base
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return self._unpack(np.asarray(self.data[rows]))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._unpack(np.asarray(self.data))
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.data),)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+def _narrow_ids(ids: np.ndarray) -> PackedIds:
+    return PackedIds.pack(ids)
 
 
 def _codec_state_bytes(codec: Codec | None) -> int:
@@ -809,7 +850,7 @@ class CascadeIndex:
         resident = {
             "coarse_codes": sum(s.coarse.nbytes for s in segs),
             "fine_codes": sum(s.fine.nbytes for s in segs if s.fine is not None),
-            "ids": sum(np.asarray(s.ids).nbytes for s in segs),
+            "ids": sum(s.ids.nbytes for s in segs),
             "modality_masks": sum(s.masks.nbytes for s in segs),
             "tombstones": 0 if st.dead is None else st.dead.nbytes,
             "cell_offsets": st.main.offsets.nbytes,

@@ -1,7 +1,7 @@
 """IVF routing for the coarse tier: k-means cells over full-precision vectors.
 
 Items are stored sorted by cell, so a cell is a contiguous slice of the code arrays and the
-partition costs no bytes per item: only the centroids (float16) and the cell offsets.
+partition costs no bytes per item: only the centroids and the cell offsets.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class CoarsePartition:
                           spherical=self.metric == "ip", verbose=False,
                           max_points_per_centroid=max(256, len(X) // self.nlist + 1))
         km.train(X)
-        self.centroids_ = km.centroids.astype(np.float16)
+        self.centroids_ = np.ascontiguousarray(km.centroids, dtype=np.float32)
         return self
 
     @property
@@ -46,7 +46,7 @@ class CoarsePartition:
         return self.centroids_.shape[1]
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
-        C = self.centroids_.astype(np.float32)
+        C = self.centroids_
         S = X @ C.T
         if self.metric == "l2":
             S = 2 * S - (C * C).sum(axis=1)[None, :]
@@ -78,7 +78,7 @@ class CoarsePartition:
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CoarsePartition:
         p = cls(int(meta["nlist"]), meta["metric"], niter=int(meta["niter"]),
                 random_state=int(meta["random_state"]))
-        p.centroids_ = np.asarray(arrays["centroids"], dtype=np.float16)
+        p.centroids_ = np.ascontiguousarray(arrays["centroids"], dtype=np.float32)
         if p.centroids_.shape[0] != p.nlist:
             raise CodecError(f"partition has {p.centroids_.shape[0]} centroids; header says {p.nlist}")
         return p

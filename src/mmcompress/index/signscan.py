@@ -22,10 +22,10 @@ class SignLUTScorer:
     """Scores ``q . decode(code)`` (``ip``) or ``-|q - decode(code)|^2`` (``l2``) from sign codes."""
 
     def __init__(self, mean: np.ndarray, A: np.ndarray, metric: str = "ip", *,
-                 dtype: type = np.float16) -> None:
+                 dtype: type = np.float32) -> None:
         assert A.ndim == 2 and A.shape[0] % 8 == 0 and mean.shape == (A.shape[1],), (A.shape, mean.shape)
         self.mean = mean.astype(np.float32)
-        self.A = np.ascontiguousarray(A, dtype=dtype)  # half precision: scores only rank a shortlist
+        self.A = np.ascontiguousarray(A, dtype=dtype)
         self.metric = metric
         self.code_size = A.shape[0] // 8
         if metric == "l2":
@@ -66,7 +66,7 @@ class SignLUTScorer:
     def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: (code_size * 256) look-up table and the constant term."""
         Q = np.asarray(Q, dtype=np.float32)
-        A = self.A.astype(np.float32)
+        A = self.A if self.A.dtype == np.float32 else self.A.astype(np.float32)
         if self.metric == "ip":
             proj, const = Q @ A.T, Q @ self.mean
         else:

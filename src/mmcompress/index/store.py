@@ -3,7 +3,7 @@
     <dir>/manifest.json        kind, format_version, config, codec specs, per-file size + SHA-256
     <dir>/coarse.npy           uint8 (n, coarse_code_size), rows sorted by coarse cell
     <dir>/fine.npy             uint8 (n, fine_code_size)             (when a fine stage exists)
-    <dir>/ids.npy              int32/int64 item ids per row
+    <dir>/ids.npy              uint8 (n, w): item id - ids_base, little-endian in w bytes
     <dir>/exact.npy            float32 (n, d) exact vectors          (when exact rerank is on)
     <dir>/id_sorted.npy, id_order.npy   sorted ids and their rows (binary-search lookup)
     <dir>/offsets.npy, masks.npy, centroids.npy   cell bounds, packed modality bits, IVF centroids
@@ -59,13 +59,14 @@ def manifest_digest(directory: str | os.PathLike) -> str:
 
 
 def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = False) -> Path:
-    from mmcompress.index.cascade import FORMAT_VERSION, KIND, _write_npy_rows
+    from mmcompress.index.cascade import FORMAT_VERSION, KIND, PackedIds, _write_npy_rows
 
     directory = Path(directory)
     st = index._state
     main = index._compacted(st)
     with atomic_dir(directory) as tmp:
-        arrays: dict[str, np.ndarray] = {"coarse": main.coarse, "ids": np.asarray(main.ids),
+        ids = main.ids if isinstance(main.ids, PackedIds) else PackedIds.pack(np.asarray(main.ids))
+        arrays: dict[str, np.ndarray] = {"coarse": main.coarse, "ids": ids.data,
                                          "offsets": main.offsets, "masks": main.masks}
         if main.fine is not None:
             arrays["fine"] = main.fine
@@ -97,7 +98,7 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
                 files[f.name] = {"bytes": size, "sha256": sha256_file(f), "sample_sha256": sampled_sha256(f, size)}
         manifest = {
             "kind": KIND, "format_version": FORMAT_VERSION, "created_unix": time.time(),
-            "n_items": main.n, "d": index.d_, "metric": index.config.metric,
+            "n_items": main.n, "d": index.d_, "metric": index.config.metric, "ids_base": ids.base,
             "config": index.config.to_dict(), "modalities": list(index.modalities),
             "coarse_codec": {"spec": index.coarse_codec.spec, "file": "coarse_codec.json"},
             "fine_codec": None if index.fine_codec is None else
@@ -162,7 +163,7 @@ def verify_files(directory: str | Path, manifest: dict[str, Any], *, full: bool 
 
 def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick") -> CascadeIndex:
     from mmcompress.codecs import load_codec
-    from mmcompress.index.cascade import CascadeIndex, _Segment, _State
+    from mmcompress.index.cascade import CascadeIndex, PackedIds, _Segment, _State
     from mmcompress.index.partition import CoarsePartition
 
     if verify not in ("quick", "full"):
@@ -204,7 +205,8 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         popular = arr("popular", required=False)
         index.popular_item_ids = [] if popular is None else [int(i) for i in popular]
         main = _Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None and not index.fine_shares_coarse),
-                        ids=arr("ids"), exact=arr("exact", required=bool(manifest["exact"])),
+                        ids=PackedIds(arr("ids"), int(manifest["ids_base"])),
+                        exact=arr("exact", required=bool(manifest["exact"])),
                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
                         id_sorted=arr("id_sorted"), id_order=arr("id_order"))
     except (KeyError, TypeError) as e:
