@@ -303,6 +303,29 @@ class CascadeIndex:
         self._init_runtime(_State(main=main, delta=None, dead=None))
         return self
 
+    @classmethod
+    def from_config(cls, config: CascadeConfig, vectors: np.ndarray, ids: Iterable[int] | np.ndarray, *,
+                    fine_codec: Codec | None = None, exact_vectors_path: str | Path | None = None,
+                    masks: Mapping[str, np.ndarray] | None = None, titles: Mapping[int, str] | None = None,
+                    popularity: np.ndarray | None = None, progress: bool = False) -> CascadeIndex:
+        """Build with the codecs the config names: ``coarse.codec`` is made and fitted here;
+        ``fine.codec`` is ``"coarse"`` (rescore the coarse codes), a spec (made and fitted here),
+        or None (use ``fine_codec``, e.g. the compress stage's fitted codec; none: no fine stage)."""
+        from mmcompress.codecs import make_codec
+
+        coarse = make_codec(config.coarse.codec, metric=config.metric, random_state=config.seed)
+        spec = config.fine.codec
+        if not config.fine.enabled:
+            fine = None
+        elif spec == "coarse":
+            fine = coarse
+        elif spec is not None:
+            fine = make_codec(spec, metric=config.metric, random_state=config.seed)
+        else:
+            fine = fine_codec
+        return cls.build(coarse, fine, vectors, ids, exact_vectors_path, config=config, masks=masks,
+                         titles=titles, popularity=popularity, progress=progress)
+
     def _check_masks(self, masks: Mapping[str, np.ndarray] | None, n: int,
                      names: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         masks = dict(masks or {})
