@@ -27,6 +27,7 @@ def test_catalog_without_text_has_modalities_masks_and_attributes(small_raw, tmp
     assert cat.item_ids.tolist() == sorted(movies["movieId"].tolist())
     assert set(cat.modality_names) == {"collaborative", "structured"}
     assert cat.modalities["collaborative"].shape == (80, 16)
+    assert cat.schema["structured"].dim == 26, "fixed MovieLens genre vocabulary: 5 + 2 flags + 19"
     rated = np.isin(cat.item_ids, ratings["movieId"].unique())
     assert not rated.all()
     np.testing.assert_array_equal(cat.masks["collaborative"], rated)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pandas as pd
 from mmcompress.data.catalog import ItemCatalog, ModalitySpec
 from mmcompress.encoders.collaborative import CollaborativeConfig, collaborative_factors
 from mmcompress.encoders.structured import (
+    MOVIELENS_GENRES,
     NO_GENRE,
     StructuredConfig,
     StructuredEncoder,
@@ -280,6 +281,8 @@ def build_movielens_catalog(
         log.info("collaborative factors in %.1fs", time.perf_counter() - t1)
     if struct_cfg.enabled:
         table = attrs.assign(rating_std=stats["rating_std"].to_numpy(np.float64))
+        if struct_cfg.genres is None:
+            struct_cfg = replace(struct_cfg, genres=list(MOVIELENS_GENRES))
         enc_s = StructuredEncoder(struct_cfg).fit(table)
         X = enc_s.transform(table)
         mods["structured"] = X

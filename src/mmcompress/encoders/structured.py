@@ -16,6 +16,9 @@ import pandas as pd
 from mmcompress.errors import CatalogError
 
 NO_GENRE = "(no genres listed)"
+MOVIELENS_GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
+                    "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance",
+                    "Sci-Fi", "Thriller", "War", "Western")
 YEAR_PATTERN = re.compile(r"\((\d{4})(?:\s*[-–]\s*\d{4})?\)\s*$")
 CONTINUOUS = ("year", "log_n_ratings", "mean_rating", "rating_std", "first_rating_year")
 FLAGS = ("year_missing", "unrated")
@@ -23,10 +26,15 @@ FLAGS = ("year_missing", "unrated")
 
 @dataclass
 class StructuredConfig:
-    """Knobs of the structured encoder (``encoders.structured`` in params.yaml)."""
+    """Knobs of the structured encoder (``encoders.structured`` in params.yaml).
+
+    ``genres`` fixes the genre vocabulary (so catalogs built at different times have the same
+    columns); None learns it from the fitted table.
+    """
 
     enabled: bool = True
     genre_weight: float = 1.0
+    genres: list[str] | None = None
 
 
 def parse_year(title: str) -> float:
@@ -75,7 +83,8 @@ class StructuredEncoder:
 
     def fit(self, table: pd.DataFrame) -> StructuredEncoder:
         raw = self._raw(table)
-        self.genres_ = genre_vocabulary(table["genres"])
+        fixed = self.config.genres if self.config else None
+        self.genres_ = list(fixed) if fixed is not None else genre_vocabulary(table["genres"])
         self.fill_ = {
             "year": float(np.nanmedian(raw["year"])) if raw["year"].notna().any() else 2000.0,
             "mean_rating": float(np.nanmean(raw["mean_rating"])) if raw["mean_rating"].notna().any() else 3.5,
