@@ -236,10 +236,10 @@ def test_params_yaml_index_section_builds_a_shared_code_cascade(digits):
     section = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["index"]
     config = CascadeConfig.from_params(section)
     assert config.fine.codec == "coarse" and config.exact_rerank
-    config.coarse.codec, config.coarse.shortlist, config.fine.shortlist = "BIN32", 200, 40
+    config.coarse.codec, config.coarse.shortlist, config.fine.shortlist = "BIN32", 300, 80
     idx = CascadeIndex.from_config(config, digits["xb"], digits["ids"])
     assert idx.fine_shares_coarse and idx._state.main.fine is None and idx.sign_scorer is not None
     _, found, stats = idx.search(digits["xq"], 10, return_stats=True)
-    assert recall_at_k(digits["truth"], found, 10) >= 0.95 and stats.exact_reranked == 40
+    assert recall_at_k(digits["truth"], found, 10) >= 0.95 and stats.exact_reranked == 80
     report = idx.memory_report()["resident_bytes"]
     assert report["fine_codes"] == 0 and report["fine_codec"] == 0 and report["fine_scan_tables"] > 0
