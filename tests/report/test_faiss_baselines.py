@@ -58,3 +58,13 @@ def test_default_strings_build_for_any_dimension(d):
     assert len(specs) == 8
     sizes = [faiss.index_factory(d, s, faiss.METRIC_INNER_PRODUCT).sa_code_size() for s in specs]
     assert sizes == [8, 8, 8, 16, 16, 16, (d + 1) // 2, d]
+
+
+def test_fewer_rows_than_dimensions_skip_rotations_and_train_rq_plainly():
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((150, 160)).astype(np.float32)
+    xq = rng.standard_normal((20, 160)).astype(np.float32)
+    _, I_true = exact_topk(xb, xq, 10, "ip")
+    out = evaluate_faiss_baselines(xb, xq, I_true, ("OPQ4_160,PQ4x8", "PCA64,SQ8", "RQ2x6"))
+    assert "training rows" in out[0]["skipped"] and "training rows" in out[1]["skipped"]
+    assert out[2]["bytes_per_item"] == 2 and 0.0 < out[2]["recall_at_10"] <= 1.0

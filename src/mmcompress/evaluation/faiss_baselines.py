@@ -66,12 +66,17 @@ def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_tru
 
     out: list[dict] = []
     for spec in factory_strings:
+        if len(xt) < d and any(t.startswith(("PCA", "OPQ")) for t in spec.split(",")):
+            # faiss cannot fit these rotations on fewer rows than dimensions (OPQ corrupts memory)
+            out.append({"spec": spec, "source": "faiss",
+                        "skipped": f"needs at least d={d} training rows for PCA/OPQ; have {len(xt)}"})
+            continue
         try:
             index = faiss.index_factory(d, spec, faiss_metric)
         except RuntimeError as e:
             out.append({"spec": spec, "source": "faiss", "skipped": _first_line(e)})
             continue
-        _configure(index, rq_beam_size, seed)
+        _configure(index, rq_beam_size, seed, progressive_dim=len(xt) >= d)
         t0 = time.perf_counter()
         try:
             index.train(xt)
@@ -95,8 +100,12 @@ def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_tru
     return out
 
 
-def _configure(index, rq_beam_size: int, seed: int) -> None:
-    """Quick, deterministic training: modest RQ beam, no polysemous PQ training, fixed seeds."""
+def _configure(index, rq_beam_size: int, seed: int, progressive_dim: bool) -> None:
+    """Quick, deterministic training: modest RQ beam, no polysemous PQ training, fixed seeds.
+
+    RQ's progressive-dimension training runs a PCA, impossible on fewer rows than dimensions;
+    plain k-means per stage is used then (``progressive_dim=False``).
+    """
     import faiss
 
     inner = faiss.downcast_index(index)
@@ -110,6 +119,8 @@ def _configure(index, rq_beam_size: int, seed: int) -> None:
     rq = getattr(inner, "rq", None)
     if rq is not None:
         rq.max_beam_size = rq_beam_size
+        if not progressive_dim:
+            rq.train_type = faiss.ResidualQuantizer.Train_default
         rq.cp.seed = seed
         rq.cp.min_points_per_centroid = 1
     if isinstance(inner, faiss.IndexPQ):
