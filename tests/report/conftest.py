@@ -236,13 +236,14 @@ def digits_history(digits_run) -> dict:
 PIPELINE_OVERRIDES = {
     "catalog.max_items": 300, "encoders.collaborative.dim": 16, "fusion.epochs": 5,
     "evaluate.n_queries": 30, "compress.codecs": ["SQ8", "PCA64,PQ8x8"], "compress.budget_bytes": 8,
-    "compress.auto": False, "compress.n_shards": 2, "drift.cutoff": "2005-01-01", "drift.permutations": 50,
+    "compress.auto": False, "compress.n_shards": 2, "drift.cutoff": "1996-10-01", "drift.permutations": 50,
 }
 
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict:
-    """The pipeline stages (prepare → promote, then drift) on a 300-item MovieLens slice."""
+    """The pipeline stages on a 300-item MovieLens slice; drift runs before promote so the
+    promote stage's report has a drift history and this run's drift check."""
     from pipelines.config import load_params
 
     root = tmp_path_factory.mktemp("pipeline_run")
@@ -253,7 +254,7 @@ def pipeline_run(tmp_path_factory) -> dict:
     stages = []
     for module, fn in (("prepare", "prepare"), ("validate", "validate"), ("train", "train"),
                        ("compress", "compress"), ("index", "build_index"), ("evaluate", "evaluate"),
-                       ("promote", "promote"), ("drift", "drift")):
+                       ("drift", "drift"), ("promote", "promote")):
         try:
             stage = getattr(importlib.import_module(f"pipelines.{module}"), fn)
             stages.append((module, stage(params, root)))

@@ -110,28 +110,24 @@ def test_digits_report_in_chromium(digits_run, digits_history, tmp_path):
 
 
 def test_pipeline_report_in_chromium(pipeline_run, tmp_path):
-    """The report of a real pipeline run (MovieLens slice), as the promote stage leaves it."""
-    import numpy as np
-
-    from mmcompress.evaluation.faiss_baselines import evaluate_faiss_baselines
-    from mmcompress.evaluation.metrics import exact_topk
-    from mmcompress.report import write_report
-    from mmcompress.tracking.history import drift_history
-
+    """The report the promote stage writes for a real pipeline run (MovieLens slice)."""
     root = pipeline_run["root"]
-    fused = root / "artifacts" / "fused"
-    X = np.load(fused / "vectors.npy")
-    xb, xq = X[np.load(fused / "base_rows.npy")], X[np.load(fused / "query_rows.npy")]
-    baselines = evaluate_faiss_baselines(xb, xq, exact_topk(xb, xq, 10, "ip")[1],
-                                         ("SQ8", "PCA64,PQ8x8", "OPQ8_64,PQ8x8", "RQ4x8"), max_train_rows=2000)
-    promotion = json.loads((root / "reports" / "promote.json").read_text())
-    history = drift_history(promotion["tracking_uri"], pipeline_run["params"]["tracking"]["experiment"])
-    out = write_report(root, tmp_path / "report.html", promotion=promotion, drift_history=history,
-                       faiss_baselines=baselines)
-    state, load = open_report(out, tmp_path / "report.png")
-    assert_clean_load(load, out.resolve().as_uri())
-    assert_plots_decode(state, {"pareto", "contribution", "coverage"} | ({"drift-history"} if history else set()))
+    report = root / "reports" / "report.html"
+    state, load = open_report(report, tmp_path / "report.png")
+    assert_clean_load(load, report.resolve().as_uri())
+    assert state["scripts"] == 0 and not state["overflowX"]
+    assert_plots_decode(state, {"pareto", "contribution", "coverage", "drift-history"})
     evaluate = json.loads((root / "reports" / "evaluate.json").read_text())
     assert_codec_table(state, evaluate)
-    titles = [c for c in state["cells"] if c.get("data-example")]
-    assert titles, "example items are shown"
+    faiss_points = {c["data-codec"]: c for c in state["cells"]
+                    if c.get("data-series") == "faiss" and c["data-metric"] == "recall_at_10"}
+    measured = [f for f in evaluate["faiss_baselines"] if "skipped" not in f]
+    assert measured and set(faiss_points) == {f["spec"] for f in measured}
+    for f in measured:
+        assert_shows(faiss_points[f["spec"]], f["recall_at_10"])
+    promote = json.loads((root / "reports" / "promote.json").read_text())
+    drift_run = pipeline_run["results"]["drift"]["run_id"]
+    assert any(c.get("data-run") == drift_run for c in state["cells"])
+    assert promote["run_id"] in (root / "reports" / "report.html").read_text()
+    examples = [c for c in state["cells"] if c.get("data-example")]
+    assert len(examples) == 4 and all(c["visible"] for c in examples)

@@ -166,6 +166,10 @@ def drift_history_figure(history: Sequence[dict], statistics: Sequence[tuple[str
                    if t is not None and not math.isnan(v) and (v > t if direction == "above" else v < t)]
             if bad:
                 ax.scatter([x[i] for i in bad], [values[i] for i in bad], color="#d62728", zorder=3, s=30)
+        if name == "retrain":
+            ax.set_ylim(-0.15, 1.15)
+            ax.set_yticks([0, 1])
+            ax.set_yticklabels(["no", "yes"])
         side = {"above": "retrain above", "below": "retrain below"}.get(direction or "", "")
         ax.set_title(f"{title}" + (f"  ({side} dashed)" if side else ""), fontsize=8.5)
         ax.set_xticks(x)

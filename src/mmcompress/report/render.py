@@ -421,7 +421,7 @@ def _drift(r: ReportInputs) -> str:
         for h in hist:
             direction.update(h.get("directions", {}))
         stats = [(n, n, direction.get(n)) for n in names]
-        stats.append(("retrain", "retrain decision (1 = retrain)", None))
+        stats.append(("retrain", "retrain decision", None))
         img = figures.drift_history_figure(hist, stats)
         head = "<tr><th>run</th><th>retrain</th>" + "".join(f"<th>{_e(n)}</th>" for n, _, _ in stats[:-1]) + "</tr>"
         rows = []
