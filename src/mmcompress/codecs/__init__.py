@@ -11,7 +11,9 @@ New codec families register spec tokens with :func:`register_quantizer` /
 """
 
 from mmcompress.codecs import binary, faiss_quantizers, nonuniform, pipeline, scalar, transforms  # noqa: F401  (register tokens)
+from mmcompress.codecs.auto import AutoCodec
 from mmcompress.codecs.base import Codec, check_codes, check_vectors, chunked_search, exact_search
+from mmcompress.codecs.entropy import pack, packed_size, unpack, unpack_block
 from mmcompress.codecs.io import load_codec, save_codec
 from mmcompress.codecs.spec import (
     SpecContext,

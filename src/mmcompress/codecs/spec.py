@@ -233,7 +233,8 @@ def make_codec(spec: str, metric: str = "ip", *, budget_bytes: int | None = None
     """Build an unfitted codec from a spec string, or ``"auto"`` with ``budget_bytes``.
 
     ``options`` reach the factories through :class:`SpecContext` (and the auto search:
-    ``candidates``, ``n_queries``, ``max_train_rows``, ``min_encode_per_s`` ...).
+    ``candidates``, ``n_queries``, ``max_train_rows``, ``min_encode_per_s`` ...);
+    ``norm_weight`` fixes the inner-product norm weight instead of tuning it at fit.
     """
     from mmcompress.codecs.base import METRICS
 
@@ -246,6 +247,7 @@ def make_codec(spec: str, metric: str = "ip", *, budget_bytes: int | None = None
             raise CodecError('make_codec("auto") needs budget_bytes (bytes per item)')
         return AutoCodec(budget_bytes=budget_bytes, metric=metric, random_state=random_state,
                          progress=progress, **options)
+    norm_weight = options.pop("norm_weight", None)
     ctx = SpecContext(metric=metric, random_state=random_state, progress=progress, options=options)
     transform_hits, (q_entry, q_match) = parse_spec(spec)
     quantizer = q_entry.factory(q_match, ctx)
@@ -255,6 +257,8 @@ def make_codec(spec: str, metric: str = "ip", *, budget_bytes: int | None = None
 
         transforms = [entry.factory(m, ctx) for entry, m in transform_hits]
         codec = TransformedCodec(transforms, quantizer, metric=metric)
+    if norm_weight is not None:
+        codec.norm_weight = float(norm_weight)
     if budget_bytes is not None and _static_code_size(codec) not in (None, budget_bytes):
         raise CodecError(f"codec spec {spec!r} makes {_static_code_size(codec)}-byte codes, "
                          f"not the requested budget_bytes={budget_bytes}")

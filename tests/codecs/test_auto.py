@@ -1,0 +1,68 @@
+"""The auto codec: candidate search under an exact byte budget, report, persistence."""
+
+import numpy as np
+import pytest
+
+from mmcompress.codecs import load_codec, make_codec
+from mmcompress.codecs.auto import _family_rank
+from mmcompress.errors import CodecError
+
+CANDIDATES = ["PQ8x8", "PCA,NUQ8", "PCA16,SQ4", "PCA8,SQ8", "PQ16x4"]
+
+
+@pytest.fixture(scope="module")
+def auto(digits):
+    return make_codec("auto", budget_bytes=8, metric="ip", candidates=CANDIDATES).fit(digits)
+
+
+def test_auto_picks_the_best_candidate_and_reports(auto):
+    assert auto.code_size == 8
+    assert auto.spec in CANDIDATES
+    report = auto.auto_report_
+    assert [r["spec"] for r in report] == sorted(CANDIDATES, key=_family_rank)
+    ok = [r for r in report if r["status"] in ("ok", "chosen")]
+    chosen = [r for r in report if r["status"] == "chosen"]
+    assert len(chosen) == 1 and chosen[0]["spec"] == auto.spec
+    assert chosen[0]["recall_at_10"] == max(r["recall_at_10"] for r in ok)
+    for r in ok:
+        assert 0.0 <= r["recall_at_10"] <= 1.0 and r["fit_seconds"] >= 0 and r["encode_per_s"] > 0
+
+
+def test_auto_codec_works_like_its_choice(auto, split, recall10):
+    base, queries = split
+    codes = auto.encode(base)
+    assert codes.shape == (len(base), 8)
+    assert recall10(auto, base, queries) >= 0.7
+    assert auto.decode(codes).shape == base.shape
+
+
+def test_auto_round_trip(auto, digits, tmp_path):
+    auto.save(tmp_path / "auto.json")
+    again = load_codec(tmp_path / "auto.json")
+    assert again.spec == auto.spec and again.auto_report_ == auto.auto_report_
+    codes = auto.encode(digits)
+    np.testing.assert_array_equal(again.encode(digits), codes)
+    np.testing.assert_array_equal(again.search(codes, digits[:5], 4)[1], auto.search(codes, digits[:5], 4)[1])
+
+
+def test_slow_encoders_are_refused(digits):
+    codec = make_codec("auto", budget_bytes=8, candidates=["PCA8,SQ8", "PQ16x4"], min_encode_per_s=1e15)
+    with pytest.raises(CodecError, match="encodes .* vectors/s"):
+        codec.fit(digits)
+
+
+def test_wrong_size_and_failing_candidates_are_recorded(digits):
+    codec = make_codec("auto", budget_bytes=8, candidates=["PQ4x8", "PQ7x8", "PCA8,SQ8"]).fit(digits)
+    status = {r["spec"]: r["status"] for r in codec.auto_report_}
+    assert status["PQ4x8"] == "refused" and status["PQ7x8"] == "error"
+    assert codec.spec == "PCA8,SQ8"
+
+
+@pytest.mark.slow
+def test_default_candidates_at_16_bytes(split, recall10):
+    base, queries = split
+    codec = make_codec("auto", budget_bytes=16, max_candidates=6).fit(base)
+    assert codec.code_size == 16
+    specs = [r["spec"] for r in codec.auto_report_]
+    assert any("NUQ" in s for s in specs) and any("PQ" in s for s in specs)
+    assert recall10(codec, base, queries) >= 0.85
