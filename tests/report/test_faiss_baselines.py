@@ -30,7 +30,7 @@ def test_sizes_order_and_recall_follow_the_code_size(digits):
     assert by["PQ16x8"]["bytes_per_item"] == 16
     assert by["SQ8"]["recall_at_10"] > 0.95
     assert by["PQ4x8"]["recall_at_10"] < by["PQ16x8"]["recall_at_10"] < by["SQ8"]["recall_at_10"]
-    assert all(0.0 <= r["one_recall_at_1"] <= 1.0 for r in out if "skipped" not in r)
+    assert all(0.0 <= r["one_recall_at_1"] <= 1.0 and r["train_rows"] == 1000 for r in out if "skipped" not in r)
     assert "multiple" in by["PQ7x8"]["skipped"] and "parse" in by["NotAnIndex"]["skipped"]
     assert all(r["source"] == "faiss" for r in out)
 

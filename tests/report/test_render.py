@@ -215,14 +215,16 @@ def test_auto_candidates_with_recall_are_plotted(digits_run, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(digits_run["root"], root)
     train = json.loads((root / "reports" / "train.json").read_text())
-    cands = [{"spec": "PQ8x8", "code_size": 8, "recall_at_10": 0.61},
-             {"spec": "OPQ8,PQ8x8", "code_size": 8, "recall_at_10": 0.66},
-             {"spec": "RQ8x8", "code_size": 8}]  # no recall: cannot be plotted
+    cands = [{"spec": "PQ4x8", "code_size": 4, "recall_at_10": 0.61, "status": "ok"},
+             {"spec": "OPQ8,PQ8x8", "recall_at_10": 0.66, "status": "chosen"},  # size: the auto codec's
+             {"spec": "RQ8x8", "recall_at_10": None, "status": "error"}]  # no recall: cannot be plotted
     train["codecs"][DIGITS_CHALLENGER]["auto_candidates"] = cands
     (root / "reports" / "train.json").write_text(json.dumps(train))
     page = parse_page(render_report(root, faiss_baselines=[]))
     auto = {c["data-codec"]: float(c["data-value"]) for c in cells(page, metric="recall_at_10", series="auto candidate")}
-    assert auto == {"PQ8x8": 0.61, "OPQ8,PQ8x8": 0.66}
+    assert auto == {"PQ4x8": 0.61, "OPQ8,PQ8x8": 0.66}
+    sizes = {c["data-codec"]: float(c["data-value"]) for c in cells(page, metric="bytes_per_item", series="auto candidate")}
+    assert sizes == {"PQ4x8": 4.0, "OPQ8,PQ8x8": float(train["codecs"][DIGITS_CHALLENGER]["code_size"])}
     assert any("data-unavailable" in c and c["data-unavailable"] == "faiss" for c in page.cells)
 
 

@@ -20,13 +20,14 @@ from mmcompress.evaluation.metrics import one_recall_at_1, recall_at_k
 def default_factory_strings(d: int, budgets: Sequence[int] = (8, 16)) -> list[str]:
     """PQ, OPQ+PQ and RQ at each byte budget (8-bit codes), plus SQ4 and SQ8, for dimension ``d``.
 
-    PQ needs ``d`` divisible by its sub-quantizer count: otherwise PCA (plain PQ) or the OPQ
+    PQ needs ``d`` divisible by its sub-quantizer count: otherwise a random rotation (plain PQ;
+    it needs no training and keeps the sub-spaces' variance balanced, unlike PCA) or the OPQ
     rotation first maps to the largest multiple below ``d``.
     """
     specs = []
     for m in budgets:
         d_m = d - d % m
-        specs += [f"PQ{m}x8" if d % m == 0 else f"PCA{d_m},PQ{m}x8",
+        specs += [f"PQ{m}x8" if d % m == 0 else f"RR{d_m},PQ{m}x8",
                   f"OPQ{m},PQ{m}x8" if d % m == 0 else f"OPQ{m}_{d_m},PQ{m}x8",
                   f"RQ{m}x8"]
     return specs + ["SQ4", "SQ8"]
@@ -35,14 +36,14 @@ def default_factory_strings(d: int, budgets: Sequence[int] = (8, 16)) -> list[st
 def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_truth_I: np.ndarray,
                              factory_strings: Sequence[str] | None = None,
                              metric: str = "ip", *, k: int = 10, rq_beam_size: int = 4,
-                             max_train_rows: int | None = 20000, seed: int = 0) -> list[dict]:
+                             max_train_rows: int | None = 5000, seed: int = 0) -> list[dict]:
     """Train and search each faiss factory string; one dict per string, in the given order.
 
     ``factory_strings=None`` uses :func:`default_factory_strings` for the vectors' dimension.
 
     Each dict: ``spec``, ``bytes_per_item`` (``sa_code_size()``), ``recall_at_10`` (k-recall@k
-    against ``ground_truth_I``), ``one_recall_at_1``, ``train_s``, ``search_s`` and
-    ``source="faiss"``. A string that faiss cannot build for this dimension (e.g. PQ with a
+    against ``ground_truth_I``), ``one_recall_at_1``, ``train_s``, ``search_s``, ``train_rows``
+    (training uses at most ``max_train_rows`` base rows, a seeded sample) and ``source="faiss"``. A string that faiss cannot build for this dimension (e.g. PQ with a
     sub-quantizer count that does not divide ``d``) gives ``{"spec", "source", "skipped": reason}``
     instead, so one bad entry in ``params.yaml`` does not hide the others.
     """
@@ -95,6 +96,7 @@ def evaluate_faiss_baselines(X_base: np.ndarray, X_query: np.ndarray, ground_tru
             f"recall_at_{k}": recall_at_k(I_true, I_found, k_search),
             "one_recall_at_1": one_recall_at_1(I_true, I_found, 1),
             "train_s": round(train_s, 4),
+            "train_rows": int(len(xt)),
             "search_s": round(search_s, 4),
         })
     return out

@@ -206,10 +206,10 @@ def _pareto_points(r: ReportInputs) -> list[dict]:
         pts.append({"label": name, "series": "codec", "spec": run.resolved_spec(name),
                     "bytes_per_item": _num(m.get("bytes_per_item")), "recall_at_10": _num(m.get("recall_at_10"))})
     for name, entry in run.train.get("codecs", {}).items():
-        for cand in _auto_candidates(entry.get("auto_candidates")):
+        for cand in _auto_candidates(entry.get("auto_candidates"), entry.get("code_size")):
             pts.append({"label": cand["spec"], "series": "auto candidate", "spec": cand["spec"],
                         "bytes_per_item": cand["bytes_per_item"], "recall_at_10": cand["recall_at_10"],
-                        "of": name})
+                        "note": f"{name} candidate{': ' + cand['status'] if cand['status'] else ''}"})
     for fb in r.faiss_baselines or []:
         if "skipped" in fb:
             continue
@@ -218,8 +218,12 @@ def _pareto_points(r: ReportInputs) -> list[dict]:
     return [p for p in pts if p["bytes_per_item"] is not None and p["recall_at_10"] is not None]
 
 
-def _auto_candidates(raw: Any) -> list[dict]:
-    """Candidates of an ``auto`` codec that carry a recall figure (others cannot be plotted)."""
+def _auto_candidates(raw: Any, code_size: Any = None) -> list[dict]:
+    """Candidates of an ``auto`` codec that carry a recall figure (others cannot be plotted).
+
+    A candidate without its own size has the auto codec's ``code_size`` (auto only keeps
+    candidates of exactly the budget).
+    """
     if isinstance(raw, dict):
         raw = raw.get("candidates", [{"spec": k, **v} for k, v in raw.items() if isinstance(v, dict)])
     out = []
@@ -227,9 +231,10 @@ def _auto_candidates(raw: Any) -> list[dict]:
         if not isinstance(c, dict) or "spec" not in c:
             continue
         recall = next((_num(c[k]) for k in ("recall_at_10", "val_recall_at_10", "recall") if _num(c.get(k)) is not None), None)
-        size = next((_num(c[k]) for k in ("bytes_per_item", "code_size") if _num(c.get(k)) is not None), None)
+        size = next((_num(c[k]) for k in ("bytes_per_item", "code_size") if _num(c.get(k)) is not None), _num(code_size))
         if recall is not None and size is not None:
-            out.append({"spec": str(c["spec"]), "recall_at_10": recall, "bytes_per_item": size})
+            out.append({"spec": str(c["spec"]), "recall_at_10": recall, "bytes_per_item": size,
+                        "status": str(c.get("status", ""))})
     return out
 
 
@@ -243,7 +248,8 @@ def _pareto(r: ReportInputs) -> str:
     for p in sorted(pts, key=lambda p: (p["bytes_per_item"], -p["recall_at_10"])):
         chosen = p["series"] == "codec" and p["label"] == r.run.challenger
         rows.append(f"<tr class='{'chosen' if chosen else ''}' data-point='{_e(p['label'])}' data-series='{_e(p['series'])}'>"
-                    f"<td>{_e(p['series'])}</td><td><code>{_e(p['spec'])}</code>{' ★ chosen' if chosen else ''}</td>"
+                    f"<td>{_e(p['series'])}</td><td><code>{_e(p['spec'])}</code>{' ★ chosen' if chosen else ''}"
+                    f"{' <span class=note>' + _e(p['note']) + '</span>' if p.get('note') else ''}</td>"
                     + num_cell(p["bytes_per_item"], "bytes", metric="bytes_per_item", codec=p["label"], series=p["series"])
                     + num_cell(p["recall_at_10"], "score", metric="recall_at_10", codec=p["label"], series=p["series"])
                     + f"<td>{'yes' if (p['label'], p['series']) in frontier else ''}</td></tr>")
@@ -255,7 +261,8 @@ def _pareto(r: ReportInputs) -> str:
     return _section("pareto", "Recall@10 versus bytes per item", body,
                     "Every codec tried in this run, faiss's own quantizers on the same vectors and queries, "
                     "and the uncompressed float32 vectors. Recall@10 is measured against exact search of the "
-                    "fused vectors on held-out query items. The star marks the codec chosen as challenger.")
+                    "fused vectors on held-out query items (auto candidates: on the auto search's own "
+                    "validation queries, drawn from the training rows). The star marks the codec chosen as challenger.")
 
 
 @dataclass(frozen=True)
