@@ -196,6 +196,9 @@ def test_exact_vectors_on_disk_and_memory_report(digits, fitted, tmp_path):
     assert report["on_disk_bytes"]["exact_vectors"] == n * 64 * 4
     assert idx.bytes_per_item() == pytest.approx(report["resident_total"] / n)
     assert idx.bytes_per_item() > codes
+    idx.save(tmp_path / "ix")  # the memory-mapped exact store is copied into the saved index
+    loaded = CascadeIndex.load(tmp_path / "ix")
+    np.testing.assert_array_equal(np.asarray(loaded._state.main.exact), np.asarray(idx._state.main.exact))
 
 
 @pytest.mark.parametrize("bad, error", [

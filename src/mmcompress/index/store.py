@@ -117,7 +117,10 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
 def _npy_offset(path: str | os.PathLike) -> int:
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        np.lib.format._read_array_header(f, version)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
         return f.tell()
 
 
