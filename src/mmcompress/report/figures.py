@@ -25,6 +25,7 @@ class ParetoPoint:
     series: str
     bytes_per_item: float
     recall_at_10: float
+    note: str = ""
 
 
 def _pyplot():
@@ -69,13 +70,14 @@ def pareto_figure(points: Sequence[ParetoPoint], chosen: str | None) -> str:
         if pts:
             ax.scatter([p.bytes_per_item for p in pts], [p.recall_at_10 for p in pts], marker=style["marker"],
                        c=style["color"], s=style["s"], label=style["label"], zorder=3)
-    frontier = pareto_frontier(points)
+    frontier = pareto_frontier([p for p in points if p.series != "auto candidate"])
     if len(frontier) > 1:
         ax.step([p.bytes_per_item for p in frontier], [p.recall_at_10 for p in frontier], where="post",
                 color="#9e9e9e", linestyle="--", linewidth=1, label="Pareto frontier", zorder=2)
     for p, (x, y) in zip(points, _label_positions(points), strict=True):
-        if p.series in ("codec", "faiss", "uncompressed"):
-            ax.annotate(p.label, (p.bytes_per_item, p.recall_at_10), xytext=(x, y), textcoords="data",
+        if p.series in ("codec", "faiss", "uncompressed") or p.note:
+            text = f"{p.label} ({p.note})" if p.note else p.label
+            ax.annotate(text, (p.bytes_per_item, p.recall_at_10), xytext=(x, y), textcoords="data",
                         fontsize=7.5, color=SERIES_STYLE[p.series]["color"], va="center",
                         arrowprops={"arrowstyle": "-", "color": "#c0c0c0", "linewidth": 0.6}
                         if abs(y - p.recall_at_10) > 1e-9 else None)
@@ -107,7 +109,7 @@ def _label_positions(points: Sequence[ParetoPoint], min_gap: float = 0.03) -> li
     pos = [(p.bytes_per_item * 1.07, p.recall_at_10) for p in points]
     by_size: dict[float, list[int]] = {}
     for i, p in enumerate(points):
-        if p.series != "auto candidate":
+        if p.series != "auto candidate" or p.note:
             by_size.setdefault(p.bytes_per_item, []).append(i)
     for idx in by_size.values():
         idx.sort(key=lambda i: points[i].recall_at_10)

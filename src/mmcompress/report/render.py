@@ -209,7 +209,8 @@ def _pareto_points(r: ReportInputs) -> list[dict]:
         for cand in _auto_candidates(entry.get("auto_candidates"), entry.get("code_size")):
             pts.append({"label": cand["spec"], "series": "auto candidate", "spec": cand["spec"],
                         "bytes_per_item": cand["bytes_per_item"], "recall_at_10": cand["recall_at_10"],
-                        "note": f"{name} candidate{': ' + cand['status'] if cand['status'] else ''}"})
+                        "note": f"{name} candidate{': ' + cand['status'] if cand['status'] else ''}",
+                        "plot_note": f"{name}: {cand['status']}" if cand["status"] in ("refused", "error", "skipped") else ""})
     for fb in r.faiss_baselines or []:
         if "skipped" in fb:
             continue
@@ -240,10 +241,11 @@ def _auto_candidates(raw: Any, code_size: Any = None) -> list[dict]:
 
 def _pareto(r: ReportInputs) -> str:
     pts = _pareto_points(r)
-    img = figures.pareto_figure([figures.ParetoPoint(p["label"], p["series"], p["bytes_per_item"], p["recall_at_10"])
-                                 for p in pts], r.run.challenger)
+    img = figures.pareto_figure([figures.ParetoPoint(p["label"], p["series"], p["bytes_per_item"], p["recall_at_10"],
+                                                     p.get("plot_note", "")) for p in pts], r.run.challenger)
     frontier = {(p.label, p.series) for p in figures.pareto_frontier(
-        [figures.ParetoPoint(p["label"], p["series"], p["bytes_per_item"], p["recall_at_10"]) for p in pts])}
+        [figures.ParetoPoint(p["label"], p["series"], p["bytes_per_item"], p["recall_at_10"])
+         for p in pts if p["series"] != "auto candidate"])}
     rows = []
     for p in sorted(pts, key=lambda p: (p["bytes_per_item"], -p["recall_at_10"])):
         chosen = p["series"] == "codec" and p["label"] == r.run.challenger
@@ -262,7 +264,8 @@ def _pareto(r: ReportInputs) -> str:
                     "Every codec tried in this run, faiss's own quantizers on the same vectors and queries, "
                     "and the uncompressed float32 vectors. Recall@10 is measured against exact search of the "
                     "fused vectors on held-out query items (auto candidates: on the auto search's own "
-                    "validation queries, drawn from the training rows). The star marks the codec chosen as challenger.")
+                    "validation queries, drawn from the training rows, so they are left out of the frontier; "
+                    "candidates auto refused are labelled). The star marks the codec chosen as challenger.")
 
 
 @dataclass(frozen=True)
