@@ -228,7 +228,8 @@ def digits_history(digits_run) -> dict:
     logged = []
     for result, thresholds in digits_run["drift_results"]:
         run_id = log_drift_run(uri, "mmcompress", result, thresholds,
-                               artifact_location=(root / "mlartifacts").as_uri())
+                               artifact_location=(root / "mlartifacts").as_uri(),
+                               artifacts=[root / "reports" / "drift" / "drift.json"])
         logged.append((run_id, result, thresholds))
     return {"tracking_uri": uri, "logged": logged, "history": drift_history(uri, "mmcompress")}
 

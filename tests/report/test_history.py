@@ -31,6 +31,27 @@ def test_history_reads_back_every_logged_run_in_order(digits_history):
     assert [h["retrain"] for h in history] == [False, True, True]
 
 
+def test_runs_carry_the_drift_report_and_leave_global_mlflow_state_alone(digits_history, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=digits_history["tracking_uri"])
+    for run_id, _, _ in digits_history["logged"]:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == "drift"
+        assert [a.path for a in client.list_artifacts(run_id, "drift")] == ["drift/drift.json"]
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    try:
+        with mlflow.start_run():
+            _, result, thresholds = digits_history["logged"][0]
+            run_id = log_drift_run(digits_history["tracking_uri"], "mmcompress", result, thresholds)
+            assert mlflow.get_tracking_uri() == other
+        assert client.get_run(run_id).data.metrics == pytest.approx(drift_metrics(result))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_no_experiment_means_no_history(tmp_path):
     assert drift_history(f"sqlite:///{tmp_path / 'empty.db'}", "mmcompress") == []
 

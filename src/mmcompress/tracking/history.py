@@ -56,10 +56,13 @@ def log_drift_run(tracking_uri: str, experiment: str, result: Mapping[str, Any],
     ``thresholds``: the ``drift`` params section or ``asdict(DriftThresholds)``; the fields of
     :data:`DRIFT_STATISTICS` that are set become params ``threshold.<field>``. ``artifacts``
     (e.g. the drift HTML report) are logged under ``drift/``. The experiment is created (with
-    ``artifact_location``) when it does not exist yet.
+    ``artifact_location``) when it does not exist yet. Only the client API is used, so an
+    active run and the global tracking URI are left alone.
     """
-    import mlflow
+    import time
+
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     metrics = drift_metrics(result)
     known = {field for field, _ in DRIFT_STATISTICS.values()}
@@ -68,17 +71,21 @@ def log_drift_run(tracking_uri: str, experiment: str, result: Mapping[str, Any],
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=RUN_NAME) as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags({"mmcompress.kind": "drift",
-                         "retrain": str(bool(result.get("retrain", False))).lower(),
-                         "batch": str(result.get("batch", ""))[:5000],
-                         "reasons": _reasons_tag(result.get("reasons", []))})
+    tags = {"mmcompress.kind": "drift", "retrain": str(bool(result.get("retrain", False))).lower(),
+            "batch": str(result.get("batch", ""))[:5000], "reasons": _reasons_tag(result.get("reasons", []))}
+    run = client.create_run(exp_id, run_name=RUN_NAME, tags=tags)
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                         params=[Param(k, v) for k, v in params.items()])
         for path in artifacts:
-            mlflow.log_artifact(str(path), artifact_path="drift")
-        return run.info.run_id
+            client.log_artifact(run_id, str(path), artifact_path="drift")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
 
 
 def drift_history(tracking_uri: str, experiment: str = "mmcompress", *, max_runs: int = 100) -> list[dict]:
