@@ -55,7 +55,7 @@ def evaluate(params: dict, root: Path) -> dict:
     if ratings is not None:
         holdout = make_holdout(ratings, ids, like_threshold=dp["like_threshold"],
                                holdout_per_user=dp["holdout_per_user"], history=dp["history"],
-                               seed=ep.get("seed", 0))
+                               max_train_rows=ep.get("faiss_max_train_rows", 5000), seed=ep.get("seed", 0))
     baseline = {"spec": "Flat (float32)", "recall_at_10": 1.0, "one_recall_at_1": 1.0, "ndcg_at_10": 1.0,
                 "bytes_per_item": 4 * X.shape[1], "compression_ratio": 1.0}
     if holdout is not None:
@@ -83,7 +83,7 @@ def evaluate(params: dict, root: Path) -> dict:
     challenger = _read_json(L.reports_dir / "train.json")["challenger"]
     faiss_baselines = evaluate_faiss_baselines(
         Xb, Xq, gt[1], ep.get("faiss_baselines") or default_factory_strings(X.shape[1], ep.get("faiss_budgets", (8, 16))),
-        seed=ep.get("seed", 0))
+        max_train_rows=ep.get("faiss_max_train_rows", 5000), seed=ep.get("seed", 0))
     summary = {"baseline": {k: baseline.get(k) for k in ("recall_at_10", "hr_at_10", "bytes_per_item")},
                "challenger": challenger,
                "codecs": {n: {k: m.get(k) for k in (*SUMMARY_KEYS, "hr_at_10", "stored_bytes_per_item")

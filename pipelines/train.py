@@ -77,9 +77,10 @@ def fit_codecs(params: dict, root: Path, *, progress: bool = True) -> dict:
     with atomic_dir(L.codecs_dir) as tmp:
         for spec in tqdm(codec_specs(cp), desc="fit codecs", disable=not progress):
             t0 = time.perf_counter()
-            options = (cp.get("auto_options") or {}) if spec == "auto" else {}
-            codec = make_codec(spec, metric="ip", budget_bytes=cp["budget_bytes"],
-                               random_state=params["train"]["seed"], **options).fit(Xtr)
+            options = ({"budget_bytes": cp["budget_bytes"], **(cp.get("auto_options") or {})}
+                       if spec == "auto" else {})
+            codec = make_codec(spec, metric="ip", random_state=params["train"]["seed"],
+                               **options).fit(Xtr)
             fit_s = time.perf_counter() - t0
             slug = codec_slug(spec)
             (tmp / slug).mkdir()

@@ -17,7 +17,7 @@ SLICE_OVERRIDES = {
     "fusion": {"epochs": 5},
     "compress": {"budget_bytes": 8, "codecs": ["SQ4", "PQ8x8"], "n_shards": 3, "chunk_rows": 64},
     "evaluate": {"n_queries": 40},
-    "drift": {"cutoff": "2005-01-01", "permutations": 50},
+    "drift": {"cutoff": "1996-10-01", "permutations": 50},
 }
 
 
