@@ -246,3 +246,18 @@ def test_params_yaml_index_section_builds_a_shared_code_cascade(digits):
     assert recall_at_k(digits["truth"], found, 10) >= 0.95 and stats.exact_reranked == 80
     report = idx.memory_report()["resident_bytes"]
     assert report["fine_codes"] == 0 and report["fine_codec"] == 0 and report["fine_scan_tables"] > 0
+
+
+def test_l2_metric_cascade(digits):
+    from mmcompress.codecs import make_codec
+
+    xb, xq, ids = digits["xb"] * 3.0, digits["xq"] * 3.0, digits["ids"]  # non-unit norms
+    d2 = ((xq[:, None, :] - xb[None, :, :]) ** 2).sum(axis=2)
+    truth = ids[np.argsort(d2, axis=1, kind="stable")[:, :10]]
+    config = CascadeConfig.from_params({"metric": "l2", "coarse": {"codec": "BIN32", "shortlist": 300},
+                                        "fine": {"codec": "coarse", "shortlist": 80}})
+    codec = make_codec("BIN32", metric="l2").fit(xb)
+    idx = CascadeIndex.build(codec, codec, xb, ids, config=config)
+    scores, found = idx.search(xq, 10)
+    assert recall_at_k(truth, found, 10) >= 0.95
+    np.testing.assert_allclose(-scores[:, 0], np.sort(d2, axis=1)[:, 0], rtol=1e-4)

@@ -674,9 +674,13 @@ class CascadeIndex:
         if stage == "fine" and self.config.fine.scoring == "adc":
             return self._rescore_adc(st, Q, rows, valid, keep)
         if stage == "exact":
-            rows, S = self._rescore_exact(st, Q, rows)
-            rows, S = _top(rows, S, keep)
-            return (rows, S, int(valid.sum()) * self.d_ * 4) if count_bytes else (rows, S)
+            nbytes = int(valid.sum()) * self.d_ * 4
+            E = st.main.exact
+            if st.delta is None and E.dtype == np.float32 and E.flags.c_contiguous:
+                rows, S = _exact_topk(E, Q, rows, keep, self.config.metric)
+            else:
+                rows, S = _top(*self._rescore_exact(st, Q, rows), keep)
+            return (rows, S, nbytes) if count_bytes else (rows, S)
         uniq, inv = np.unique(rows[valid], return_inverse=True)
         X = (self.fine_codec.decode(self._take(st, self._fine_attr, uniq)) if len(uniq)
              else np.zeros((0, self.d_), np.float32))
@@ -953,6 +957,28 @@ def smallest_counts(line: np.ndarray, s: int, sentinel: int) -> np.ndarray:
     at = np.flatnonzero(line == thr)[:s - int(cum[thr - 1] if thr > 0 else 0)]
     below[at] = True
     return np.flatnonzero(below)
+
+
+def _exact_topk(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int,
+                metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``keep`` of each query's rows of ``E`` by exact score, with faiss's by-index kernels
+    (rows read in storage order; -1 padding must trail, where the kernel stops)."""
+    import faiss
+
+    nq, s = rows.shape
+    big = np.iinfo(np.int64).max
+    R = np.sort(np.where(rows < 0, big, rows), axis=1)
+    R[R == big] = -1
+    R = np.ascontiguousarray(R, dtype=np.int64)
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    D = np.empty((nq, keep), dtype=np.float32)
+    out = np.empty((nq, keep), dtype=np.int64)
+    fn = faiss.knn_inner_products_by_idx if metric == "ip" else faiss.knn_L2sqr_by_idx
+    sp = faiss.swig_ptr
+    fn(sp(Q), sp(E), sp(R), Q.shape[1], nq, len(E), s, keep, sp(D), sp(out), s)
+    D = D if metric == "ip" else -D
+    D[out < 0] = -np.inf
+    return out, D
 
 
 def _top(rows: np.ndarray, scores: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
