@@ -55,7 +55,7 @@ def evaluate(params: dict, root: Path) -> dict:
     if ratings is not None:
         holdout = make_holdout(ratings, ids, like_threshold=dp["like_threshold"],
                                holdout_per_user=dp["holdout_per_user"], history=dp["history"],
-                               max_train_rows=ep.get("faiss_max_train_rows", 5000), seed=ep.get("seed", 0))
+                               seed=ep.get("seed", 0))
     baseline = {"spec": "Flat (float32)", "recall_at_10": 1.0, "one_recall_at_1": 1.0, "ndcg_at_10": 1.0,
                 "bytes_per_item": 4 * X.shape[1], "compression_ratio": 1.0}
     if holdout is not None:
