@@ -43,7 +43,8 @@ KIND = "cascade_index"
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
 _STATE_VERSIONS = itertools.count()
 _FEW_QUERIES = 4  # below this many queries per chunk, the coarse scan gathers cells per query
-POPULAR_KEEP = 10_000  # most popular ids kept with the index, for cache warming
+POPULAR_KEEP = 10_000
+_INT64_MAX = np.iinfo(np.int64).max  # most popular ids kept with the index, for cache warming
 
 
 @dataclass
@@ -533,13 +534,13 @@ class CascadeIndex:
         t0 = time.perf_counter()
         rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
         t1 = time.perf_counter()
-        stats.coarse_scanned = float(scanned.mean()) if nq else 0.0
-        stats.coarse_shortlist = float((rows >= 0).sum(axis=1).mean()) if nq else 0.0
+        stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
+        stats.coarse_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
         stats.seconds["coarse"] = t1 - t0
         if p["use_fine"]:
             keep = p["s2"] if p["exact"] else k
             rows, scores = self._rescore(st, "fine", Q, rows, keep)
-            stats.fine_shortlist = float((rows >= 0).sum(axis=1).mean()) if nq else 0.0
+            stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
         t2 = time.perf_counter()
         stats.seconds["fine"] = t2 - t1
         if p["exact"]:
@@ -547,9 +548,10 @@ class CascadeIndex:
             stats.exact_reranked = stats.fine_shortlist if p["use_fine"] else stats.coarse_shortlist
             stats.disk_bytes = nbytes / max(nq, 1)
         stats.seconds["exact"] = time.perf_counter() - t2
-        rows, scores = _top(rows, scores, k)
+        if not p["exact"] or rows.shape[1] != k:  # the exact stage returns its top k sorted
+            rows, scores = _top(rows, scores, k)
         ids = self._ids_of(st, rows)
-        return scores.astype(np.float32), ids, stats
+        return scores.astype(np.float32, copy=False), ids, stats
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
                 excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -966,7 +968,7 @@ def _exact_topk(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int,
     import faiss
 
     nq, s = rows.shape
-    big = np.iinfo(np.int64).max
+    big = _INT64_MAX
     R = np.sort(np.where(rows < 0, big, rows), axis=1)
     R[R == big] = -1
     R = np.ascontiguousarray(R, dtype=np.int64)

@@ -25,7 +25,9 @@ class ServiceMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter("mmcompress_requests", "Requests answered", ["endpoint", "status"], registry=r)
         self.cache_lookups = Counter("mmcompress_cache_lookups", "Result-cache lookups", ["result"], registry=r)
-        self.cache_hit_rate = Gauge("mmcompress_cache_hit_rate", "Result-cache hit rate since load", registry=r)
+        self.cache_hit_rate = Gauge("mmcompress_cache_hit_rate",
+                                    "Share of similar-item requests answered from the cache", registry=r)
+        self._hits = self._misses = 0
         self.cache_bytes = Gauge("mmcompress_cache_bytes", "Bytes held by the hot-item cache", registry=r)
         self.cache_items = Gauge("mmcompress_cache_items", "Entries in the hot-item cache", registry=r)
         self.cache_evictions = Gauge("mmcompress_cache_evictions", "Cache evictions since load", registry=r)
@@ -49,10 +51,19 @@ class ServiceMetrics:
 
     def observe_cache(self, cache: Any, hit: bool) -> None:
         self.cache_lookups.labels(result="hit" if hit else "miss").inc()
+        if hit:
+            self._hits += 1
+        else:
+            self._misses += 1
+
+    @property
+    def request_hit_rate(self) -> float:
+        total = self._hits + self._misses
+        return self._hits / total if total else 0.0
 
     def refresh_cache(self, cache: Any) -> None:
         s = cache.stats()
-        self.cache_hit_rate.set(s.hit_rate)
+        self.cache_hit_rate.set(self.request_hit_rate)
         self.cache_bytes.set(s.bytes)
         self.cache_items.set(s.items)
         self.cache_evictions.set(s.evictions)
