@@ -261,3 +261,14 @@ def test_l2_metric_cascade(digits):
     scores, found = idx.search(xq, 10)
     assert recall_at_k(truth, found, 10) >= 0.95
     np.testing.assert_allclose(-scores[:, 0], np.sort(d2, axis=1)[:, 0], rtol=1e-4)
+
+
+def test_measure_index_reports_what_the_pipeline_records(index, digits):
+    from mmcompress.index import exact_top_ids, measure_index
+
+    truth = exact_top_ids(digits["xb"], digits["ids"], digits["xq"])
+    np.testing.assert_array_equal(truth, digits["truth"])
+    report = measure_index(index, digits["xq"], truth, n_latency=20)
+    assert report["recall_at_10"] >= 0.95 and report["latency_p50_ms"] > 0 and report["queries_per_s"] > 0
+    assert report["resident_bytes_per_item"] == pytest.approx(index.bytes_per_item())
+    assert report["stages"]["exact_reranked"] == 40 and report["n_items"] == len(digits["ids"])

@@ -8,12 +8,14 @@
                                config=config, masks=catalog.masks, titles=titles)
     scores, ids = index.search(queries, k=10)
     index.save("artifacts/index"); index = CascadeIndex.load("artifacts/index")
+    measure_index(index, queries, exact_top_ids(X, item_ids, queries))   # recall, latency, bytes
 """
 
 from mmcompress.index.cache import CacheStats, LRUCache, TinyLFUCache, make_cache
 from mmcompress.index.cascade import CascadeIndex, SearchStats, recommended_nlist
 from mmcompress.index.config import CascadeConfig, CoarseStageConfig, FineStageConfig
 from mmcompress.index.hamming import hamming_distances
+from mmcompress.index.measure import exact_top_ids, measure_index
 from mmcompress.index.partition import CoarsePartition
 from mmcompress.index.store import manifest_digest, read_manifest
 
@@ -27,9 +29,11 @@ __all__ = [
     "LRUCache",
     "SearchStats",
     "TinyLFUCache",
+    "exact_top_ids",
     "hamming_distances",
     "make_cache",
     "manifest_digest",
+    "measure_index",
     "read_manifest",
     "recommended_nlist",
 ]
