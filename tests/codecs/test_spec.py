@@ -21,7 +21,7 @@ from mmcompress.errors import CodecError
 @pytest.mark.parametrize(("spec", "code_size"), [
     ("PQ16x8", 16), ("PQ8", 8), ("PQ16x4", 8), ("RQ8x8", 8), ("RQ4x8_b8", 4), ("LSQ4x8", 4),
     ("NUQ24", 24), ("NUQ24_e2", 24), ("BIN256", 32), ("BIN64_rr", 8),
-    ("PCA128,OPQ16,PQ16x8", 16), ("C,RR,PQ8x8", 8), ("PCAW32,NUQ8", 8), ("W,PQ4", 4), ("OPQ8_64,PQ8", 8),
+    ("PCA128,OPQ16,PQ16x8", 16), ("RQ4x8+PQ8x8", 12), ("PCA32,RQ2x8_b2+PQ4x8", 6), ("C,RR,PQ8x8", 8), ("PCAW32,NUQ8", 8), ("W,PQ4", 4), ("OPQ8_64,PQ8", 8),
 ])
 def test_spec_round_trips_and_code_size(spec, code_size):
     codec = make_codec(spec)
@@ -32,7 +32,8 @@ def test_spec_round_trips_and_code_size(spec, code_size):
 
 def test_resolved_spec_is_canonical():
     assert make_codec("PQ8").spec == "PQ8x8"
-    assert make_codec("RQ8x8_b16").spec == "RQ8x8"  # default beam is not spelled out
+    assert make_codec("RQ8x8_b4").spec == "RQ8x8"  # default beam is not spelled out
+    assert make_codec("RQ8x8_b16").spec == "RQ8x8_b16"
     assert make_codec("PCA,NUQ8").spec == "PCA,NUQ8"
 
 

@@ -10,7 +10,15 @@ New codec families register spec tokens with :func:`register_quantizer` /
 :func:`register_transform` (see :mod:`mmcompress.codecs.spec`).
 """
 
-from mmcompress.codecs import binary, faiss_quantizers, nonuniform, pipeline, scalar, transforms  # noqa: F401  (register tokens)
+from mmcompress.codecs import (  # noqa: F401  (register tokens)
+    binary,
+    faiss_quantizers,
+    nonuniform,
+    pipeline,
+    scalar,
+    stack,
+    transforms,
+)
 from mmcompress.codecs.auto import AutoCodec
 from mmcompress.codecs.base import Codec, check_codes, check_vectors, chunked_search, exact_search
 from mmcompress.codecs.entropy import pack, packed_size, unpack, unpack_block

@@ -22,7 +22,7 @@ from mmcompress.codecs.faiss_quantizers import subsample_rows
 from mmcompress.errors import ArtifactError, CodecError
 
 #: Order in which families are tried: cheap fits first, so a time limit cuts the slow ones.
-_FAMILY_ORDER = ("SQ", "NUQ", "PQ", "OPQ", "RQ")
+_FAMILY_ORDER = ("SQ", "NUQ", "PQ", "OPQ", "RQ")  # stacks ("RQ..+PQ..") sort with RQ
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:

@@ -145,6 +145,19 @@ class ProductQuantizer(FaissCodesCodec):
         index.do_polysemous_training = False
         return index
 
+    def additive_codebooks(self) -> np.ndarray | None:
+        """(M, 256, d) full-width codewords (zero outside each sub-vector), for additive scans."""
+        import faiss
+
+        if self.nbits != 8:
+            return None
+        pq = self.index_.pq
+        cents = faiss.vector_to_array(pq.centroids).reshape(self.M, 256, pq.dsub)
+        out = np.zeros((self.M, 256, pq.d), dtype=np.float32)
+        for m in range(self.M):
+            out[m, :, m * pq.dsub:(m + 1) * pq.dsub] = cents[m]
+        return out
+
 
 class AdditiveScan:
     """Look-up-table scan of additive codes (8-bit codebooks) with faiss's PQ scanner.
@@ -254,9 +267,11 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
         self._norms = _NormCache()
         self._scanner = None
         if self.nbits == 8:
-            cb = faiss.vector_to_array(index.aq.codebooks).reshape(self.M, 256, -1)
-            self._scanner = AdditiveScan(cb)
+            self._scanner = AdditiveScan(faiss.vector_to_array(index.aq.codebooks).reshape(self.M, 256, -1))
         return index
+
+    def additive_codebooks(self) -> np.ndarray | None:
+        return None if self._scanner is None else self._scanner.codebooks
 
     def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
               norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -267,10 +282,13 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
 
 
 class ResidualQuantizer(AdditiveQuantizerCodec):
-    """``RQ<M>x<nbits>[_b<beam>]``: residual quantizer trained and encoded with beam search."""
+    """``RQ<M>x<nbits>[_b<beam>]``: residual quantizer trained and encoded with beam search.
+
+    The default beam (4) keeps encoding fast; wider beams gain little on embedding data.
+    """
 
     kind = "rq"
-    default_beam = 16
+    default_beam = 4
 
     def __init__(self, M: int, nbits: int = 8, beam: int | None = None, metric: str = "ip",
                  max_train_rows: int | None = 20000, random_state: int = 0) -> None:
@@ -340,19 +358,18 @@ def _build_lsq(m: re.Match[str], ctx: SpecContext) -> Codec:
 
 
 def _pq_candidates(budget: int, d: int, metric: str) -> list[str]:
-    specs = []
-    if d % budget == 0:
-        specs.append(f"PQ{budget}x8")
-    d_opq = d - d % budget if d >= budget else None
-    if d_opq:
-        specs.append(f"OPQ{budget}_{d_opq},PQ{budget}x8" if d_opq != d else f"OPQ{budget},PQ{budget}x8")
-    return specs
+    if d < budget:
+        return []
+    dp = d - d % budget  # PQ needs a multiple of M: project onto the top principal axes
+    return [f"PQ{budget}x8" if dp == d else f"PCA{dp},PQ{budget}x8",
+            f"OPQ{budget},PQ{budget}x8" if dp == d else f"OPQ{budget}_{dp},PQ{budget}x8"]
 
 
 def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
-    # Beam-search encoding costs grow with M and d: past 32 bytes it misses the encode-rate
-    # floor, so auto leaves longer RQ codes to explicit specs.
-    return [f"RQ{budget}x8"] if budget <= 32 else []
+    # Beam-search encoding cost grows with the number of codebooks: past 16 bytes it misses the
+    # encode-rate floor on two cores, so auto leaves longer RQ codes to explicit specs and tries
+    # a residual stack (16 RQ bytes, then PQ on the residual) instead.
+    return [f"RQ{budget}x8"] if budget <= 16 else []
 
 
 register_quantizer(r"PQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_pq, auto_candidates=_pq_candidates)

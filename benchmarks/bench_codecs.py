@@ -1,0 +1,441 @@
+"""Codec benchmark: every project codec and faiss's codecs, same data, same run.
+
+    python -m benchmarks.bench_codecs [--vectors NAME=path.npy ...] [--budgets 8 16 32 64]
+                                      [--out benchmarks/results] [--quick] [--resume]
+
+For each dataset (rows L2-normalised, 1,000 held-out queries, exact inner-product top-10 on
+the original vectors as truth) and each byte budget, it fits every codec on the database rows
+(capped at ``--max-train``) and records recall@10, 1-recall@1, reconstruction MSE, encode and
+search throughput (medians over ``--repeats``), and stored bytes after lossless entropy
+coding (rANS per field and zstd; the smaller counts). faiss baselines run the usual way
+(``index_factory`` with inner-product metric); product/scalar ones are also scanned with L2
+distances, which ranks unit-norm data better, and the best of all faiss rows at a budget is
+the reference each row's ratio is taken against. Outputs ``codecs.json``, ``codecs.md`` and
+``codecs.png`` under ``--out``, plus a 100k-item search-throughput figure for the 16-byte auto
+codec.
+
+Default inputs are ``artifacts/fused/vectors.npy`` and the catalog's text modality; when the
+pipeline has not produced them, a 384-d stand-in built from scikit-learn digits is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import benchmarks.common as common  # first: sets the OpenMP wait policy before faiss loads
+from mmcompress.artifacts import write_bytes_atomic, write_json_atomic
+from mmcompress.codecs import Codec, auto_candidates, make_codec, pack
+from mmcompress.errors import CodecError
+
+RQ_BEAM = 16  # same beam for the project's and faiss's residual quantizers
+
+
+# ---- codec lists ----------------------------------------------------------------------------
+def family_of(spec: str) -> str:
+    tokens = spec.split(",")
+    last = tokens[-1]
+    if tokens[0].startswith("OPQ"):
+        return "OPQ+PQ"
+    if last.startswith("NUQ"):
+        return "NUQ-entropy" if "_e" in last else "NUQ"
+    if last in ("SQ8", "SQ4", "SQ6", "FP16"):
+        return last
+    m = re.match(r"[A-Z]+", last)
+    return m.group(0) if m else last
+
+
+def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
+    """(label, spec) of the project's codecs at a budget: auto, its candidates, NUQ-entropy, BIN."""
+    specs = [("auto", "auto")]
+    for spec in auto_candidates(budget, d, "ip"):
+        specs.append((family_of(spec), spec))
+    if d >= budget:
+        specs.append(("NUQ-entropy", f"PCA,NUQ{budget}_e2"))
+    bits = 8 * budget
+    specs.append(("BIN", f"BIN{bits}" if bits <= d else f"BIN{bits}_rr"))
+    if quick:
+        keep = {"auto", "PQ", "NUQ", "NUQ-entropy", "SQ4"}
+        specs = [s for s in specs if s[0] in keep]
+    return specs
+
+
+def faiss_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
+    """(label, index_factory string or a named construction) of the faiss baselines."""
+    out = []
+    dp = d - d % budget
+    out.append(("faiss PQ", f"PQ{budget}" if dp == d else f"PCA{dp},PQ{budget}"))
+    out.append(("faiss OPQ+PQ", f"OPQ{budget},PQ{budget}" if dp == d else f"OPQ{budget}_{dp},PQ{budget}"))
+    if budget <= 32 and not quick:
+        out.append(("faiss RQ", f"RQ{budget}x8"))
+    if budget <= 16 and not quick:
+        out.append(("faiss LSQ", f"LSQ{budget}x8"))
+    if budget <= d:
+        out.append(("faiss SQ8", f"PCA{budget},SQ8"))
+    if 2 * budget <= d:
+        out.append(("faiss SQ4", f"PCA{2 * budget},SQ4"))
+    if 8 * budget <= d and not quick:
+        out.append(("faiss ITQ+LSH", f"ITQ{8 * budget},LSH"))
+    if not quick:
+        rd = 8 * (budget - 8)
+        if 8 <= rd <= d:
+            out.append(("faiss RaBitQ", f"PCA{rd},RaBitQ" if rd < d else "RaBitQ"))
+        elif d // 8 + 8 <= budget:
+            out.append(("faiss RaBitQ", "RaBitQ"))
+    return out
+
+
+# ---- faiss wrapper ------------------------------------------------------------------------
+class FaissCodec:
+    """A faiss index used as a codec: sa_encode / sa_decode / search over given codes."""
+
+    def __init__(self, factory: str, d: int) -> None:
+        import faiss
+
+        self.factory = factory
+        m = re.fullmatch(r"ITQ(\d+),LSH", factory)
+        if m:
+            bits = int(m.group(1))
+            self.index = faiss.IndexPreTransform(faiss.ITQTransform(d, bits, True),
+                                                 faiss.IndexLSH(bits, bits, False, False))
+        else:
+            self.index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        base = faiss.downcast_index(self.index.index if isinstance(self.index, faiss.IndexPreTransform) else self.index)
+        if isinstance(base, faiss.IndexResidualQuantizer):
+            base.rq.max_beam_size = RQ_BEAM
+            base.rq.use_beam_LUT = 1
+            base.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
+        if isinstance(base, faiss.IndexLocalSearchQuantizer):
+            base.lsq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
+        if isinstance(base, faiss.IndexPQ):
+            base.pq.cp.min_points_per_centroid = 1
+        self.base = base
+
+    @property
+    def code_size(self) -> int:
+        return self.index.sa_code_size()
+
+    def fit(self, X: np.ndarray) -> FaissCodec:
+        self.index.train(X)
+        return self
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self.index.sa_encode(X)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.index.sa_decode(codes)
+
+    def supports_l2_scan(self) -> bool:
+        import faiss
+
+        return isinstance(self.base, faiss.IndexPQ | faiss.IndexScalarQuantizer)
+
+    def search(self, codes: np.ndarray, xq: np.ndarray, k: int, l2: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
+        self.index.metric_type = metric
+        self.base.metric_type = metric
+        self.index.reset()
+        self.index.add_sa_codes(codes)
+        try:
+            return self.index.search(xq, k)
+        finally:
+            self.index.reset()
+
+
+# ---- measurement ----------------------------------------------------------------------------
+def stored_bytes(codes: np.ndarray, field_bits: list[int] | None) -> dict[str, float]:
+    n = len(codes)
+    rans = len(pack(codes, "rans", field_bits=field_bits))
+    zstd = len(pack(codes, "zstd", field_bits=field_bits))
+    return {"stored_bytes_rans": rans / n, "stored_bytes_zstd": zstd / n,
+            "stored_bytes_per_item": min(rans, zstd) / n}
+
+
+def measure(ds: common.Dataset, fit: Callable[[], Any], encode: Callable[[np.ndarray], np.ndarray],
+            decode: Callable[[np.ndarray], np.ndarray] | None,
+            search: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+            field_bits: Callable[[], list[int] | None], repeats: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    fit()
+    fit_s = time.perf_counter() - t0
+    sample = ds.xb[: min(len(ds.xb), 20000)]
+    enc_s, _ = common.median_seconds(lambda: encode(sample), repeats)
+    codes = encode(ds.xb)
+    srch_s, (_, ids) = common.median_seconds(lambda: search(codes, ds.xq, 10), repeats)
+    row: dict[str, Any] = {
+        "code_bytes": int(codes.shape[1]),
+        "recall_at_10": common.recall_at(ids, ds.gt, 10),
+        "one_recall_at_1": common.one_recall_at_1(ids, ds.gt),
+        "fit_seconds": round(fit_s, 2),
+        "encode_per_s": round(len(sample) / enc_s, 1),
+        "search_qps": round(len(ds.xq) / srch_s, 1),
+        "mse": None,
+    }
+    if decode is not None:
+        try:
+            X_hat = decode(codes[: len(sample)])
+            row["mse"] = float(((X_hat - sample) ** 2).sum(axis=1).mean())
+        except (RuntimeError, CodecError):
+            pass
+    row.update(stored_bytes(codes, field_bits()))
+    return row
+
+
+def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.ndarray,
+                repeats: int, seed: int, keep: dict[str, Codec]) -> dict[str, Any]:
+    codec = make_codec(spec, metric="ip", budget_bytes=budget if spec == "auto" else None,
+                       random_state=seed, max_train_rows=len(xt))
+    row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
+                  lambda: codec.field_bits, repeats)
+    row.update(spec=codec.spec, norm_weight=float(getattr(codec, "norm_weight_", 0.0)))
+    if spec == "auto":
+        row["auto_report"] = codec.auto_report_
+        keep[f"{ds.name}/{budget}"] = codec
+    return row
+
+
+def run_faiss(ds: common.Dataset, factory: str, xt: np.ndarray, repeats: int) -> list[dict[str, Any]]:
+    codec = FaissCodec(factory, ds.d)
+    row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
+                  lambda: None, repeats)
+    row["spec"] = factory
+    rows = [row]
+    if codec.supports_l2_scan():
+        codes = codec.encode(ds.xb)
+        secs, (_, ids) = common.median_seconds(lambda: codec.search(codes, ds.xq, 10, l2=True), repeats)
+        l2 = dict(row, recall_at_10=common.recall_at(ids, ds.gt, 10),
+                  one_recall_at_1=common.one_recall_at_1(ids, ds.gt), search_qps=round(len(ds.xq) / secs, 1),
+                  spec=factory + " (L2 scan)")
+        rows.append(l2)
+    return rows
+
+
+# ---- throughput at 100k ------------------------------------------------------------------
+def throughput_100k(ds: common.Dataset, codec: Codec, n_items: int, repeats: int, seed: int) -> dict[str, Any]:
+    """Search speed over ``n_items`` rows drawn around the real vectors (noise, renormalised)."""
+    rng = np.random.default_rng(seed)
+    rows = ds.xb[rng.integers(0, len(ds.xb), n_items)]
+    noise = rng.standard_normal(rows.shape).astype(np.float32) * (0.3 / np.sqrt(ds.d))
+    items = common.l2_normalise(rows + noise)
+    enc_s, codes = common.median_seconds(lambda: codec.encode(items), 1)
+    srch_s, _ = common.median_seconds(lambda: codec.search(codes, ds.xq, 10), repeats)
+    return {"dataset": ds.name, "spec": codec.spec, "n_items": n_items, "n_queries": len(ds.xq),
+            "encode_per_s": round(n_items / enc_s, 1), "search_qps": round(len(ds.xq) / srch_s, 1),
+            "goal_qps": 200}
+
+
+# ---- reporting ------------------------------------------------------------------------------
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    best: dict[tuple[str, int], float] = {}
+    for r in rows:
+        if r.get("source") == "faiss" and r.get("recall_at_10") is not None:
+            key = (r["dataset"], r["budget"])
+            best[key] = max(best.get(key, 0.0), r["recall_at_10"])
+    for r in rows:
+        ref = best.get((r["dataset"], r["budget"]))
+        r["best_faiss_recall_at_10"] = ref
+        r["ratio_vs_best_faiss"] = (round(r["recall_at_10"] / ref, 3)
+                                    if ref and r.get("recall_at_10") is not None else None)
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = [r for r in results["rows"] if "error" not in r]
+    out = ["# Codec benchmark", "",
+           f"Machine: {results['machine']}. Queries held out per dataset; truth = exact inner-product "
+           "top-10 on the original vectors. Throughputs are medians; `stored B` is bytes per item after "
+           "lossless entropy coding (smaller of rANS-per-field and zstd). `ratio` = recall@10 / best faiss "
+           "recall@10 at the same budget (faiss rows include their L2-scan variants).", ""]
+    for name in results["datasets"]:
+        ds_rows = [r for r in rows if r["dataset"] == name]
+        budgets = sorted({r["budget"] for r in ds_rows})
+        info = results["datasets"][name]
+        out += [f"## {name} ({info['n_items']} items, d={info['d']}, {info['n_queries']} queries)", "",
+                "Recall@10 by bytes per item:", "",
+                "| codec | " + " | ".join(f"{b} B" for b in budgets) + " |",
+                "|---|" + "---|" * len(budgets)]
+        labels = []
+        for r in ds_rows:
+            if r["label"] not in labels:
+                labels.append(r["label"])
+        for label in labels:
+            cells = []
+            for b in budgets:
+                hit = [r for r in ds_rows if r["label"] == label and r["budget"] == b]
+                cells.append(_fmt(hit[0]["recall_at_10"]) if hit else "")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+        for b in budgets:
+            out += [f"### {name}, {b} bytes", "",
+                    "| codec | spec | code B | stored B | recall@10 | ratio | 1-R@1 | MSE | encode/s | queries/s | fit s |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in sorted((r for r in ds_rows if r["budget"] == b), key=lambda r: -(r["recall_at_10"] or 0)):
+                out.append(f"| {r['label']} | `{r['spec']}` | {r['code_bytes']} | {_fmt(r['stored_bytes_per_item'], 2)} | "
+                           f"{_fmt(r['recall_at_10'])} | {_fmt(r['ratio_vs_best_faiss'])} | {_fmt(r['one_recall_at_1'])} | "
+                           f"{_fmt(r['mse'], 4)} | {r['encode_per_s']:.0f} | {r['search_qps']:.0f} | {r['fit_seconds']} |")
+            out.append("")
+    errors = [r for r in results["rows"] if "error" in r]
+    if errors:
+        out += ["## Runs that failed", ""] + [f"- {r['dataset']} {r['budget']} B {r['label']} `{r['spec']}`: {r['error']}"
+                                               for r in errors] + [""]
+    if results.get("throughput"):
+        t = results["throughput"]
+        out += ["## Search throughput at scale", "",
+                f"`{t['spec']}` (16-byte auto codec, {t['dataset']}) over {t['n_items']:,} items drawn around the "
+                f"real vectors, {t['n_queries']} queries per batch: **{t['search_qps']:.0f} queries/s** "
+                f"(goal ≥ {t['goal_qps']}); encoding {t['encode_per_s']:.0f} vectors/s.", ""]
+    return "\n".join(out)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5), squeeze=False)
+    rows = [r for r in results["rows"] if "error" not in r]
+    for ax, name in zip(axes[0], names, strict=True):
+        labels: list[str] = []
+        for r in rows:
+            if r["dataset"] == name and r["label"] not in labels:
+                labels.append(r["label"])
+        for label in labels:
+            pts = sorted((r["code_bytes"], r["recall_at_10"]) for r in rows
+                         if r["dataset"] == name and r["label"] == label)
+            style = dict(lw=3, color="black", marker="o") if label == "auto" else (
+                dict(ls="--", marker="x") if label.startswith("faiss") else dict(marker="."))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes per item")
+        ax.set_ylabel("recall@10 (exact inner-product top-10)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- main ---------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vectors", nargs="*", default=[], metavar="NAME=PATH.npy")
+    p.add_argument("--budgets", nargs="*", type=int, default=[8, 16, 32, 64])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--quick", action="store_true", help="small smoke run: few rows, budgets 8 and 16")
+    p.add_argument("--resume", action="store_true", help="keep rows already in OUT/codecs.json")
+    p.add_argument("--n-queries", type=int, default=1000)
+    p.add_argument("--max-items", type=int, default=None, help="cap on database rows per dataset")
+    p.add_argument("--max-train", type=int, default=20000, help="training rows per codec")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--throughput-items", type=int, default=100000)
+    p.add_argument("--only", nargs="*", default=None, help="labels to run (e.g. auto 'faiss RQ')")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budgets = [b for b in args.budgets if b <= 16] or [8]
+        args.n_queries = min(args.n_queries, 200)
+        args.max_items = min(args.max_items or 3000, 3000)
+        args.max_train = min(args.max_train, 3000)
+        args.repeats = 1
+        args.throughput_items = min(args.throughput_items, 20000)
+    return args
+
+
+def load_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    for item in args.vectors:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--vectors expects NAME=PATH.npy; found {item!r}")
+        inputs[name] = np.load(path, allow_pickle=False)
+    if not inputs:
+        inputs = common.default_inputs()
+    if not inputs:
+        print("pipeline outputs not found; using the 384-d digits stand-in", file=sys.stderr)
+        inputs = {"digits384": common.digits_384(args.seed)}
+    return inputs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "codecs.json"
+    results: dict[str, Any] = {"machine": common.machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
+                               "datasets": {}, "rows": [], "throughput": None}
+    if args.resume and json_path.exists():
+        old = json.loads(json_path.read_text())
+        results["rows"] = [r for r in old.get("rows", []) if "error" not in r]
+        results["throughput"] = old.get("throughput")
+    done = {(r["dataset"], r["budget"], r["label"]) for r in results["rows"]}
+    keep: dict[str, Codec] = {}
+
+    def save() -> None:
+        add_ratios(results["rows"])
+        write_json_atomic(json_path, results)
+        write_bytes_atomic(args.out / "codecs.md", markdown(results).encode())
+
+    for name, X in load_inputs(args).items():
+        ds = common.split_queries(name, X, args.n_queries, args.seed, args.max_items)
+        xt = ds.xb[np.sort(np.random.default_rng(args.seed).choice(len(ds.xb), min(len(ds.xb), args.max_train),
+                                                                   replace=False))]
+        results["datasets"][name] = {"n_items": len(ds.xb), "d": ds.d, "n_queries": len(ds.xq),
+                                     "n_train": len(xt)}
+        for budget in args.budgets:
+            jobs = [("project", label, spec) for label, spec in project_specs(budget, ds.d, args.quick)]
+            jobs += [("faiss", label, spec) for label, spec in faiss_specs(budget, ds.d, args.quick)]
+            for source, label, spec in jobs:
+                if args.only and label not in args.only:
+                    continue
+                if (name, budget, label) in done:
+                    continue
+                print(f"[{name} {budget}B] {label}: {spec}", file=sys.stderr, flush=True)
+                base = {"dataset": name, "budget": budget, "source": source, "label": label}
+                try:
+                    if source == "project":
+                        new = [run_project(ds, budget, label, spec, xt, args.repeats, args.seed, keep)]
+                    else:
+                        new = run_faiss(ds, spec, xt, args.repeats)
+                        for r in new[1:]:
+                            r["label"] = label + " (L2 scan)"
+                except (CodecError, RuntimeError, ValueError) as e:
+                    new = [{"spec": spec, "error": f"{type(e).__name__}: {e}"[:500]}]
+                results["rows"] = [r for r in results["rows"]
+                                   if not (r["dataset"] == name and r["budget"] == budget and
+                                           r["label"] in {label, label + " (L2 scan)"})]
+                results["rows"] += [{**base, **r} for r in new]
+                save()
+        if results["throughput"] is None and args.throughput_items and 16 in args.budgets:
+            auto16 = keep.get(f"{name}/16")
+            if auto16 is None:
+                auto16 = make_codec("auto", budget_bytes=16, random_state=args.seed,
+                                    max_train_rows=len(xt)).fit(xt)
+            results["throughput"] = throughput_100k(ds, auto16, args.throughput_items, args.repeats, args.seed)
+            save()
+    plot(results, args.out / "codecs.png")
+    save()
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
