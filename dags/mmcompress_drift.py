@@ -58,7 +58,7 @@ def retrain_needed(report: dict) -> bool:
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
-    default_args={"owner": "mmcompress", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "mmcompress", "retries": 1, "retry_delay": timedelta(minutes=2)},
     render_template_as_native_obj=True,
     params={
         "project_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Project root"),
