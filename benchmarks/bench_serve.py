@@ -12,9 +12,11 @@ here): each synthetic row is a real vector moved a uniform 0-50% of the way towa
 times ``--sigma``, L2-normalised. Queries are drawn the same way with another seed. Ground
 truth is the exact inner-product top-10.
 
-Measures, same machine, same run, same threads: recall@10, queries/s of a 1,000-query batch,
-p50/p99 latency of single queries, resident bytes per item (the cascade: its own all-in
-accounting; faiss: the index's arrays) and bytes read from the exact store per query. faiss
+Measures, same machine, same run, same cores: recall@10, queries/s of a 1,000-query batch
+(faiss: ``--threads`` OpenMP threads; the cascade: ``--threads`` worker processes memory-mapping
+the same saved index, since its numpy loop holds the GIL), p50/p99 latency of single queries
+(one thread each), resident bytes per item (the cascade: its own all-in accounting; faiss: the
+index's arrays) and bytes read from the exact store per query. faiss
 baselines: HNSW32 (flat vectors) over efSearch, IVF-PQ + exact refine (flat and SQ8) over
 nprobe x k_factor; for each the fastest setting reaching recall@10 >= 0.95 is reported.
 Results: benchmarks/results/serve.{json,md} (``--quick``: serve.quick.*).
@@ -136,9 +138,12 @@ class Timing:
 
 
 def time_search(batch_fn, single_fn, xq: np.ndarray, n_single: int, repeats: int = 3,
-                threads: int = 2) -> Timing:
-    """Median batch throughput (``threads`` threads) over ``repeats``, and single-query latency
-    percentiles with one thread (a lone query gains nothing from a thread team but its wake-ups)."""
+                threads: int = 2, lib_threads: int | None = None) -> Timing:
+    """Median batch throughput over ``repeats``, and single-query latency percentiles with one
+    thread (a lone query gains nothing from a thread team but its wake-ups). ``lib_threads``:
+    faiss/BLAS threads during the batch (default ``threads``; 1 where the caller runs its own
+    ``threads`` workers, so the two never nest)."""
+    threads = threads if lib_threads is None else lib_threads
     set_threads(threads)
     batch_fn(xq[:8])
     rates = []
@@ -171,6 +176,42 @@ def set_threads(n: int) -> None:
 
 
 # ---- the cascade -------------------------------------------------------------------------
+_WORKER_INDEX: Any = None
+
+
+def _worker_open(index_dir: str) -> None:
+    global _WORKER_INDEX
+    from mmcompress.index import CascadeIndex
+
+    set_threads(1)
+    _WORKER_INDEX = CascadeIndex.load(index_dir, mmap=True)
+
+
+def _worker_search(args: tuple[np.ndarray, dict[str, Any]]) -> np.ndarray:
+    q, kw = args
+    return _WORKER_INDEX.search(q, 10, **kw)[1]
+
+
+class ProcessSearcher:
+    """Batch search split over worker processes that memory-map the same saved index: the
+    codes are shared through the page cache, so each extra process costs only its tables."""
+
+    def __init__(self, index_dir: Path, n: int) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.n = n
+        self.pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_open,
+                                        initargs=(str(index_dir),))
+
+    def search(self, q: np.ndarray, **kw: Any) -> np.ndarray:
+        parts = np.array_split(q, self.n)
+        return np.concatenate(list(self.pool.map(_worker_search, [(p, kw) for p in parts])))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
     """Stage settings to try: exhaustive scans, and IVF routing from 200k items up."""
     grid = []
@@ -196,6 +237,7 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
     codec = make_codec(coarse_spec).fit(train)
     fit_s = time.perf_counter() - t
     built: dict[int, Any] = {}
+    searchers: dict[int, ProcessSearcher] = {}
     for g in cascade_grid(len(xb), quick):
         if g["nlist"] not in built:
             config = CascadeConfig.from_params({"coarse": {"codec": coarse_spec, "shortlist": g["s1"],
@@ -217,9 +259,18 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             built = {g["nlist"]: (index, build_s, load_ms)}  # one index in memory at a time
         index, build_s, load_ms = built[g["nlist"]]
         kw = {"coarse_shortlist": g["s1"], "fine_shortlist": g["s2"], "nprobe": g["nprobe"]}
-        _, found, stats = index.search(xq, 10, threads=threads, return_stats=True, **kw)
-        timing = time_search(lambda q, kw=kw, ix=index: ix.search(q, 10, threads=threads, **kw),
-                             lambda q, kw=kw, ix=index: ix.search(q, 10, **kw), xq, n_single, threads=threads)
+        set_threads(1)
+        _, found, stats = index.search(xq, 10, return_stats=True, **kw)
+        if g["nlist"] not in searchers:
+            for old in searchers.values():
+                old.close()
+            searchers.clear()
+            searchers[g["nlist"]] = ProcessSearcher(workdir / f"index_{g['nlist']}", threads)
+            searchers[g["nlist"]].search(xq[:threads], **kw)
+        procs = searchers[g["nlist"]]
+        timing = time_search(lambda q, kw=kw, pr=procs: pr.search(q, **kw),
+                             lambda q, kw=kw, ix=index: ix.search(q, 10, **kw), xq, n_single, lib_threads=1)
+        set_threads(threads)
         mem = index.memory_report()
         rows.append({
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
@@ -231,6 +282,8 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             "build_s": build_s + fit_s, "load_ms": load_ms,
         })
         print(_fmt(rows[-1]), flush=True)
+    for old in searchers.values():
+        old.close()
     return rows
 
 

@@ -50,10 +50,17 @@ def make_source(model: str | Path = "champion", *, tracking_uri: str = DEFAULT_T
 
 def run_server(port: int = 8000, model: str | Path = "champion", *, host: str = "127.0.0.1",
                tracking_uri: str = DEFAULT_TRACKING_URI, model_name: str = DEFAULT_MODEL_NAME,
-               settings: ServiceSettings | None = None, log_level: str = "info") -> None:
-    """Serve ``model`` ("champion" or a saved index directory) until interrupted."""
-    import uvicorn
+               settings: ServiceSettings | None = None, log_level: str = "info", threads: int = 1) -> None:
+    """Serve ``model`` ("champion" or a saved index directory) until interrupted.
 
+    ``threads`` caps faiss/BLAS threads in this process: requests run concurrently already, and
+    thread teams on each small per-request operation only contend for the cores."""
+    import faiss
+    import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(threads)
     app = create_app(make_source(model, tracking_uri=tracking_uri, model_name=model_name), settings=settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
