@@ -1,8 +1,9 @@
-"""Cascade index: a compact coarse code scanned for every candidate, a finer codec reranking
-the coarse shortlist, and an optional exact rerank from float32 vectors memory-mapped on disk.
+"""Cascade index: a compact coarse code scanned for every candidate, a finer scoring of the
+coarse shortlist, and an optional exact rerank from float32 vectors memory-mapped on disk.
 
-    index = CascadeIndex.build(make_codec("BIN128"), make_codec("PQ16x8"), X, ids,
-                               config=CascadeConfig(coarse=CoarseStageConfig(shortlist=400)))
+    codec = make_codec("BIN128")                   # sign codes: popcount scan ...
+    index = CascadeIndex.build(codec, codec, X, ids,   # ... then their asymmetric sign-table scan
+                               config=CascadeConfig(coarse=CoarseStageConfig(shortlist=600)))
     D, I = index.search(xq, k=10)                  # item ids, best first; -1 pads
     D, I = index.search_by_id(item_id, k=10)       # the item itself excluded
     index.add(X_new, ids_new); index.remove(ids_old); index.compact()
@@ -12,8 +13,12 @@ Rows live in a *main* segment (sorted by coarse cell when IVF routing is on, mem
 loaded) and a small *delta* segment that ``add`` appends to; ``remove`` sets tombstones. Neither
 retrains a codec. ``compact`` folds the delta in and drops tombstoned rows.
 
-Only the coarse codes, fine codes, ids, packed masks and codec/centroid tables are resident; the
-exact store and the id lookup are on disk and touched only for the final candidates / lookups.
+The coarse stage scans sign codes by popcount (every item, or the ``nprobe`` closest IVF cells);
+the fine stage rescores the shortlist with a second codec, or with the coarse codes themselves
+when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up tables); the exact
+stage reads only the final shortlist's rows from disk. Resident: codes, packed ids, packed
+modality masks and the codec / centroid / look-up tables; on disk: the exact store and the id
+lookup, touched only for the final candidates and for lookups by id.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ KIND = "cascade_index"
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
 _STATE_VERSIONS = itertools.count()
 _FEW_QUERIES = 4  # below this many queries per chunk, the coarse scan gathers cells per query
-POPULAR_KEEP = 10_000
-_INT64_MAX = np.iinfo(np.int64).max  # most popular ids kept with the index, for cache warming
+POPULAR_KEEP = 10_000  # most popular ids kept with the index, for cache warming
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass
