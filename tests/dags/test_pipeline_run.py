@@ -125,3 +125,22 @@ def test_corrupted_catalog_fails_validation_and_keeps_the_champion(trained_proje
     assert re.search(r"column '\w*text\w*'.*: 5 of 400 rows unexpected", text), text[-5000:]
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
     assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before
+
+
+def test_rebuild_index_only_rewrites_the_index(trained_project, dagbag, tmp_path):
+    trained_root, _ = trained_project
+    root = tmp_path / "project"
+    shutil.copytree(trained_root, root)
+    L = Layout(root)
+    codes_before = {p.name: p.read_bytes() for p in L.codes_dir.iterdir()}
+    shutil.rmtree(L.index_dir)
+
+    conf = slice_conf(root)
+    dr = dagbag.dags["mmcompress_rebuild_index"].test(run_conf={
+        "project_root": conf["project_root"], "max_items": conf["max_items"],
+        "overrides": {**conf["overrides"], "index.fine.shortlist": 60}})
+    assert str(dr.state) == "success", task_states(dr)
+    built = xcom(dr, "build_index")
+    assert built["index_dir"] == str(L.index_dir) and L.index_dir.is_dir()
+    assert built["n_items"] == 400
+    assert {p.name: p.read_bytes() for p in L.codes_dir.iterdir()} == codes_before
