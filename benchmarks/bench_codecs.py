@@ -36,8 +36,6 @@ from mmcompress.artifacts import write_bytes_atomic, write_json_atomic
 from mmcompress.codecs import Codec, auto_candidates, make_codec, pack
 from mmcompress.errors import CodecError
 
-RQ_BEAM = 16  # same beam for the project's and faiss's residual quantizers
-
 
 # ---- codec lists ----------------------------------------------------------------------------
 def family_of(spec: str) -> str:
@@ -108,9 +106,9 @@ class FaissCodec:
                                                  faiss.IndexLSH(bits, bits, False, False))
         else:
             self.index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        base = faiss.downcast_index(self.index.index if isinstance(self.index, faiss.IndexPreTransform) else self.index)
-        if isinstance(base, faiss.IndexResidualQuantizer):
-            base.rq.max_beam_size = RQ_BEAM
+        self.pre = self.index if isinstance(self.index, faiss.IndexPreTransform) else None
+        base = faiss.downcast_index(self.pre.index if self.pre is not None else self.index)
+        if isinstance(base, faiss.IndexResidualQuantizer):  # faiss's default beam (5)
             base.rq.use_beam_LUT = 1
             base.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
         if isinstance(base, faiss.IndexLocalSearchQuantizer):
@@ -144,12 +142,18 @@ class FaissCodec:
         metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
         self.index.metric_type = metric
         self.base.metric_type = metric
-        self.index.reset()
-        self.index.add_sa_codes(codes)
+        # IndexPreTransform.search = transform the queries, then search the inner index; the
+        # inner index is the one that takes stored codes.
+        xq_t = xq
+        if self.pre is not None:
+            for i in range(self.pre.chain.size()):
+                xq_t = faiss.downcast_VectorTransform(self.pre.chain.at(i)).apply(np.ascontiguousarray(xq_t))
+        self.base.reset()
+        self.base.add_sa_codes(codes)
         try:
-            return self.index.search(xq, k)
+            return self.base.search(np.ascontiguousarray(xq_t), k)
         finally:
-            self.index.reset()
+            self.base.reset()
 
 
 # ---- measurement ----------------------------------------------------------------------------
@@ -193,14 +197,26 @@ def measure(ds: common.Dataset, fit: Callable[[], Any], encode: Callable[[np.nda
 
 def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.ndarray,
                 repeats: int, seed: int, keep: dict[str, Codec]) -> dict[str, Any]:
+    """Fit and measure one project codec; auto's candidates reuse the fits auto made."""
+    fitted = keep.get(f"{ds.name}/{budget}/{spec}")
+    if fitted is not None:
+        report = {r["spec"]: r for r in keep[f"{ds.name}/{budget}"].auto_report_}
+        row = measure(ds, lambda: None, fitted.encode, fitted.decode, fitted.search,
+                      lambda: fitted.field_bits, repeats)
+        row.update(fit_seconds=report[spec]["fit_seconds"], spec=fitted.spec,
+                   norm_weight=float(fitted.norm_weight_), fitted_by="auto")
+        return row
     codec = make_codec(spec, metric="ip", budget_bytes=budget if spec == "auto" else None,
-                       random_state=seed, max_train_rows=len(xt))
+                       random_state=seed, max_train_rows=len(xt),
+                       **({"keep_candidates": True} if spec == "auto" else {}))
     row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
                   lambda: codec.field_bits, repeats)
     row.update(spec=codec.spec, norm_weight=float(getattr(codec, "norm_weight_", 0.0)))
     if spec == "auto":
         row["auto_report"] = codec.auto_report_
         keep[f"{ds.name}/{budget}"] = codec
+        for cand_spec, cand in codec.candidates_.items():
+            keep[f"{ds.name}/{budget}/{cand_spec}"] = cand
     return row
 
 

@@ -7,7 +7,8 @@ recall@10 of its compressed-domain search for held-out training rows used as que
 exact search over an evaluation sample. Candidates that encode slower than
 ``min_encode_per_s`` are refused. The winner is kept as fitted; ``spec`` resolves to its spec
 and ``auto_report_`` lists what was tried, with scores, fit seconds, encode rates and why each
-was kept or refused.
+was kept or refused (``keep_candidates=True`` also keeps every fitted candidate in
+``candidates_``, for benchmarks).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class AutoCodec(Codec):
                  progress: bool = False, candidates: list[str] | None = None, n_queries: int = 500,
                  max_eval_rows: int = 10000, max_train_rows: int = 20000,
                  min_encode_per_s: float = 5000.0, max_candidates: int = 10,
-                 max_fit_seconds: float | None = None, **options: Any) -> None:
+                 max_fit_seconds: float | None = None, keep_candidates: bool = False,
+                 **options: Any) -> None:
         super().__init__(metric)
         if not isinstance(budget_bytes, int | np.integer) or budget_bytes < 1:
             raise CodecError(f"budget_bytes must be a positive integer; found {budget_bytes!r}")
@@ -65,6 +67,7 @@ class AutoCodec(Codec):
         self.min_encode_per_s = min_encode_per_s
         self.max_candidates = max_candidates
         self.max_fit_seconds = max_fit_seconds
+        self.keep_candidates = keep_candidates
         self.options = options
 
     @property
@@ -111,6 +114,7 @@ class AutoCodec(Codec):
         xt = subsample_rows(rest, self.max_train_rows, self.random_state + 1)
         _, truth = exact_search(xb, xq, 10, self.metric)
         report: list[dict[str, Any]] = []
+        fitted: dict[str, Codec] = {}
         best: tuple[float, float, Codec] | None = None
         start = time.perf_counter()
         iterator = specs
@@ -139,6 +143,8 @@ class AutoCodec(Codec):
                 _, found = codec.search(codes, xq, 10)
                 entry["recall_at_10"] = round(recall_at_k(found, truth), 4)
                 entry["norm_weight"] = float(getattr(codec, "norm_weight_", 0.0))
+                if self.keep_candidates:
+                    fitted[spec] = codec
             except CodecError as e:
                 entry.update(status="error", reason=str(e))
                 continue
@@ -158,6 +164,8 @@ class AutoCodec(Codec):
             if entry["spec"] == self.chosen_.spec and entry["status"] == "ok":
                 entry["status"] = "chosen"
         self.auto_report_ = report
+        if self.keep_candidates:
+            self.candidates_ = fitted
 
     def _timed_encode(self, codec: Codec, xb: np.ndarray) -> tuple[np.ndarray, float]:
         """Encode the evaluation rows; re-time a slice when the first pass looks slow (noise)."""
