@@ -81,6 +81,11 @@ def evaluate(params: dict, root: Path) -> dict:
         results[name] = m
 
     challenger = _read_json(L.reports_dir / "train.json")["challenger"]
+    index_eval = None
+    if holdout is not None and (L.index_dir / "manifest.json").exists():
+        index_eval = {"downstream": downstream_metrics(holdout, X, k=dp["k"],
+                                                       search_fn=index_search_fn(L.index_dir, ids))}
+        index_eval["hr_at_10"] = index_eval["downstream"][f"hr_at_{dp['k']}"]
     faiss_baselines = evaluate_faiss_baselines(
         Xb, Xq, gt[1], ep.get("faiss_baselines") or default_factory_strings(X.shape[1], ep.get("faiss_budgets", (8, 16))),
         max_train_rows=ep.get("faiss_max_train_rows", 5000), seed=ep.get("seed", 0))
@@ -91,6 +96,7 @@ def evaluate(params: dict, root: Path) -> dict:
     write_json_atomic(L.metrics_dir / "evaluate.json", summary)
     write_json_atomic(L.reports_dir / "evaluate.json",
                       {"baseline": baseline, "codecs": results, "challenger": challenger,
+                       "index": index_eval,
                        "faiss_baselines": faiss_baselines})
     with atomic_path(L.plots_dir / "recall_vs_bytes.csv") as tmp:
         pd.DataFrame([{"codec": n, "bytes_per_item": m["bytes_per_item"],
@@ -98,6 +104,23 @@ def evaluate(params: dict, root: Path) -> dict:
                       for n, m in sorted(results.items(), key=lambda kv: kv[1]["bytes_per_item"])]
                      ).to_csv(tmp, index=False)
     return summary
+
+
+def index_search_fn(index_dir: Path, ids: np.ndarray):
+    """The saved cascade index as a ``search_fn`` over catalog rows (what serving answers)."""
+    from mmcompress.index import CascadeIndex
+
+    index = CascadeIndex.load(index_dir)
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+
+    def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, found = index.search(q, k)
+        pos = np.clip(np.searchsorted(sorted_ids, found), 0, len(ids) - 1)
+        rows = np.where((found >= 0) & (sorted_ids[pos] == found), order[pos], -1)
+        return scores, rows
+
+    return search
 
 
 def _read_json(path: Path) -> dict | None:

@@ -82,7 +82,8 @@ def promote(params: dict, root: Path) -> dict:
     challenger_name = report["challenger"]
     ch = report["codecs"][challenger_name]
     challenger = {"recall_at_10": index_metrics.get("recall_at_10", ch["recall_at_10"]),
-                  "hr_at_10": ch.get("hr_at_10", report["baseline"].get("hr_at_10", 0.0)),
+                  "hr_at_10": (report.get("index") or {}).get("hr_at_10", ch.get("hr_at_10", 0.0)),
+                  "codec_hr_at_10": ch.get("hr_at_10"),
                   "bytes_per_item": ch["bytes_per_item"],
                   "index_resident_bytes_per_item": index_metrics.get("resident_bytes_per_item"),
                   "latency_p50_ms": index_metrics.get("latency_p50_ms")}
