@@ -156,19 +156,24 @@ class NonUniformQuantizer(Codec):
         if d * max_bits < total:
             raise CodecError(f"{self.spec}: {len(Xs)} training rows are too few for {total} bits over "
                              f"d={d} dims (at most {max_bits} bits per dim)")
-        cols = np.sort(Xs.T, axis=1)
         self.mean_ = Xs.mean(axis=0)
         distortion = np.empty((d, max_bits + 1))
         distortion[:, 0] = Xs.var(axis=0)
-        fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         entropy = np.zeros((d, max_bits + 1))
-        for b in range(1, max_bits + 1):
-            lev, thr, mse, ent = lloyd_max(cols, 1 << b, 0.0, self.lloyd_iters)
-            if self.entropy_weight > 0:
-                lev, thr, mse, ent = lloyd_max(cols, 1 << b, self.entropy_weight, self.lloyd_iters,
-                                               scale=mse, init=lev)
-            distortion[:, b], entropy[:, b] = mse, ent
-            fitted[b] = (lev, thr)
+        levels: dict[int, list[np.ndarray]] = {b: [] for b in range(1, max_bits + 1)}
+        thresholds: dict[int, list[np.ndarray]] = {b: [] for b in range(1, max_bits + 1)}
+        for start in range(0, d, 128):  # blocks of dimensions bound the memory of sorted columns
+            cols = np.sort(Xs[:, start:start + 128].T, axis=1)
+            rows = slice(start, start + len(cols))
+            for b in range(1, max_bits + 1):
+                lev, thr, mse, ent = lloyd_max(cols, 1 << b, 0.0, self.lloyd_iters)
+                if self.entropy_weight > 0:
+                    lev, thr, mse, ent = lloyd_max(cols, 1 << b, self.entropy_weight, self.lloyd_iters,
+                                                   scale=mse, init=lev)
+                distortion[rows, b], entropy[rows, b] = mse, ent
+                levels[b].append(lev)
+                thresholds[b].append(thr)
+        fitted = {b: (np.concatenate(levels[b]), np.concatenate(thresholds[b])) for b in levels}
         weights = (Xs * Xs).mean(axis=0) if self.metric == "ip" else np.ones(d)
         bits = allocate_bits(distortion, weights, total)
         self._set_tables(bits, self.mean_, {i: fitted[b][0][i] for i, b in enumerate(bits) if b},
