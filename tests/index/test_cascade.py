@@ -272,3 +272,18 @@ def test_measure_index_reports_what_the_pipeline_records(index, digits):
     assert report["recall_at_10"] >= 0.95 and report["latency_p50_ms"] > 0 and report["queries_per_s"] > 0
     assert report["resident_bytes_per_item"] == pytest.approx(index.bytes_per_item())
     assert report["stages"]["exact_reranked"] == 40 and report["n_items"] == len(digits["ids"])
+
+
+def test_half_precision_tables_halve_table_bytes(digits, tmp_path):
+    section = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 8},
+               "fine": {"codec": "coarse", "shortlist": 80}}
+    full = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
+    half = CascadeIndex.from_config(CascadeConfig.from_params({**section, "half_precision_tables": True}),
+                                    digits["xb"], digits["ids"])
+    rf, rh = full.memory_report()["resident_bytes"], half.memory_report()["resident_bytes"]
+    assert rh["centroids"] * 2 == rf["centroids"] and rh["fine_scan_tables"] < 0.6 * rf["fine_scan_tables"]
+    assert recall_at_k(digits["truth"], half.search(digits["xq"], 10)[1], 10) >= 0.95
+    half.save(tmp_path / "ix")
+    loaded = CascadeIndex.load(tmp_path / "ix")
+    assert loaded.partition.centroids_.dtype == np.float16
+    np.testing.assert_array_equal(loaded.search(digits["xq"], 10)[1], half.search(digits["xq"], 10)[1])

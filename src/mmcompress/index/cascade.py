@@ -290,7 +290,8 @@ class CascadeIndex:
         if cfg.coarse.nlist > 0:
             nlist = min(cfg.coarse.nlist, len(X))
             self.partition = CoarsePartition(nlist, cfg.metric, random_state=cfg.seed,
-                                             max_train_rows=cfg.train_rows).fit(train)
+                                             max_train_rows=cfg.train_rows,
+                                             dtype="float16" if cfg.half_precision_tables else "float32").fit(train)
             cells = self.partition.assign(X)
             order = np.argsort(cells, kind="stable")
             offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
@@ -724,7 +725,8 @@ class CascadeIndex:
         if not hasattr(self, "_sign_scorer"):
             with self._lock:
                 if not hasattr(self, "_sign_scorer"):
-                    self._sign_scorer = (SignLUTScorer.from_codec(self.fine_codec)
+                    dtype = np.float16 if self.config.half_precision_tables else np.float32
+                    self._sign_scorer = (SignLUTScorer.from_codec(self.fine_codec, dtype=dtype)
                                          if self.fine_codec is not None else None)
         return self._sign_scorer
 

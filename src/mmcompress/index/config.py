@@ -49,6 +49,7 @@ class CascadeConfig:
     metric: str = "ip"
     cache_bytes: int = 4_000_000
     cache_policy: str = "tinylfu"
+    half_precision_tables: bool = False  # IVF centroids and sign tables in float16 (half the bytes)
     train_rows: int = 100_000
     seed: int = 0
 

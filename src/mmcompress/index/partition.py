@@ -18,8 +18,9 @@ class CoarsePartition:
     """``nlist`` k-means cells; ``probe`` returns the ``nprobe`` closest cells of each query."""
 
     def __init__(self, nlist: int, metric: str = "ip", *, niter: int = 20,
-                 max_train_rows: int = 100_000, random_state: int = 0) -> None:
+                 max_train_rows: int = 100_000, random_state: int = 0, dtype: str = "float32") -> None:
         self.nlist = nlist
+        self.dtype = dtype
         self.metric = metric
         self.niter = niter
         self.max_train_rows = max_train_rows
@@ -38,7 +39,7 @@ class CoarsePartition:
                           spherical=self.metric == "ip", verbose=False,
                           max_points_per_centroid=max(256, len(X) // self.nlist + 1))
         km.train(X)
-        self.centroids_ = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        self.centroids_ = np.ascontiguousarray(km.centroids, dtype=self.dtype)
         return self
 
     @property
@@ -46,7 +47,7 @@ class CoarsePartition:
         return self.centroids_.shape[1]
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
-        C = self.centroids_
+        C = self.centroids_ if self.centroids_.dtype == np.float32 else self.centroids_.astype(np.float32)
         S = X @ C.T
         if self.metric == "l2":
             S = 2 * S - (C * C).sum(axis=1)[None, :]
@@ -78,7 +79,10 @@ class CoarsePartition:
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CoarsePartition:
         p = cls(int(meta["nlist"]), meta["metric"], niter=int(meta["niter"]),
                 random_state=int(meta["random_state"]))
-        p.centroids_ = np.ascontiguousarray(arrays["centroids"], dtype=np.float32)
+        p.centroids_ = np.ascontiguousarray(arrays["centroids"])
+        p.dtype = str(p.centroids_.dtype)
+        if p.dtype not in ("float32", "float16"):
+            raise CodecError(f"partition centroids must be float32 or float16; found {p.dtype}")
         if p.centroids_.shape[0] != p.nlist:
             raise CodecError(f"partition has {p.centroids_.shape[0]} centroids; header says {p.nlist}")
         return p

@@ -37,7 +37,8 @@ class SignLUTScorer:
         return self.mean.nbytes + self.A.nbytes
 
     @classmethod
-    def from_codec(cls, codec: Codec, *, rtol: float = 1e-3, seed: int = 0) -> SignLUTScorer | None:
+    def from_codec(cls, codec: Codec, *, rtol: float = 1e-3, seed: int = 0,
+                   dtype: type = np.float32) -> SignLUTScorer | None:
         """Read the affine sign map off ``codec.decode``; None if the codec is not binary, its
         decode is not affine in the signs, or (``l2``) its sign directions are not orthogonal."""
         if not getattr(codec, "is_binary", False) or not codec.is_fitted:
@@ -61,7 +62,7 @@ class SignLUTScorer:
             G = A @ A.T
             if np.abs(G - np.diag(np.diag(G))).max() > rtol * max(float(np.abs(G).max()), 1e-12):
                 return None
-        return cls(mean, A, codec.metric)
+        return cls(mean, A, codec.metric, dtype=dtype)
 
     def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: (code_size * 256) look-up table and the constant term."""
