@@ -216,12 +216,14 @@ def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
     """Stage settings to try: exhaustive scans, and IVF routing from 200k items up."""
     grid = []
     for s1, s2 in ([] if n >= 300_000 else [(600, 100), (400, 80)] if not quick else [(600, 100)]):
-        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2})
+        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False})
     nlists = [] if n < 50_000 else ([128] if n < 300_000 else [1024])
     for nlist in nlists:
-        for nprobe, s1, s2 in ([(8, 400, 80), (12, 400, 80), (16, 600, 100), (24, 600, 100)]
-                               if nlist <= 256 else [(16, 400, 80), (24, 600, 100), (32, 600, 100), (48, 800, 120)]):
-            grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2})
+        # below ~1M items the float32 tables cost several bytes per item: try them in float16 too
+        for half in ([False, True] if n < 300_000 else [False]):
+            for nprobe, s1, s2 in ([(8, 400, 80), (12, 400, 80), (16, 600, 100), (24, 600, 100)]
+                                   if nlist <= 256 else [(16, 400, 80), (24, 600, 100), (32, 600, 100), (48, 800, 120)]):
+                grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
     return grid
 
 
@@ -239,10 +241,12 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
     built: dict[int, Any] = {}
     searchers: dict[int, ProcessSearcher] = {}
     for g in cascade_grid(len(xb), quick):
-        if g["nlist"] not in built:
+        key = (g["nlist"], g["half"])
+        if key not in built:
             config = CascadeConfig.from_params({"coarse": {"codec": coarse_spec, "shortlist": g["s1"],
                                                            "nlist": g["nlist"], "nprobe": g["nprobe"]},
-                                                "fine": {"codec": "coarse", "shortlist": g["s2"]}})
+                                                "fine": {"codec": "coarse", "shortlist": g["s2"]},
+                                                "half_precision_tables": g["half"]})
             built.clear()
             t = time.perf_counter()
             exact = workdir / f"exact_{g['nlist']}.npy"
@@ -256,25 +260,26 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             t = time.perf_counter()
             index = CascadeIndex.load(saved, mmap=True)
             load_ms = (time.perf_counter() - t) * 1e3
-            built = {g["nlist"]: (index, build_s, load_ms)}  # one index in memory at a time
-        index, build_s, load_ms = built[g["nlist"]]
+            built = {key: (index, build_s, load_ms)}  # one index in memory at a time
+        index, build_s, load_ms = built[key]
         kw = {"coarse_shortlist": g["s1"], "fine_shortlist": g["s2"], "nprobe": g["nprobe"]}
         set_threads(1)
         _, found, stats = index.search(xq, 10, return_stats=True, **kw)
-        if g["nlist"] not in searchers:
+        if key not in searchers:
             for old in searchers.values():
                 old.close()
             searchers.clear()
-            searchers[g["nlist"]] = ProcessSearcher(workdir / f"index_{g['nlist']}", threads)
-            searchers[g["nlist"]].search(xq[:threads], **kw)
-        procs = searchers[g["nlist"]]
+            searchers[key] = ProcessSearcher(workdir / f"index_{g['nlist']}", threads)
+            searchers[key].search(xq[:threads], **kw)
+        procs = searchers[key]
         timing = time_search(lambda q, kw=kw, pr=procs: pr.search(q, **kw),
                              lambda q, kw=kw, ix=index: ix.search(q, 10, **kw), xq, n_single, lib_threads=1)
         set_threads(threads)
         mem = index.memory_report()
         rows.append({
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
-                                           f" -> sign tables top{g['s2']} of {g['s1']} -> exact",
+                                           f" -> sign tables top{g['s2']} of {g['s1']} -> exact"
+                                           f"{' (fp16 tables)' if g['half'] else ''}",
             **g, "recall_at_10": recall10(truth, found), **timing.to_dict(),
             "bytes_per_item": mem["resident_bytes_per_item"], "resident_breakdown": mem["resident_bytes"],
             "disk_bytes_per_query": stats.disk_bytes, "coarse_scanned_per_query": stats.coarse_scanned,
