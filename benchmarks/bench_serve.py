@@ -561,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="load test duration")
     ap.add_argument("--skip", nargs="*", default=[], choices=["faiss", "cache", "load"])
     ap.add_argument("--quick", action="store_true", help="small smoke run (a few seconds per part)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the sizes and parts of the existing results file that this run does not redo")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.single, args.seconds = [20_000], 200, 50, 5.0
@@ -610,6 +612,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workroot, ignore_errors=True)
     stem = "serve.quick" if args.quick else "serve"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / f"{stem}.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        redone = {s["n_items"] for s in result["sizes"]}
+        result["sizes"] = sorted([s for s in old.get("sizes", []) if s["n_items"] not in redone] + result["sizes"],
+                                 key=lambda s: s["n_items"])
+        for part in ("cache", "load"):
+            if part not in result and part in old:
+                result[part] = old[part]
+        result["merged_from"] = old.get("machine")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(result) + "\n")
     print(f"wrote {RESULTS / stem}.json and .md")
