@@ -46,7 +46,7 @@ PIPELINE_PARAMS = {
         type="string",
         minLength=1,
         title="Project root",
-        description="Directory (or fsspec URL) holding params.yaml; artifacts are written under it.",
+        description="Directory holding params.yaml; the artifacts are written under it.",
     ),
     "catalog_path": Param(
         None,
