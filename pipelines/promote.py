@@ -92,8 +92,11 @@ def promote(params: dict, root: Path) -> dict:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(tp["experiment"])
+    # a local store keeps artifacts beside it; a tracking server uses its own artifact store
+    local = uri.startswith("sqlite:") or uri.startswith("postgresql")
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        tp["experiment"], artifact_location=L.resolve(tp["artifact_location"]).resolve().as_uri())
+        tp["experiment"],
+        artifact_location=L.resolve(tp["artifact_location"]).resolve().as_uri() if local else None)
     spec = train_report["codecs"][challenger_name]["resolved_spec"]
     champ_metrics, champ_label = champion_metrics(client, pp["model_name"])
     decision = gate(challenger, baseline, champ_metrics, GateThresholds(
