@@ -15,7 +15,7 @@ SLICE_OVERRIDES = {
     "catalog": {"max_items": 400},
     "encoders": {"collaborative": {"dim": 16}},
     "fusion": {"epochs": 5},
-    "compress": {"budget_bytes": 8, "codecs": ["SQ4", "PQ8x8"], "n_shards": 3, "chunk_rows": 64},
+    "compress": {"budget_bytes": 8, "codecs": ["SQ4", "PCA64,PQ8x8"], "n_shards": 3, "chunk_rows": 64},
     "evaluate": {"n_queries": 40},
     "drift": {"cutoff": "1996-10-01", "permutations": 50},
 }

@@ -26,7 +26,7 @@ def test_repro_builds_every_artifact(dvc_project):
                  "metrics/evaluate.json", "plots/recall_vs_bytes.csv"):
         assert (root / path).exists(), path
     ev = json.loads((root / "reports/evaluate.json").read_text())
-    assert set(ev["codecs"]) == {"SQ4", "PQ8x8", "auto"}
+    assert set(ev["codecs"]) == {"SQ4", "PCA64_PQ8x8", "auto"}
     auto = ev["codecs"]["auto"]
     assert auto["bytes_per_item"] <= 8
     assert auto["recall_at_10"] > 0.2                      # far above chance (10/360)
@@ -45,7 +45,7 @@ def test_first_run_promotes_a_champion_in_mlflow(dvc_project):
     assert run_.data.params["compress.budget_bytes"] == "8"
     children = client.search_runs([run_.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run_.info.run_id}'")
-    assert {c.info.run_name for c in children} == {"SQ4", "PQ8x8", "auto"}
+    assert {c.info.run_name for c in children} == {"SQ4", "PCA64_PQ8x8", "auto"}
     assert all("recall_at_10" in c.data.metrics for c in children)
     if promote["promoted"]:
         mv = client.get_model_version_by_alias("mmcompress-codec", "champion")
