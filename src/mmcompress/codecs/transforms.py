@@ -184,8 +184,10 @@ class OPQRotation(Transform):
         if d_out % self.M:
             raise CodecError(f"transform {self.spec!r}: output dim {d_out} is not a multiple of M={self.M}")
         nbits = 8 if len(X) >= 256 * 4 else max(1, int(np.log2(len(X) // 4)))
-        if len(X) < 16:
-            raise CodecError(f"transform {self.spec!r} needs at least 16 training rows; found {len(X)}")
+        if len(X) < max(16, d_in):
+            # faiss's OPQ training corrupts memory (abort) with fewer rows than dimensions
+            raise CodecError(f"transform {self.spec!r} needs at least max(16, d={d_in}) training rows; "
+                             f"found {len(X)}")
         if len(X) > self.max_train_rows:
             rng = np.random.default_rng(self.random_state)
             X = X[np.sort(rng.choice(len(X), self.max_train_rows, replace=False))]
