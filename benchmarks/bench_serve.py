@@ -222,7 +222,7 @@ def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
         # below ~1M items the float32 tables cost several bytes per item: try them in float16 too
         for half in ([False, True] if n < 300_000 else [False]):
             for nprobe, s1, s2 in ([(8, 400, 80), (12, 400, 80), (16, 600, 100), (24, 600, 100)]
-                                   if nlist <= 256 else [(16, 400, 80), (24, 600, 100), (32, 600, 100), (48, 800, 120)]):
+                                   if nlist <= 256 else [(16, 1000, 150), (24, 1000, 200), (32, 1000, 200), (32, 1500, 300)]):
                 grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
     return grid
 
