@@ -145,8 +145,8 @@ class AutoCodec(Codec):
                 entry["norm_weight"] = float(getattr(codec, "norm_weight_", 0.0))
                 if self.keep_candidates:
                     fitted[spec] = codec
-            except CodecError as e:
-                entry.update(status="error", reason=str(e))
+            except (CodecError, RuntimeError) as e:  # RuntimeError: faiss refusing the data
+                entry.update(status="error", reason=str(e).splitlines()[0][:300])
                 continue
             if rate < self.min_encode_per_s:
                 entry.update(status="refused", reason=f"encodes {rate:.0f} vectors/s < {self.min_encode_per_s:.0f}")
