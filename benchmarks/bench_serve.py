@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -566,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.single, args.seconds = [20_000], 200, 50, 5.0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the work directory
     set_threads(args.threads)
     V, movie_ids, data_desc = load_real_vectors()
     synth = Synthesizer(V, args.sigma)
