@@ -49,7 +49,7 @@ def test_first_run_promotes_a_champion_in_mlflow(dvc_project):
     assert all("recall_at_10" in c.data.metrics for c in children)
     if promote["promoted"]:
         mv = client.get_model_version_by_alias("mmcompress-codec", "champion")
-        assert mv.version == promote["version"]
+        assert str(mv.version) == promote["version"]
         assert mv.tags["gate_decision"] == "promoted"
     else:
         mv = client.get_model_version("mmcompress-codec", promote["version"])

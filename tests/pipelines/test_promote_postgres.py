@@ -17,14 +17,14 @@ from pipelines import promote
 from pipelines.config import apply_overrides, load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-PG = "postgresql://postgres@127.0.0.1:5432"
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def pg_uri():
     psycopg2 = pytest.importorskip("psycopg2")
     try:
-        conn = psycopg2.connect(PG + "/postgres", connect_timeout=3)
+        conn = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3)
     except psycopg2.OperationalError as e:
         pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
     conn.autocommit = True
@@ -44,7 +44,7 @@ def test_gate_and_rollback_on_postgres(dvc_project, tmp_path, pg_uri):
     first = promote.promote(params, root)
     client = MlflowClient(tracking_uri=pg_uri)
     assert first["promoted"], first["reasons"]
-    assert client.get_model_version_by_alias("mmcompress-codec", "champion").version == first["version"]
+    assert str(client.get_model_version_by_alias("mmcompress-codec", "champion").version) == first["version"]
 
     # a challenger far over the byte budget is rejected, registered with its reasons, champion kept
     strict = apply_overrides(params, {"promote.max_bytes_per_item": 1})
@@ -54,14 +54,14 @@ def test_gate_and_rollback_on_postgres(dvc_project, tmp_path, pg_uri):
     assert mv.tags["gate_decision"] == "rejected"
     assert any("bytes/item" in r for r in json.loads(mv.tags["gate_reasons"]))
     assert "REJECTED" in mv.description
-    assert client.get_model_version_by_alias("mmcompress-codec", "champion").version == first["version"]
+    assert str(client.get_model_version_by_alias("mmcompress-codec", "champion").version) == first["version"]
 
     third = promote.promote(params, root)
     assert third["promoted"]
-    assert client.get_model_version_by_alias("mmcompress-codec", "previous").version == first["version"]
+    assert str(client.get_model_version_by_alias("mmcompress-codec", "previous").version) == first["version"]
 
     from mmcompress.tracking.registry import rollback
 
     new, old = rollback(pg_uri, "mmcompress-codec")
-    assert (new, old) == (first["version"], third["version"])
-    assert client.get_model_version_by_alias("mmcompress-codec", "champion").version == first["version"]
+    assert (str(new), str(old)) == (first["version"], third["version"])
+    assert str(client.get_model_version_by_alias("mmcompress-codec", "champion").version) == first["version"]
