@@ -379,6 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--throughput-items", type=int, default=100000)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (e.g. auto 'faiss RQ')")
+    p.add_argument("--redo", nargs="*", default=[], metavar="DATASET/BUDGET/LABEL",
+                   help="with --resume, rows to measure again (e.g. fused/32/auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render", action="store_true", help="only rewrite markdown and plot from OUT/codecs.json")
     args = p.parse_args(argv)
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for source, label, spec in jobs:
                 if args.only and label not in args.only:
                     continue
-                if (name, budget, label) in done:
+                if (name, budget, label) in done and f"{name}/{budget}/{label}" not in args.redo:
                     continue
                 print(f"[{name} {budget}B] {label}: {spec}", file=sys.stderr, flush=True)
                 base = {"dataset": name, "budget": budget, "source": source, "label": label}

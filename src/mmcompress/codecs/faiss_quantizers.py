@@ -366,10 +366,12 @@ def _pq_candidates(budget: int, d: int, metric: str) -> list[str]:
 
 
 def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
-    # Beam-search encoding cost grows with the number of codebooks: past 16 bytes it misses the
-    # encode-rate floor on two cores, so auto leaves longer RQ codes to explicit specs and tries
-    # a residual stack (16 RQ bytes, then PQ on the residual) instead.
-    return [f"RQ{budget}x8"] if budget <= 16 else []
+    # Encoding costs about M * 256 * d flops for the look-up tables plus the beam search: up to
+    # 16 bytes the default beam is fast; up to 32 bytes a beam of 2 sits near the encode-rate
+    # floor (auto measures it); beyond, residual stacks (RQ then PQ) take over.
+    if budget <= 16:
+        return [f"RQ{budget}x8"]
+    return [f"RQ{budget}x8_b2"] if budget <= 32 else []
 
 
 register_quantizer(r"PQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_pq, auto_candidates=_pq_candidates)
