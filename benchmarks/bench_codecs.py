@@ -43,6 +43,8 @@ def family_of(spec: str) -> str:
     last = tokens[-1]
     if tokens[0].startswith("OPQ"):
         return "OPQ+PQ"
+    if "+" in last:
+        return "RQ+PQ stack"
     if last.startswith("NUQ"):
         return "NUQ-entropy" if "_e" in last else "NUQ"
     if last in ("SQ8", "SQ4", "SQ6", "FP16"):
