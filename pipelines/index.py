@@ -20,7 +20,7 @@ from pipelines.stage_runner import main
 
 def build_index(params: dict, root: Path) -> dict:
     """Write artifacts/index and metrics/index.json."""
-    from mmcompress.codecs import load_codec, make_codec
+    from mmcompress.codecs import load_codec
     from mmcompress.evaluation.metrics import exact_topk, recall_at_k
     from mmcompress.index import CascadeConfig, CascadeIndex
 
@@ -34,11 +34,10 @@ def build_index(params: dict, root: Path) -> dict:
     rows = np.array([catalog.row_of()[int(i)] for i in ids])
     attrs = catalog.attributes.iloc[rows]
     challenger = json.loads((L.reports_dir / "train.json").read_text())["challenger"]
-    fine = load_codec(L.codecs_dir / challenger / "codec.json")
-    coarse = make_codec(cfg.coarse.codec, metric=cfg.metric, random_state=cfg.seed)
+    fine = load_codec(L.codecs_dir / challenger / "codec.json") if cfg.fine.codec is None else None
     t0 = time.perf_counter()
-    index = CascadeIndex.build(
-        coarse, fine, X, ids, config=cfg,
+    index = CascadeIndex.from_config(
+        cfg, X, ids, fine_codec=fine,
         masks={m: catalog.masks[m][rows] for m in catalog.modality_names},
         titles=dict(zip(ids.tolist(), attrs["title"].astype(str).tolist(), strict=True))
         if "title" in attrs else None,

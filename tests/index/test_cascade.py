@@ -238,7 +238,8 @@ def test_threaded_batch_search_matches_serial(index, digits):
 def test_params_yaml_index_section_builds_a_shared_code_cascade(digits):
     section = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["index"]
     config = CascadeConfig.from_params(section)
-    assert config.fine.codec == "coarse" and config.exact_rerank
+    assert config.fine.codec is None and config.exact_rerank  # the pipeline reranks with its challenger
+    config.fine.codec = "coarse"
     config.coarse.codec, config.coarse.shortlist, config.fine.shortlist = "BIN32", 300, 80
     idx = CascadeIndex.from_config(config, digits["xb"], digits["ids"])
     assert idx.fine_shares_coarse and idx._state.main.fine is None and idx.sign_scorer is not None

@@ -68,6 +68,7 @@ class TransformedCodec(Codec):
         for t in reversed(self.transforms):
             c = t.mean_ + c @ t.B_
             B = B @ t.B_
+        self._A64, self._b64 = A, b
         self._A = A.astype(np.float32)
         self._b = b.astype(np.float32)
         self._B = B.astype(np.float32)
@@ -75,9 +76,12 @@ class TransformedCodec(Codec):
         self._orthonormal = bool(np.allclose(B @ B.T, np.eye(B.shape[0]), atol=1e-4))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Map vectors into the quantizer's input space."""
+        """Map vectors into the quantizer's input space.
+
+        Computed in float64 and rounded to float32, so a row's code does not depend on the
+        batch it is encoded in or on BLAS threading (sharded encodes equal whole-array ones)."""
         self._check_fitted()
-        return X @ self._A - self._b
+        return (np.asarray(X, dtype=np.float64) @ self._A64 - self._b64).astype(np.float32)
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return self.quantizer.encode(self.transform(X))

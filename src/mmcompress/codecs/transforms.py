@@ -61,7 +61,10 @@ class Transform(ABC):
         return self.A_.shape[1]
 
     def apply(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean_) @ self.A_
+        """Project in float64, return float32: a row's result does not depend on the batch it
+        came in or on BLAS threading, so sharded encodes equal whole-array encodes bit for bit."""
+        Y = (np.asarray(X, dtype=np.float64) - self.mean_) @ self.A_.astype(np.float64)
+        return Y.astype(np.float32)
 
     def reverse(self, Y: np.ndarray) -> np.ndarray:
         return self.mean_ + Y @ self.B_

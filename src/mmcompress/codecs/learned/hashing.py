@@ -12,7 +12,8 @@ linear decoder ``D`` (bits -> d) end to end:
   geometrically from ``beta_start`` to ``beta_end``, so training ends near the hard signs;
 - bit balance and decorrelation terms, so no bit collapses to a constant or copies another.
 
-After training, the decoder is refitted by least squares to the hard bits (calibration).
+After training, a scale per bit and the output offset are refitted by least squares to the hard
+bits of the validation split (calibration).
 ``bit_entropy_`` holds each bit's usage entropy (1 = used half the time). Search is
 asymmetric (float query against decoded bits); :meth:`search_hamming` binarises the query too.
 """
@@ -90,13 +91,15 @@ class _HashObjective:
         t = epoch / max(1, c.train.epochs - 1)
         return c.beta_start * (c.beta_end / c.beta_start) ** t
 
-    def _loss(self, model: HashNet, x: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    def _loss(self, model: HashNet, x: torch.Tensor, bits: torch.Tensor,
+              soft: torch.Tensor | None = None) -> torch.Tensor:
         c = self.c
-        x_hat = model.decode(soft)
+        soft = bits if soft is None else soft
+        x_hat = model.decode(bits)
         loss = listwise_distillation(x, x_hat, c.temperature, c.metric)
         if c.symmetric > 0:
             target = torch.log_softmax((x @ x.T) / c.temperature, dim=-1)
-            sym = (soft @ soft.T) / soft.shape[1] * model.log_sym_scale.exp() * (1.0 / c.temperature)
+            sym = (bits @ bits.T) / bits.shape[1] * model.log_sym_scale.exp() * (1.0 / c.temperature)
             loss = loss + c.symmetric * torch.nn.functional.kl_div(
                 torch.log_softmax(sym, dim=-1), target, log_target=True, reduction="batchmean")
         loss = loss + c.recon * (x - x_hat).pow(2).sum(-1).mean() * self.scale
@@ -104,8 +107,14 @@ class _HashObjective:
         return loss
 
     def batch_loss(self, model: HashNet, xb: torch.Tensor, epoch: int) -> torch.Tensor:
-        soft = torch.tanh(self.beta(epoch) * model.logits(xb))
-        return self._loss(model, xb, soft)
+        logits = model.logits(xb)
+        soft = torch.tanh(self.beta(epoch) * logits)
+        if self.c.straight_through:
+            # hard signs forward, the tempered tanh's gradient backward
+            bits = soft + (torch.where(logits >= 0, 1.0, -1.0) - soft).detach()
+        else:
+            bits = soft
+        return self._loss(model, xb, bits, soft)
 
     def val_loss(self, model: HashNet, xv: torch.Tensor, epoch: int) -> float:
         hard = torch.where(model.logits(xv) >= 0, 1.0, -1.0)
@@ -118,11 +127,15 @@ class LearnedHash(Codec):
     Parameters
     ----------
     temperature : softmax temperature of the similarity rows (cosine units).
-    beta_start, beta_end : tanh sharpness at the first and last epoch (geometric schedule).
+    beta_start, beta_end : tanh sharpness at the first and last epoch (geometric schedule);
+        logits start at unit scale, so ``beta`` is how hard the soft bits are.
+    straight_through : forward the hard signs, backward the tempered tanh gradient (trains
+        what the codes really are); False trains on the soft bits alone.
     symmetric : weight of the code-to-code (Hamming) similarity term.
     recon : weight of the plain reconstruction error (keeps the decoder anchored).
     balance, decorrelation : weights of the bit-balance and decorrelation terms.
-    calibrate : refit the decoder on hard bits by least squares after training.
+    calibrate : refit a scale per bit and the output offset by least squares on the hard bits
+        of the validation split (the decoder's directions stay as trained).
     """
 
     kind = "learned_hash"
@@ -131,6 +144,7 @@ class LearnedHash(Codec):
     def __init__(self, bits: int, *, temperature: float = 0.05, beta_start: float = 1.0,
                  beta_end: float = 10.0, symmetric: float = 0.5, recon: float = 0.1,
                  balance: float = 1.0, decorrelation: float = 1.0, calibrate: bool = True,
+                 straight_through: bool = True,
                  metric: str = "ip", train: TrainConfig | dict[str, Any] | None = None,
                  max_train_rows: int | None = 20000, random_state: int = 0,
                  num_threads: int | None = None, progress: bool = False) -> None:
@@ -143,6 +157,7 @@ class LearnedHash(Codec):
         self.temperature, self.beta_start, self.beta_end = temperature, beta_start, beta_end
         self.symmetric, self.recon = symmetric, recon
         self.balance, self.decorrelation, self.calibrate = balance, decorrelation, calibrate
+        self.straight_through = straight_through
         self.train = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(
             {"epochs": 20, "batch_size": 512, "lr": 2e-3, **(train or {})})
         self.max_train_rows = max_train_rows
@@ -169,6 +184,7 @@ class LearnedHash(Codec):
         if cfg.num_threads is None:
             cfg.num_threads = self.num_threads
         mean, W = itq_init(X, self.bits, random_state=cfg.seed)
+        W = W / np.maximum(((X - mean) @ W).std(0), 1e-12)  # unit-scale logits: beta is the sharpness
         signs = np.where((X - mean) @ W >= 0, 1.0, -1.0)
         D = _least_squares_decoder(signs, X - mean)
         self.net_ = HashNet(mean, W, D)
@@ -182,11 +198,16 @@ class LearnedHash(Codec):
             mean_t = self.net_.mean.numpy().astype(np.float64)
             W_np = self.net_.W.detach().numpy()
             b_np = self.net_.bias.detach().numpy()
-            hard = np.where((X - mean_t) @ W_np + b_np >= 0, 1.0, -1.0)
-            D_np = self.net_.D.detach().numpy()
-            if self.calibrate:
-                D_np = _least_squares_decoder(hard, X - mean_t)
+            D_np = self.net_.D.detach().numpy().astype(np.float64)
+        hard = np.where((X - mean_t) @ W_np + b_np >= 0, 1.0, -1.0)
+        offset = mean_t
+        if self.calibrate:
+            cal = Xval.numpy() if len(Xval) >= 2 * self.bits else X
+            cal_bits = np.where((cal - mean_t) @ W_np + b_np >= 0, 1.0, -1.0)
+            scales, offset = _fit_bit_scales(cal_bits, cal, D_np)
+            D_np = D_np * scales[:, None]
         self.mean_ = mean_t.astype(np.float32)
+        self.offset_ = offset.astype(np.float32)
         self.W_ = W_np.astype(np.float32)
         self.bias_ = b_np.astype(np.float32)
         self.D_ = D_np.astype(np.float32)
@@ -202,7 +223,7 @@ class LearnedHash(Codec):
         return np.unpackbits(codes, axis=1)[:, :self.bits].astype(np.float32) * 2 - 1
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.mean_ + self._signs(codes) @ self.D_
+        return self.offset_ + self._signs(codes) @ self.D_
 
     def _search(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return chunked_search(self._decode, codes, queries, k, self.metric)
@@ -225,22 +246,40 @@ class LearnedHash(Codec):
         meta = {"bits": self.bits, "temperature": self.temperature, "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "symmetric": self.symmetric, "recon": self.recon,
                 "balance": self.balance, "decorrelation": self.decorrelation,
-                "calibrate": self.calibrate, "train": asdict(self.train),
+                "calibrate": self.calibrate, "straight_through": self.straight_through,
+                "train": asdict(self.train),
                 "train_result": {k: v for k, v in asdict(self.train_result_).items() if k != "history"}}
-        return meta, {"mean": self.mean_, "W": self.W_, "bias": self.bias_, "D": self.D_,
-                      "bit_entropy": self.bit_entropy_}
+        return meta, {"mean": self.mean_, "offset": self.offset_, "W": self.W_, "bias": self.bias_,
+                      "D": self.D_, "bit_entropy": self.bit_entropy_}
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         for key in ("temperature", "beta_start", "beta_end", "symmetric", "recon", "balance",
                     "decorrelation"):
             setattr(self, key, float(meta[key]))
         self.calibrate = bool(meta["calibrate"])
+        self.straight_through = bool(meta["straight_through"])
         self.train = TrainConfig.from_dict(meta["train"])
         self.train_result_ = TrainResult(**meta["train_result"])
-        self.mean_, self.W_, self.bias_, self.D_ = (arrays[k] for k in ("mean", "W", "bias", "D"))
+        self.mean_, self.offset_, self.W_, self.bias_, self.D_ = (
+            arrays[k] for k in ("mean", "offset", "W", "bias", "D"))
         self.bit_entropy_ = arrays["bit_entropy"]
         if self.W_.shape[1] != self.bits:
             raise CodecError(f"{self.spec}: saved projection has {self.W_.shape[1]} bits")
+
+
+def _fit_bit_scales(B: np.ndarray, X: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bit scales ``s`` and an offset ``m`` minimising ``|X - m - (B * s) D|^2``.
+
+    The calibration keeps the learned directions (rows of ``D``) and only re-weighs each bit,
+    so it cannot undo what the neighbour loss taught the decoder.
+    """
+    Bc = B - B.mean(0)
+    Xc = X - X.mean(0)
+    G = (Bc.T @ Bc) * (D @ D.T)
+    rhs = (Bc * (Xc @ D.T)).sum(0)
+    s = np.linalg.solve(G + 1e-9 * np.trace(G) / len(G) * np.eye(len(G)), rhs)
+    m = X.mean(0) - (B.mean(0) * s) @ D
+    return s, m
 
 
 def _least_squares_decoder(B: np.ndarray, Y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -253,7 +292,8 @@ def _least_squares_decoder(B: np.ndarray, Y: np.ndarray, ridge: float = 1e-3) ->
 def build_hash(m: re.Match[str], ctx: SpecContext) -> Codec:
     o = ctx.options
     kwargs = {k: o[f"hash_{k}"] for k in ("temperature", "beta_start", "beta_end", "symmetric",
-                                          "recon", "balance", "decorrelation", "calibrate")
+                                          "recon", "balance", "decorrelation", "calibrate",
+                                          "straight_through")
               if f"hash_{k}" in o}
     train = {k: v for k, v in dict(o.get("train", {}) or {}).items()
              if k in TrainConfig.__dataclass_fields__}

@@ -32,7 +32,6 @@ from torch import nn
 
 from mmcompress.codecs.base import Codec, chunked_search, exact_search
 from mmcompress.codecs.learned.bits import field_bits, pack_fields, packed_size, unpack_fields
-from mmcompress.codecs.learned.kmeans import residual_kmeans
 from mmcompress.codecs.learned.losses import anisotropic_error, listwise_distillation
 from mmcompress.codecs.learned.training import (
     TrainConfig,
@@ -109,45 +108,81 @@ class QincoNet(nn.Module):
         pre-select ``candidates`` per beam by the base codebook and score those with the MLP.
         With ``eta != 1`` candidates are ranked by the anisotropic error along ``u``.
         """
-        n, d = x.shape
-        aniso = u is not None and eta != 1.0
-        first = self.steps[0]
-        C0 = first.adapt(torch.arange(self.K)[None, :], x.new_zeros(1, d))[0]
-        dist = (C0.pow(2).sum(1)[None, :] - 2 * x @ C0.T)
-        if aniso:
-            dist = dist + (eta - 1.0) * ((x * u).sum(1, keepdim=True) - u @ C0.T).pow(2)
-        b = min(beam, self.K)
-        top = dist.topk(b, dim=1, largest=False).indices
-        codes = top[:, :, None]
-        x_hat = C0[top]
+        codes, x_hat = self.first_step(x, beam, u, eta)
         for m in range(1, self.M):
-            step = self.steps[m]
-            C, W = step.codebook, step.out.weight
-            bprev = x_hat.shape[1]
-            A = min(candidates, self.K)
-            r = x[:, None, :] - x_hat
-            pre_score, pre = torch.addmm(-C.pow(2).sum(1), r.reshape(-1, d), C.T, alpha=2.0) \
-                .view(n, bprev, self.K).topk(A, dim=2)
-            # |r - c - Wz|^2 = |r - c|^2 + z.(z W'W - 2 rW + 2 cW), evaluated in the hidden space:
-            # no (n, beam, A, d) tensor is ever built.
-            hcw = torch.cat([step.hidden_codebook(), 2 * C @ W], dim=1)[pre]
-            hc, cw2 = hcw.split(hcw.shape[-1] // 2, dim=-1)
-            z = step.hidden_from(hc, x_hat)
-            v = (z @ (W.T @ W)).add_(cw2).sub_(2 * (r @ W).unsqueeze(2))
-            dist = (v.mul_(z).sum(-1)).sub_(pre_score).add_(r.pow(2).sum(-1, keepdim=True))
-            if aniso:
-                uc = (u @ C.T)[:, None, :].expand(-1, bprev, -1).gather(2, pre)
-                par = ((r * u[:, None, :]).sum(-1, keepdim=True) - uc
-                       - torch.einsum("nbah,nh->nba", z, u @ W))
-                dist = dist + (eta - 1.0) * par.pow(2)
-            nb = min(beam, bprev * A)
-            sel = dist.reshape(n, bprev * A).topk(nb, dim=1, largest=False).indices
-            parent, which = sel // A, sel % A
-            rows = torch.arange(n)[:, None]
-            new_code = pre[rows, parent, which]
-            x_hat = x_hat[rows, parent] + C[new_code] + step.out(z[rows, parent, which])
-            codes = torch.cat([codes[rows, parent], new_code[:, :, None]], dim=2)
+            codes, x_hat = self.next_step(m, x, codes, x_hat, beam, candidates, u, eta)
         return codes[:, 0], x_hat[:, 0]
+
+    @torch.no_grad()
+    def first_step(self, x: torch.Tensor, beam: int, u: torch.Tensor | None = None,
+                   eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beams after step 0: codes (n, b, 1) and reconstructions (n, b, d), best first."""
+        d = x.shape[1]
+        C0 = self.steps[0].adapt(torch.arange(self.K)[None, :], x.new_zeros(1, d))[0]
+        dist = (C0.pow(2).sum(1)[None, :] - 2 * x @ C0.T)
+        if u is not None and eta != 1.0:
+            dist = dist + (eta - 1.0) * ((x * u).sum(1, keepdim=True) - u @ C0.T).pow(2)
+        top = dist.topk(min(beam, self.K), dim=1, largest=False).indices
+        return top[:, :, None], C0[top]
+
+    @torch.no_grad()
+    def next_step(self, m: int, x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor,
+                  beam: int, candidates: int, u: torch.Tensor | None = None,
+                  eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extend beams (n, b, m) / (n, b, d) by step ``m``, keeping the ``beam`` best."""
+        n, bprev, d = x_hat.shape
+        step = self.steps[m]
+        C, W = step.codebook, step.out.weight
+        A = min(candidates, self.K)
+        r = x[:, None, :] - x_hat
+        pre_score, pre = torch.addmm(-C.pow(2).sum(1), r.reshape(-1, d), C.T, alpha=2.0) \
+            .view(n, bprev, self.K).topk(A, dim=2)
+        # |r - c - Wz|^2 = |r - c|^2 + z.(z W'W - 2 rW + 2 cW), evaluated in the hidden space:
+        # no (n, beam, A, d) tensor is ever built.
+        hcw = torch.cat([step.hidden_codebook(), 2 * C @ W], dim=1)[pre]
+        hc, cw2 = hcw.split(hcw.shape[-1] // 2, dim=-1)
+        z = step.hidden_from(hc, x_hat)
+        v = (z @ (W.T @ W)).add_(cw2).sub_(2 * (r @ W).unsqueeze(2))
+        dist = (v.mul_(z).sum(-1)).sub_(pre_score).add_(r.pow(2).sum(-1, keepdim=True))
+        if u is not None and eta != 1.0:
+            uc = (u @ C.T)[:, None, :].expand(-1, bprev, -1).gather(2, pre)
+            par = ((r * u[:, None, :]).sum(-1, keepdim=True) - uc
+                   - torch.einsum("nbah,nh->nba", z, u @ W))
+            dist = dist + (eta - 1.0) * par.pow(2)
+        nb = min(beam, bprev * A)
+        sel = dist.reshape(n, bprev * A).topk(nb, dim=1, largest=False).indices
+        parent, which = sel // A, sel % A
+        rows = torch.arange(n)[:, None]
+        new_code = pre[rows, parent, which]
+        x_hat = x_hat[rows, parent] + C[new_code] + step.out(z[rows, parent, which])
+        return torch.cat([codes[rows, parent], new_code[:, :, None]], dim=2), x_hat
+
+
+def faiss_rq_codebooks(X: np.ndarray, M: int, nbits: int, beam: int, n_iter: int, seed: int,
+                       num_threads: int | None) -> np.ndarray:
+    """Codebooks (M, K, d) of a faiss residual quantizer trained with beam search and
+    progressive-dimension k-means: the initialisation QINCo starts from."""
+    import faiss
+
+    d = X.shape[1]
+    rq = faiss.ResidualQuantizer(d, M, nbits)
+    rq.train_type = faiss.ResidualQuantizer.Train_progressive_dim
+    rq.max_beam_size = beam
+    rq.cp.seed = seed
+    rq.cp.niter = n_iter
+    rq.cp.min_points_per_centroid = 1
+    rq.verbose = False
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(num_threads or old)
+    try:
+        rq.train(np.ascontiguousarray(X, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(old)
+    return faiss.vector_to_array(rq.codebooks).reshape(M, 1 << nbits, d).copy()
+
+
+def default_beam(M: int) -> int:
+    return 4 if M <= 8 else 2 if M <= 16 else 1
 
 
 class _QincoObjective:
@@ -185,11 +220,17 @@ class NeuralResidualQuantizer(Codec):
     Parameters
     ----------
     hidden, n_blocks : width and depth of each step's MLP.
-    beam, candidates : beam width and codewords pre-selected per beam when encoding.
+    beam, candidates : beam width (default 4 up to 8 steps, 2 up to 16, then 1, which keeps
+        the encoding cost per vector about constant) and codewords pre-selected per beam.
     train_beam : beam width while training (encoding each batch is the training cost).
+    refine_rounds, refine_beam : after the beam-trained RQ initialisation, rounds of beam
+        encoding (width ``refine_beam``) + least-squares refit of all codebooks jointly (the
+        LSQ codebook update), before the networks train.
     eta : anisotropic weight of the error parallel to each item (1 = plain squared error).
     distill, temperature : weight and softmax temperature of listwise neighbour distillation.
     calibrate : refit a per-dimension output scale/offset on the validation split.
+    renormalize : scale reconstructions to unit norm; ``None`` decides at fit, for unit-norm
+        inner-product data, by recall@10 on a training sample.
     shortlist : items per query the additive approximation passes to the neural rerank
         (0 = decode everything and search exactly).
     train : :class:`TrainConfig` (or its fields as a dict).
@@ -204,12 +245,13 @@ class NeuralResidualQuantizer(Codec):
     kind = "qinco"
 
     def __init__(self, M: int, nbits: int = 8, *, hidden: int = 64, n_blocks: int = 1,
-                 beam: int = 4, candidates: int = 8, train_beam: int | None = None,
+                 beam: int | None = None, candidates: int = 8, train_beam: int | None = None,
+                 refine_rounds: int = 3, refine_beam: int = 8,
                  eta: float = 1.0, distill: float = 0.0, temperature: float = 0.05,
                  calibrate: bool = True, renormalize: bool | None = None,
                  shortlist: int = 100, metric: str = "ip",
                  train: TrainConfig | dict[str, Any] | None = None,
-                 max_train_rows: int | None = 20000, init_iter: int = 20,
+                 max_train_rows: int | None = 20000, init_iter: int = 25,
                  random_state: int = 0, num_threads: int | None = None,
                  progress: bool = False) -> None:
         super().__init__(metric)
@@ -217,7 +259,7 @@ class NeuralResidualQuantizer(Codec):
             raise CodecError(f"QINCO needs 1 <= M <= 256 steps; found M={M}")
         if not 1 <= nbits <= 16:
             raise CodecError(f"QINCO needs 1 <= nbits <= 16; found nbits={nbits}")
-        for name, v in (("hidden", hidden), ("beam", beam), ("candidates", candidates)):
+        for name, v in (("hidden", hidden), ("beam", beam or 1), ("candidates", candidates)):
             if v < 1:
                 raise CodecError(f"QINCO {name} must be >= 1; found {v}")
         if eta <= 0 or distill < 0 or temperature <= 0:
@@ -225,8 +267,11 @@ class NeuralResidualQuantizer(Codec):
                              f"eta={eta}, distill={distill}, temperature={temperature}")
         self.M, self.nbits = M, nbits
         self.hidden, self.n_blocks = hidden, n_blocks
-        self.beam, self.candidates = beam, candidates
-        self.train_beam = train_beam or beam
+        self.beam = beam or default_beam(M)
+        self.candidates = candidates
+        self.train_beam = train_beam or self.beam
+        self.refine_rounds = refine_rounds
+        self.refine_beam = refine_beam
         self.eta, self.distill, self.temperature = float(eta), float(distill), float(temperature)
         self.calibrate, self.shortlist = calibrate, shortlist
         self.renormalize = renormalize
@@ -270,28 +315,39 @@ class NeuralResidualQuantizer(Codec):
         norms = np.linalg.norm(X, axis=1)
         self.scale_ = float(math.sqrt(d) / max(float(np.sqrt((norms ** 2).mean())), 1e-12))
         self.unit_norm_ = bool(np.all(np.abs(norms - 1) < 1e-3))
-        self.renormalize_ = (self.metric == "ip" and self.unit_norm_ if self.renormalize is None
-                             else bool(self.renormalize))
+        self.renormalize_ = bool(self.renormalize)
         with torch_threads(cfg.num_threads), torch.no_grad():
             torch.manual_seed(cfg.seed)
             Xt = torch.from_numpy(X) * self.scale_
             Xtr, Xval = split_train_val(Xt, cfg)
             self.net_ = QincoNet(d, self.M, K, self.hidden, self.n_blocks)
-            books = residual_kmeans(Xtr, self.M, K, n_iter=self.init_iter, seed=cfg.seed)
+            books = faiss_rq_codebooks(Xtr.numpy(), self.M, self.nbits, self.refine_beam,
+                                       self.init_iter, cfg.seed, cfg.num_threads)
             for step, C in zip(self.net_.steps, books, strict=True):
-                step.codebook.copy_(C)
+                step.codebook.copy_(torch.from_numpy(C))
+            for _ in range(self.refine_rounds):
+                # RQ refinement: beam-encode, then least-squares codebooks for those codes
+                codes, _ = self.net_.encode(Xtr, self.refine_beam, 2 * self.candidates)
+                books = _fit_additive(codes, Xtr, [st.codebook for st in self.net_.steps], sweeps=2)
+                for step, C in zip(self.net_.steps, books, strict=True):
+                    step.codebook.copy_(torch.from_numpy(C))
         self.train_result_: TrainResult = run_training(self.net_, _QincoObjective(self), Xtr, Xval,
                                                        cfg, name=f"{self.spec}")
         with torch_threads(cfg.num_threads), torch.no_grad():
             self.net_.eval()
             self.out_scale_ = np.ones(d, dtype=np.float32)
             self.out_offset_ = np.zeros(d, dtype=np.float32)
-            if self.calibrate and len(Xval) >= 2 * 16:
+            codes, target = self.net_.encode(Xtr, self.beam, self.candidates, _unit(Xtr), self.eta)
+            if self.calibrate and len(Xval) >= 32:
                 _, xh = self.net_.encode(Xval, self.beam, self.candidates, _unit(Xval), self.eta)
                 self.out_scale_, self.out_offset_ = _fit_affine(Xval.numpy(), xh.numpy())
-            codes, _ = self.net_.encode(Xtr, self.beam, self.candidates, _unit(Xtr), self.eta)
-            target = self.net_.decode_steps(codes)[-1]
             self.lut_codebooks_ = _fit_additive(codes, target, [s.codebook for s in self.net_.steps])
+            if self.renormalize is None:
+                self.renormalize_ = False
+                if self.metric == "ip" and self.unit_norm_:
+                    x_hat = self._finish(target.numpy())
+                    self.renormalize_ = _renormalizing_helps(Xtr.numpy() / self.scale_, x_hat,
+                                                             cfg.seed)
 
     # ---- encode / decode -----------------------------------------------------------------
     def _encode_int(self, X: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -359,6 +415,7 @@ class NeuralResidualQuantizer(Codec):
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"M": self.M, "nbits": self.nbits, "hidden": self.hidden, "n_blocks": self.n_blocks,
                 "beam": self.beam, "candidates": self.candidates, "train_beam": self.train_beam,
+                "refine_rounds": self.refine_rounds, "refine_beam": self.refine_beam,
                 "eta": self.eta, "distill": self.distill, "temperature": self.temperature,
                 "calibrate": self.calibrate, "shortlist": self.shortlist,
                 "scale": self.scale_, "unit_norm": self.unit_norm_,
@@ -370,7 +427,8 @@ class NeuralResidualQuantizer(Codec):
         return meta, arrays
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        for key in ("hidden", "n_blocks", "beam", "candidates", "train_beam", "shortlist"):
+        for key in ("hidden", "n_blocks", "beam", "candidates", "train_beam", "shortlist",
+                    "refine_rounds", "refine_beam"):
             setattr(self, key, int(meta[key]))
         self.eta, self.distill = float(meta["eta"]), float(meta["distill"])
         self.temperature, self.calibrate = float(meta["temperature"]), bool(meta["calibrate"])
@@ -388,6 +446,21 @@ class NeuralResidualQuantizer(Codec):
         self.net_.eval()
         self.lut_codebooks_ = arrays["lut"]
         self.out_scale_, self.out_offset_ = arrays["out_scale"], arrays["out_offset"]
+
+
+def _renormalizing_helps(X: np.ndarray, X_hat: np.ndarray, seed: int, n_base: int = 4000,
+                         n_queries: int = 300) -> bool:
+    """Whether unit-normalised reconstructions rank a sample's true top-10 better (recall@10)."""
+    rng = np.random.default_rng(seed + 104729)
+    rows = np.sort(rng.choice(len(X), min(n_base, len(X)), replace=False))
+    xb, xh = X[rows], X_hat[rows]
+    xq = xb[rng.choice(len(xb), min(n_queries, len(xb)), replace=False)]
+    _, truth = exact_search(xb, xq, 10, "ip")
+    unit = xh / np.maximum(np.linalg.norm(xh, axis=1, keepdims=True), 1e-12)
+    hits = [sum(len(np.intersect1d(a, b)) for a, b in zip(exact_search(cand, xq, 10, "ip")[1], truth,
+                                                          strict=True))
+            for cand in (xh, unit)]
+    return hits[1] > hits[0]
 
 
 def _fit_affine(x: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,7 +500,7 @@ def build_qinco(m: re.Match[str], ctx: SpecContext) -> Codec:
     o = ctx.options
     kwargs: dict[str, Any] = {}
     for key in ("hidden", "n_blocks", "beam", "candidates", "train_beam", "shortlist",
-                "max_train_rows", "num_threads"):
+                "max_train_rows", "num_threads", "refine_rounds", "refine_beam", "init_iter"):
         if f"qinco_{key}" in o:
             kwargs[key] = o[f"qinco_{key}"]
     for key in ("eta", "distill", "temperature", "calibrate", "renormalize"):
