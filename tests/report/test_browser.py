@@ -109,8 +109,6 @@ def test_digits_report_in_chromium(digits_run, digits_history, tmp_path):
         assert im.size[0] == 1280 and im.size[1] > 2000
 
 
-@pytest.mark.xfail(reason="codec-table cells of the pipeline-run report do not match the check's "
-                          "selectors since the codec table changed; tracked on the report issue", strict=False)
 def test_pipeline_report_in_chromium(pipeline_run, tmp_path):
     """The report the promote stage writes for a real pipeline run (MovieLens slice)."""
     root = pipeline_run["root"]
