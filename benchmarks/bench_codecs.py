@@ -53,8 +53,21 @@ def family_of(spec: str) -> str:
     return m.group(0) if m else last
 
 
+#: Ablations of the learned ingredients (at 16 bytes, on the learned scalar quantizer, whose
+#: knobs are all independent): the full recipe and each ingredient switched off (or on).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "NSQ": {},
+    "NSQ −QAT": {"nsq_qat": False},
+    "NSQ −calibration": {"nsq_calibrate": False},
+    "NSQ −distillation": {"nsq_distill": 0.0},
+    "NSQ +anisotropic": {"nsq_eta": 4.0},
+}
+
+
 def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
-    """(label, spec) of the project's codecs at a budget: auto, its candidates, NUQ-entropy, BIN."""
+    """(label, spec) of the project's codecs at a budget: auto, its candidates (QINCo included
+    up to 16 bytes), NUQ-entropy, ITQ binary (BIN), the learned hash (HASH) and the learned
+    scalar quantizer (NSQ), with the learned-ingredient ablations at 16 bytes."""
     specs = [("auto", "auto")]
     for spec in auto_candidates(budget, d, "ip"):
         specs.append((family_of(spec), spec))
@@ -62,6 +75,11 @@ def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
         specs.append(("NUQ-entropy", f"PCA,NUQ{budget}_e2"))
     bits = 8 * budget
     specs.append(("BIN", f"BIN{bits}" if bits <= d else f"BIN{bits}_rr"))
+    if bits <= d:
+        specs.append(("HASH", f"HASH{bits}"))
+    if 2 * budget <= d:
+        labels = list(ABLATIONS) if budget == 16 else ["NSQ"]
+        specs += [(label, f"NSQ{2 * budget}x4") for label in labels]
     if quick:
         keep = {"auto", "PQ", "NUQ", "NUQ-entropy", "SQ4"}
         specs = [s for s in specs if s[0] in keep]
@@ -210,7 +228,7 @@ def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.n
         return row
     codec = make_codec(spec, metric="ip", budget_bytes=budget if spec == "auto" else None,
                        random_state=seed, max_train_rows=len(xt),
-                       **({"keep_candidates": True} if spec == "auto" else {}))
+                       **({"keep_candidates": True} if spec == "auto" else ABLATIONS.get(label, {})))
     row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
                   lambda: codec.field_bits, repeats)
     row.update(spec=codec.spec, norm_weight=float(getattr(codec, "norm_weight_", 0.0)))

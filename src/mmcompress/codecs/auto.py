@@ -1,8 +1,9 @@
 """``make_codec("auto", budget_bytes=B)``: pick the best spec that fits exactly B bytes per item.
 
 Candidates come from every registered quantizer family (:func:`spec.auto_candidates`:
-PQ, OPQ+PQ, RQ with beam search, NUQ after PCA, SQ after PCA, and any learned family that
-offers candidates). Each is fitted on (a subsample of) the training rows and scored by
+PQ, OPQ+PQ, RQ with beam search, NUQ after PCA, SQ after PCA, the neural residual quantizer
+up to 16 bytes, and any plugin family that offers candidates); ``exclude`` drops families by
+their token (``exclude=["QINCO"]`` skips the minutes-long neural fits). Each is fitted on (a subsample of) the training rows and scored by
 recall@10 of its compressed-domain search for held-out training rows used as queries, against
 exact search over an evaluation sample. Candidates that encode slower than
 ``min_encode_per_s`` are refused. The winner is kept as fitted; ``spec`` resolves to its spec
@@ -23,7 +24,7 @@ from mmcompress.codecs.faiss_quantizers import subsample_rows
 from mmcompress.errors import ArtifactError, CodecError
 
 #: Order in which families are tried: cheap fits first, so a time limit cuts the slow ones.
-_FAMILY_ORDER = ("SQ", "NUQ", "PQ", "OPQ", "RQ")  # stacks ("RQ..+PQ..") sort with RQ
+_FAMILY_ORDER = ("SQ", "NUQ", "PQ", "OPQ", "RQ", "QINCO")  # stacks ("RQ..+PQ..") sort with RQ
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
@@ -43,6 +44,12 @@ def _family_rank(spec: str) -> int:
     return len(_FAMILY_ORDER)
 
 
+def _excluded(spec: str, families: tuple[str, ...]) -> bool:
+    """Whether the spec's quantizer token starts with one of ``families`` (e.g. ``"QINCO"``)."""
+    last = spec.split(",")[-1]
+    return any(last.startswith(f) for f in families)
+
+
 class AutoCodec(Codec):
     """Searches candidate specs under a byte budget and wraps the winner."""
 
@@ -53,7 +60,7 @@ class AutoCodec(Codec):
                  max_eval_rows: int = 10000, max_train_rows: int = 20000,
                  min_encode_per_s: float = 5000.0, max_candidates: int = 10,
                  max_fit_seconds: float | None = None, keep_candidates: bool = False,
-                 **options: Any) -> None:
+                 exclude: list[str] | tuple[str, ...] | None = None, **options: Any) -> None:
         super().__init__(metric)
         if not isinstance(budget_bytes, int | np.integer) or budget_bytes < 1:
             raise CodecError(f"budget_bytes must be a positive integer; found {budget_bytes!r}")
@@ -68,6 +75,7 @@ class AutoCodec(Codec):
         self.max_candidates = max_candidates
         self.max_fit_seconds = max_fit_seconds
         self.keep_candidates = keep_candidates
+        self.exclude = tuple(exclude or ())
         self.options = options
 
     @property
@@ -92,6 +100,7 @@ class AutoCodec(Codec):
         from mmcompress.codecs.spec import auto_candidates
 
         specs = list(self.candidates) if self.candidates else auto_candidates(self.budget_bytes, d, self.metric)
+        specs = [s for s in specs if not _excluded(s, self.exclude)]
         specs = sorted(specs, key=_family_rank)
         return specs[:self.max_candidates]
 

@@ -13,7 +13,12 @@ token               codec
 
 from mmcompress.codecs.learned.hashing import HASH_PATTERN, LearnedHash, bit_entropy, build_hash
 from mmcompress.codecs.learned.matryoshka import MRL_PATTERN, MatryoshkaProjection, build_mrl
-from mmcompress.codecs.learned.qinco import QINCO_PATTERN, NeuralResidualQuantizer, build_qinco
+from mmcompress.codecs.learned.qinco import (
+    QINCO_PATTERN,
+    NeuralResidualQuantizer,
+    build_qinco,
+    qinco_candidates,
+)
 from mmcompress.codecs.learned.scalar import NSQ_PATTERN, LearnedScalarQuantizer, build_nsq
 from mmcompress.codecs.learned.training import (
     TrainConfig,
@@ -23,7 +28,7 @@ from mmcompress.codecs.learned.training import (
 )
 from mmcompress.codecs.spec import register_quantizer, register_transform
 
-register_quantizer(QINCO_PATTERN, build_qinco)
+register_quantizer(QINCO_PATTERN, build_qinco, auto_candidates=qinco_candidates)
 register_quantizer(HASH_PATTERN, build_hash)
 register_quantizer(NSQ_PATTERN, build_nsq)
 register_transform(MRL_PATTERN, build_mrl)
