@@ -66,7 +66,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
     """(label, spec) of the project's codecs at a budget: auto, its candidates (QINCo included
-    up to 16 bytes), NUQ-entropy, ITQ binary (BIN), the learned hash (HASH) and the learned
+    up to 8 bytes), NUQ-entropy, ITQ binary (BIN), the learned hash (HASH) and the learned
     scalar quantizer (NSQ), with the learned-ingredient ablations at 16 bytes."""
     specs = [("auto", "auto")]
     for spec in auto_candidates(budget, d, "ip"):

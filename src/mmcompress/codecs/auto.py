@@ -2,7 +2,7 @@
 
 Candidates come from every registered quantizer family (:func:`spec.auto_candidates`:
 PQ, OPQ+PQ, RQ with beam search, NUQ after PCA, SQ after PCA, the neural residual quantizer
-up to 16 bytes, and any plugin family that offers candidates); ``exclude`` drops families by
+up to 8 bytes, and any plugin family that offers candidates); ``exclude`` drops families by
 their token (``exclude=["QINCO"]`` skips the minutes-long neural fits). Each is fitted on (a subsample of) the training rows and scored by
 recall@10 of its compressed-domain search for held-out training rows used as queries, against
 exact search over an evaluation sample. Candidates that encode slower than
