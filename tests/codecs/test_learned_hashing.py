@@ -46,15 +46,18 @@ def test_bit_entropy_values():
     np.testing.assert_allclose(bit_entropy(bits), [1.0, 0.0, 0.0])
 
 
-def test_learned_hash_keeps_itq_recall(split, recall10):
-    """Training starts from ITQ and early-stops on validation: it must not lose ITQ's recall.
-    (On these 1.6k digit rows it does not gain either; the codec benchmark measures the gain.)"""
+def test_learned_hash_beats_itq_asymmetric(split, recall10):
+    """Trained from the ITQ start with neighbour-listwise distillation, the learned bits rank
+    held-out queries' neighbours better than ITQ's (0.580 vs 0.573 here); without the
+    neighbour term (in-batch distillation only) they do not."""
     base, queries = split
     itq = make_codec("BIN32").fit(base)
-    learned = make_codec("HASH32", train={"epochs": 15, "batch_size": 256}).fit(base)
+    train = {"epochs": 15, "batch_size": 256}
+    learned = make_codec("HASH32", train=train).fit(base)
+    in_batch = make_codec("HASH32", train=train, hash_neighbours=0).fit(base)
     r_itq, r_learned = recall10(itq, base, queries), recall10(learned, base, queries)
-    assert r_learned >= r_itq - 0.01, (r_learned, r_itq)
-    assert r_learned > 0.5
+    assert r_learned > r_itq + 0.003, (r_learned, r_itq)
+    assert r_learned > recall10(in_batch, base, queries)
 
 
 def test_hamming_scan_and_save_load(hashed, split, tmp_path):

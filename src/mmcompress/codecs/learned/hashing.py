@@ -82,9 +82,33 @@ class HashNet(nn.Module):
 
 
 class _HashObjective:
-    def __init__(self, codec: LearnedHash, scale: float) -> None:
+    def __init__(self, codec: LearnedHash, scale: float, X_train: torch.Tensor | None = None) -> None:
         self.c = codec
         self.scale = scale
+        self.X_train = X_train
+
+    def _neighbour_loss(self, model: HashNet, xb: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Listwise distillation over each row's exact top-``k`` training neighbours: the ranking
+        recall@10 measures is the order among close neighbours, which random in-batch rows
+        seldom contain."""
+        c, X = self.c, self.X_train
+        k = min(c.neighbours, len(X) - 1)
+        with torch.no_grad():
+            sims = xb @ X.T if c.metric == "ip" else -torch.cdist(xb, X).pow(2)
+            nbr = sims.topk(k + 1, dim=1).indices[:, 1:]
+        cand = X[nbr]  # (B, k, d)
+        logits = model.logits(cand.reshape(-1, cand.shape[-1]))
+        soft = torch.tanh(self.beta(epoch) * logits)
+        bits = soft + (torch.where(logits >= 0, 1.0, -1.0) - soft).detach() if c.straight_through else soft
+        x_hat = model.decode(bits).reshape(cand.shape)
+        if c.metric == "ip":
+            s_true, s_hat = torch.einsum("bd,bkd->bk", xb, cand), torch.einsum("bd,bkd->bk", xb, x_hat)
+        else:
+            s_true = -(cand - xb[:, None]).pow(2).sum(-1)
+            s_hat = -(x_hat - xb[:, None]).pow(2).sum(-1)
+        p = torch.log_softmax(s_true / c.temperature, dim=-1)
+        return torch.nn.functional.kl_div(torch.log_softmax(s_hat / c.temperature, dim=-1), p,
+                                          log_target=True, reduction="batchmean")
 
     def beta(self, epoch: int) -> float:
         c = self.c
@@ -114,7 +138,10 @@ class _HashObjective:
             bits = soft + (torch.where(logits >= 0, 1.0, -1.0) - soft).detach()
         else:
             bits = soft
-        return self._loss(model, xb, bits, soft)
+        loss = self._loss(model, xb, bits, soft)
+        if self.c.neighbours > 0 and self.X_train is not None:
+            loss = loss + self._neighbour_loss(model, xb, epoch)
+        return loss
 
     def val_loss(self, model: HashNet, xv: torch.Tensor, epoch: int) -> float:
         hard = torch.where(model.logits(xv) >= 0, 1.0, -1.0)
@@ -129,6 +156,8 @@ class LearnedHash(Codec):
     temperature : softmax temperature of the similarity rows (cosine units).
     beta_start, beta_end : tanh sharpness at the first and last epoch (geometric schedule);
         logits start at unit scale, so ``beta`` is how hard the soft bits are.
+    neighbours : rows' exact top-``neighbours`` training neighbours are distilled listwise
+        (0 = in-batch distillation only).
     straight_through : forward the hard signs, backward the tempered tanh gradient (trains
         what the codes really are); False trains on the soft bits alone.
     symmetric : weight of the code-to-code (Hamming) similarity term.
@@ -144,7 +173,7 @@ class LearnedHash(Codec):
     def __init__(self, bits: int, *, temperature: float = 0.05, beta_start: float = 1.0,
                  beta_end: float = 10.0, symmetric: float = 0.5, recon: float = 0.1,
                  balance: float = 1.0, decorrelation: float = 1.0, calibrate: bool = True,
-                 straight_through: bool = True,
+                 straight_through: bool = True, neighbours: int = 32,
                  metric: str = "ip", train: TrainConfig | dict[str, Any] | None = None,
                  max_train_rows: int | None = 20000, random_state: int = 0,
                  num_threads: int | None = None, progress: bool = False) -> None:
@@ -158,6 +187,7 @@ class LearnedHash(Codec):
         self.symmetric, self.recon = symmetric, recon
         self.balance, self.decorrelation, self.calibrate = balance, decorrelation, calibrate
         self.straight_through = straight_through
+        self.neighbours = int(neighbours)
         self.train = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(
             {"epochs": 20, "batch_size": 512, "lr": 2e-3, **(train or {})})
         self.max_train_rows = max_train_rows
@@ -191,7 +221,7 @@ class LearnedHash(Codec):
         scale = 1.0 / max(float(((X - mean) ** 2).sum(1).mean()), 1e-12)
         Xt = torch.from_numpy(X)
         Xtr, Xval = split_train_val(Xt, cfg)
-        self.train_result_: TrainResult = run_training(self.net_, _HashObjective(self, scale), Xtr,
+        self.train_result_: TrainResult = run_training(self.net_, _HashObjective(self, scale, Xtr), Xtr,
                                                        Xval, cfg, name=self.spec)
         with torch.no_grad():
             self.net_.eval()
@@ -247,6 +277,7 @@ class LearnedHash(Codec):
                 "beta_end": self.beta_end, "symmetric": self.symmetric, "recon": self.recon,
                 "balance": self.balance, "decorrelation": self.decorrelation,
                 "calibrate": self.calibrate, "straight_through": self.straight_through,
+                "neighbours": self.neighbours,
                 "train": asdict(self.train),
                 "train_result": {k: v for k, v in asdict(self.train_result_).items() if k != "history"}}
         return meta, {"mean": self.mean_, "offset": self.offset_, "W": self.W_, "bias": self.bias_,
@@ -258,6 +289,7 @@ class LearnedHash(Codec):
             setattr(self, key, float(meta[key]))
         self.calibrate = bool(meta["calibrate"])
         self.straight_through = bool(meta["straight_through"])
+        self.neighbours = int(meta.get("neighbours", 0))
         self.train = TrainConfig.from_dict(meta["train"])
         self.train_result_ = TrainResult(**meta["train_result"])
         self.mean_, self.offset_, self.W_, self.bias_, self.D_ = (
@@ -293,7 +325,7 @@ def build_hash(m: re.Match[str], ctx: SpecContext) -> Codec:
     o = ctx.options
     kwargs = {k: o[f"hash_{k}"] for k in ("temperature", "beta_start", "beta_end", "symmetric",
                                           "recon", "balance", "decorrelation", "calibrate",
-                                          "straight_through")
+                                          "straight_through", "neighbours")
               if f"hash_{k}" in o}
     train = {k: v for k, v in dict(o.get("train", {}) or {}).items()
              if k in TrainConfig.__dataclass_fields__}
