@@ -69,8 +69,6 @@ class TransformedCodec(Codec):
             c = t.mean_ + c @ t.B_
             B = B @ t.B_
         self._A64, self._b64 = A, b
-        self._A = A.astype(np.float32)
-        self._b = b.astype(np.float32)
         self._B = B.astype(np.float32)
         self._c = c.astype(np.float32)
         self._orthonormal = bool(np.allclose(B @ B.T, np.eye(B.shape[0]), atol=1e-4))

@@ -19,6 +19,12 @@ from mmcompress.codecs.spec import SpecContext, register_transform
 from mmcompress.errors import CodecError
 
 
+def project(X: np.ndarray, mean: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """``(X - mean) @ A`` in float64, returned as float32: a row's result does not depend on
+    the batch it came in or on BLAS threading, so sharded encodes equal whole-array ones."""
+    return ((np.asarray(X, dtype=np.float64) - mean) @ A.astype(np.float64)).astype(np.float32)
+
+
 class Transform(ABC):
     """A fitted affine map ``d_in -> d_out`` with its (pseudo-)inverse for reconstruction."""
 
@@ -61,10 +67,7 @@ class Transform(ABC):
         return self.A_.shape[1]
 
     def apply(self, X: np.ndarray) -> np.ndarray:
-        """Project in float64, return float32: a row's result does not depend on the batch it
-        came in or on BLAS threading, so sharded encodes equal whole-array encodes bit for bit."""
-        Y = (np.asarray(X, dtype=np.float64) - self.mean_) @ self.A_.astype(np.float64)
-        return Y.astype(np.float32)
+        return project(X, self.mean_, self.A_)
 
     def reverse(self, Y: np.ndarray) -> np.ndarray:
         return self.mean_ + Y @ self.B_

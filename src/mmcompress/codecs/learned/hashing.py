@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from mmcompress.codecs.base import Codec, chunked_search
-from mmcompress.codecs.learned.losses import bit_balance, bit_decorrelation, listwise_distillation
+from mmcompress.codecs.learned.losses import (
+    bit_balance,
+    bit_decorrelation,
+    listwise_distillation,
+    ste_sign,
+)
 from mmcompress.codecs.learned.training import (
     TrainConfig,
     TrainResult,
@@ -97,9 +102,7 @@ class _HashObjective:
             sims = xb @ X.T if c.metric == "ip" else -torch.cdist(xb, X).pow(2)
             nbr = sims.topk(k + 1, dim=1).indices[:, 1:]
         cand = X[nbr]  # (B, k, d)
-        logits = model.logits(cand.reshape(-1, cand.shape[-1]))
-        soft = torch.tanh(self.beta(epoch) * logits)
-        bits = soft + (torch.where(logits >= 0, 1.0, -1.0) - soft).detach() if c.straight_through else soft
+        bits, _ = self._train_bits(model, cand.reshape(-1, cand.shape[-1]), epoch)
         x_hat = model.decode(bits).reshape(cand.shape)
         if c.metric == "ip":
             s_true, s_hat = torch.einsum("bd,bkd->bk", xb, cand), torch.einsum("bd,bkd->bk", xb, x_hat)
@@ -130,14 +133,14 @@ class _HashObjective:
         loss = loss + c.balance * bit_balance(soft) + c.decorrelation * bit_decorrelation(soft)
         return loss
 
+    def _train_bits(self, model: HashNet, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bits, soft bits): with ``straight_through`` the hard signs forward and the tempered
+        tanh's gradient backward (tanh keeps the sign of the logits), else the soft bits."""
+        soft = torch.tanh(self.beta(epoch) * model.logits(x))
+        return (ste_sign(soft) if self.c.straight_through else soft), soft
+
     def batch_loss(self, model: HashNet, xb: torch.Tensor, epoch: int) -> torch.Tensor:
-        logits = model.logits(xb)
-        soft = torch.tanh(self.beta(epoch) * logits)
-        if self.c.straight_through:
-            # hard signs forward, the tempered tanh's gradient backward
-            bits = soft + (torch.where(logits >= 0, 1.0, -1.0) - soft).detach()
-        else:
-            bits = soft
+        bits, soft = self._train_bits(model, xb, epoch)
         loss = self._loss(model, xb, bits, soft)
         if self.c.neighbours > 0 and self.X_train is not None:
             loss = loss + self._neighbour_loss(model, xb, epoch)

@@ -33,7 +33,7 @@ from mmcompress.codecs.learned.training import (
     split_train_val,
 )
 from mmcompress.codecs.spec import SpecContext
-from mmcompress.codecs.transforms import Transform, _pca
+from mmcompress.codecs.transforms import Transform, _pca, project
 from mmcompress.errors import CodecError
 
 
@@ -179,7 +179,7 @@ class MatryoshkaProjection(Transform):
     def apply(self, X: np.ndarray) -> np.ndarray:
         if self.kept_inputs_ is not None and len(self.kept_inputs_) < self.d_in:
             k = self.kept_inputs_
-            return (X[:, k] - self.mean_[k]) @ self.A_[k]
+            return project(X[:, k], self.mean_[k], self.A_[k])
         return super().apply(X)
 
     def prefix_reconstruct(self, Y: np.ndarray, p: int) -> np.ndarray:
