@@ -72,7 +72,7 @@ def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
     for spec in auto_candidates(budget, d, "ip"):
         specs.append((family_of(spec), spec))
     if d >= budget:
-        specs.append(("NUQ-entropy", f"PCA,NUQ{budget}_e2"))
+        specs.append(("NUQ-entropy", f"PCA,NUQ{budget}_e1.25"))
     bits = 8 * budget
     specs.append(("BIN", f"BIN{bits}" if bits <= d else f"BIN{bits}_rr"))
     if bits <= d:

@@ -72,3 +72,17 @@ def test_default_candidates_at_8_bytes(split, recall10):
     assert codec.code_size == 8
     assert len(codec.auto_report_) == 4
     assert recall10(codec, base, queries) >= 0.75
+
+
+def test_winner_is_refitted_on_every_training_row(auto, digits):
+    chosen = next(r for r in auto.auto_report_ if r["status"] == "chosen")
+    assert chosen["refit_rows"] == len(digits) and chosen["refit_seconds"] >= 0
+    direct = make_codec(auto.spec, metric="ip", random_state=0, max_train_rows=20000).fit(digits)
+    np.testing.assert_array_equal(auto.encode(digits), direct.encode(digits))
+
+
+def test_without_refit_the_winner_is_the_candidate_fitted_during_the_search(digits):
+    codec = make_codec("auto", budget_bytes=8, candidates=["PCA,NUQ8", "PQ8x8"], refit=False,
+                       keep_candidates=True).fit(digits)
+    assert codec.chosen_ is codec.candidates_[codec.spec]
+    assert "refit_rows" not in next(r for r in codec.auto_report_ if r["status"] == "chosen")

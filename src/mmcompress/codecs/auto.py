@@ -6,7 +6,9 @@ up to 8 bytes, and any plugin family that offers candidates); ``exclude`` drops 
 their token (``exclude=["QINCO"]`` skips the minutes-long neural fits). Each is fitted on (a subsample of) the training rows and scored by
 recall@10 of its compressed-domain search for held-out training rows used as queries, against
 exact search over an evaluation sample. Candidates that encode slower than
-``min_encode_per_s`` are refused. The winner is kept as fitted; ``spec`` resolves to its spec
+``min_encode_per_s`` are refused. The winner is then refitted on all the training rows
+(``refit=True``, like scikit-learn's grid search: the held-out queries were only needed to choose;
+codebooks fitted on every row fit the catalog they will encode); ``spec`` resolves to its spec
 and ``auto_report_`` lists what was tried, with scores, fit seconds, encode rates and why each
 was kept or refused (``keep_candidates=True`` also keeps every fitted candidate in
 ``candidates_``, for benchmarks).
@@ -60,7 +62,8 @@ class AutoCodec(Codec):
                  max_eval_rows: int = 10000, max_train_rows: int = 20000,
                  min_encode_per_s: float = 5000.0, max_candidates: int = 10,
                  max_fit_seconds: float | None = None, keep_candidates: bool = False,
-                 exclude: list[str] | tuple[str, ...] | None = None, **options: Any) -> None:
+                 exclude: list[str] | tuple[str, ...] | None = None, refit: bool = True,
+                 **options: Any) -> None:
         super().__init__(metric)
         if not isinstance(budget_bytes, int | np.integer) or budget_bytes < 1:
             raise CodecError(f"budget_bytes must be a positive integer; found {budget_bytes!r}")
@@ -76,6 +79,7 @@ class AutoCodec(Codec):
         self.max_fit_seconds = max_fit_seconds
         self.keep_candidates = keep_candidates
         self.exclude = tuple(exclude or ())
+        self.refit = refit
         self.options = options
 
     @property
@@ -172,6 +176,13 @@ class AutoCodec(Codec):
         for entry in report:
             if entry["spec"] == self.chosen_.spec and entry["status"] == "ok":
                 entry["status"] = "chosen"
+                if self.refit:
+                    t0 = time.perf_counter()
+                    self.chosen_ = make_codec(entry["spec"], metric=self.metric, random_state=self.random_state,
+                                              max_train_rows=self.max_train_rows, **self.options)
+                    self.chosen_.fit(subsample_rows(X, self.max_train_rows, self.random_state + 1))
+                    entry["refit_seconds"] = round(time.perf_counter() - t0, 3)
+                    entry["refit_rows"] = min(n, self.max_train_rows)
         self.auto_report_ = report
         if self.keep_candidates:
             self.candidates_ = fitted
