@@ -86,3 +86,10 @@ def test_without_refit_the_winner_is_the_candidate_fitted_during_the_search(digi
                        keep_candidates=True).fit(digits)
     assert codec.chosen_ is codec.candidates_[codec.spec]
     assert "refit_rows" not in next(r for r in codec.auto_report_ if r["status"] == "chosen")
+
+
+def test_a_winner_whose_spec_resolves_differently_is_still_marked_and_refitted(digits):
+    codec = make_codec("auto", budget_bytes=8, candidates=["RQ8x8_b4", "PCA8,SQ8"]).fit(digits)
+    assert codec.spec == "RQ8x8"  # the default beam drops out of the resolved spec
+    chosen = [r for r in codec.auto_report_ if r["status"] == "chosen"]
+    assert [r["spec"] for r in chosen] == ["RQ8x8_b4"] and chosen[0]["refit_rows"] == len(digits)

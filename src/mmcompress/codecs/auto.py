@@ -128,7 +128,7 @@ class AutoCodec(Codec):
         _, truth = exact_search(xb, xq, 10, self.metric)
         report: list[dict[str, Any]] = []
         fitted: dict[str, Codec] = {}
-        best: tuple[float, float, Codec] | None = None
+        best: tuple[float, float, Codec, dict[str, Any]] | None = None
         start = time.perf_counter()
         iterator = specs
         if self.progress:
@@ -167,22 +167,20 @@ class AutoCodec(Codec):
             entry["status"] = "ok"
             key = (entry["recall_at_10"], -entry["fit_seconds"])
             if best is None or key > best[:2]:
-                best = (key[0], key[1], codec)
+                best = (key[0], key[1], codec, entry)
         if best is None:
             reasons = "; ".join(f"{e['spec']}: {e['status']} {e['reason']}" for e in report)
             raise CodecError(f"no candidate codec fits budget_bytes={self.budget_bytes} for d={d} "
                              f"({reasons})")
-        self.chosen_ = best[2]
-        for entry in report:
-            if entry["spec"] == self.chosen_.spec and entry["status"] == "ok":
-                entry["status"] = "chosen"
-                if self.refit:
-                    t0 = time.perf_counter()
-                    self.chosen_ = make_codec(entry["spec"], metric=self.metric, random_state=self.random_state,
-                                              max_train_rows=self.max_train_rows, **self.options)
-                    self.chosen_.fit(subsample_rows(X, self.max_train_rows, self.random_state + 1))
-                    entry["refit_seconds"] = round(time.perf_counter() - t0, 3)
-                    entry["refit_rows"] = min(n, self.max_train_rows)
+        self.chosen_, entry = best[2], best[3]
+        entry["status"] = "chosen"  # by entry: a spec may resolve to another string (defaults dropped)
+        if self.refit:
+            t0 = time.perf_counter()
+            self.chosen_ = make_codec(entry["spec"], metric=self.metric, random_state=self.random_state,
+                                      max_train_rows=self.max_train_rows, **self.options)
+            self.chosen_.fit(subsample_rows(X, self.max_train_rows, self.random_state + 1))
+            entry["refit_seconds"] = round(time.perf_counter() - t0, 3)
+            entry["refit_rows"] = min(n, self.max_train_rows)
         self.auto_report_ = report
         if self.keep_candidates:
             self.candidates_ = fitted
