@@ -217,15 +217,17 @@ def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
     """Stage settings to try: exhaustive scans, and IVF routing from 200k items up."""
     grid = []
     for s1, s2 in ([] if n >= 300_000 else [(600, 100), (400, 80)] if not quick else [(600, 100)]):
-        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False})
+        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False, "compiled": True})
     nlists = [] if n < 50_000 else ([128] if n < 300_000 else [1024])
     for nlist in nlists:
         # below ~1M items the float32 tables cost several bytes per item: try them in float16 too
         for half in ([False, True] if n < 300_000 else [False]):
             for nprobe, s1, s2 in ([(8, 400, 80), (12, 400, 80), (16, 600, 100), (24, 600, 100)]
                                    if nlist <= 256 else [(16, 1000, 150), (24, 1000, 200), (32, 1000, 200), (32, 1500, 300)]):
-                grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
-    return grid
+                grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half,
+                             "compiled": True})
+    # the same stages through the numpy path, to show what the compiled kernel buys
+    return grid + [{**grid[-1], "compiled": False}] if grid else grid
 
 
 def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads: int, workdir: Path,
@@ -263,7 +265,8 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             load_ms = (time.perf_counter() - t) * 1e3
             built = {key: (index, build_s, load_ms)}  # one index in memory at a time
         index, build_s, load_ms = built[key]
-        kw = {"coarse_shortlist": g["s1"], "fine_shortlist": g["s2"], "nprobe": g["nprobe"]}
+        kw = {"coarse_shortlist": g["s1"], "fine_shortlist": g["s2"], "nprobe": g["nprobe"],
+              "compiled": g["compiled"]}
         set_threads(1)
         _, found, stats = index.search(xq, 10, return_stats=True, **kw)
         if key not in searchers:
@@ -280,7 +283,8 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
         rows.append({
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
                                            f" -> sign tables top{g['s2']} of {g['s1']} -> exact"
-                                           f"{' (fp16 tables)' if g['half'] else ''}",
+                                           f"{' (fp16 tables)' if g['half'] else ''}"
+                                           f"{'' if g['compiled'] else ' [numpy path]'}",
             **g, "recall_at_10": recall10(truth, found), **timing.to_dict(),
             "bytes_per_item": mem["resident_bytes_per_item"], "resident_breakdown": mem["resident_bytes"],
             "disk_bytes_per_query": stats.disk_bytes, "coarse_scanned_per_query": stats.coarse_scanned,

@@ -38,6 +38,7 @@ import numpy as np
 
 from mmcompress.codecs.base import Codec, check_vectors
 from mmcompress.errors import CatalogError, CodecError
+from mmcompress.index import kernels
 from mmcompress.index.config import CascadeConfig
 from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
@@ -439,7 +440,7 @@ class CascadeIndex:
     def search(self, queries: np.ndarray, k: int, *, modality: str | None = None,
                coarse_shortlist: int | None = None, fine_shortlist: int | None = None,
                nprobe: int | None = None, exact_rerank: bool | None = None,
-               threads: int = 1, return_stats: bool = False
+               compiled: bool | None = None, threads: int = 1, return_stats: bool = False
                ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, SearchStats]:
         """Top-``k`` items of each query: (scores float32 (nq, k), item ids int64 (nq, k)).
 
@@ -462,7 +463,9 @@ class CascadeIndex:
             s1 = k
         params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine,
                       nprobe=nprobe or cfg.coarse.nprobe,
-                      excl=self._exclusions(st, modality))
+                      excl=self._exclusions(st, modality),
+                      compiled=(cfg.compiled_scan if compiled is None else compiled)
+                      and self._compiled_applies(st, use_fine))
         per_chunk = max(1, min(256, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
         chunks = [slice(s, min(s + per_chunk, len(Q))) for s in range(0, len(Q), per_chunk)]
 
@@ -534,21 +537,36 @@ class CascadeIndex:
         self._exclusion_cache[key] = excl
         return excl
 
+    def _compiled_applies(self, st: _State, use_fine: bool) -> bool:
+        """Whether the compiled kernel can run both first stages: binary coarse codes in whole
+        64-bit words, a sign-table fine stage, no pending delta segment."""
+        return (kernels.AVAILABLE and use_fine and st.delta is None
+                and getattr(self.coarse_codec, "is_binary", False) and self.coarse_codec.code_size % 8 == 0
+                and self.config.fine.scoring == "adc" and self.sign_scorer is not None)
+
     def _search_chunk(self, st: _State, Q: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         nq, k = len(Q), p["k"]
         stats = SearchStats(n_queries=nq)
         t0 = time.perf_counter()
-        rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
-        t1 = time.perf_counter()
-        stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
-        stats.coarse_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
-        stats.seconds["coarse"] = t1 - t0
-        if p["use_fine"]:
-            keep = p["s2"] if p["exact"] else k
-            rows, scores = self._rescore(st, "fine", Q, rows, keep)
+        if p["compiled"]:
+            rows, scores, scanned, kept = self._coarse_fine_compiled(st, Q, p)
+            t1 = t2 = time.perf_counter()
+            stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
+            stats.coarse_shortlist = float(kept.sum()) / nq if nq else 0.0
             stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
-        t2 = time.perf_counter()
-        stats.seconds["fine"] = t2 - t1
+            stats.seconds["coarse+fine"] = t1 - t0
+        else:
+            rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
+            t1 = time.perf_counter()
+            stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
+            stats.coarse_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
+            stats.seconds["coarse"] = t1 - t0
+            if p["use_fine"]:
+                keep = p["s2"] if p["exact"] else k
+                rows, scores = self._rescore(st, "fine", Q, rows, keep)
+                stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
+            t2 = time.perf_counter()
+            stats.seconds["fine"] = t2 - t1
         if p["exact"]:
             rows, scores, nbytes = self._rescore(st, "exact", Q, rows, k, count_bytes=True)
             stats.exact_reranked = stats.fine_shortlist if p["use_fine"] else stats.coarse_shortlist
@@ -558,6 +576,21 @@ class CascadeIndex:
             rows, scores = _top(rows, scores, k)
         ids = self._ids_of(st, rows)
         return scores.astype(np.float32, copy=False), ids, stats
+
+    def _coarse_fine_compiled(self, st: _State, Q: np.ndarray,
+                              p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Coarse popcount selection and sign-table fine scores in one compiled pass."""
+        main, nq = st.main, len(Q)
+        if self.partition is not None:
+            probes = self.partition.probe(Q, p["nprobe"])
+        else:
+            probes = np.zeros((nq, 1), dtype=np.int64)
+        keep = p["s2"] if p["exact"] else p["k"]
+        lut, const = self.sign_scorer.tables(Q)
+        excl = p["excl"]
+        return kernels.coarse_fine_scan(self.coarse_codec.encode(Q), main.coarse, main.offsets, probes,
+                                        None if excl is None else excl[:main.n], p["s1"],
+                                        getattr(main, self._fine_attr), lut, const, keep)
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
                 excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

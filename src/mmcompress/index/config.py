@@ -50,6 +50,7 @@ class CascadeConfig:
     cache_bytes: int = 4_000_000
     cache_policy: str = "tinylfu"
     half_precision_tables: bool = False  # IVF centroids and sign tables in float16 (half the bytes)
+    compiled_scan: bool = True  # binary coarse + sign-table fine stages in one compiled pass
     train_rows: int = 100_000
     seed: int = 0
 

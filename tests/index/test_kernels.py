@@ -1,0 +1,100 @@
+"""The compiled coarse + sign-table kernel selects and scores exactly as the numpy path does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmcompress.codecs import make_codec
+from mmcompress.evaluation.metrics import recall_at_k
+from mmcompress.index import CascadeConfig, CascadeIndex, kernels
+from mmcompress.index.cascade import smallest_counts
+from mmcompress.index.hamming import hamming_distances
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+
+
+def test_kernel_selection_and_scores_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    n, nq, cs, s1, s2 = 3000, 40, 16, 200, 30
+    codes = rng.integers(0, 256, (n, cs), dtype=np.uint8)
+    codes[1000:1400] = codes[0]  # many exact ties at one distance
+    qcodes = rng.integers(0, 256, (nq, cs), dtype=np.uint8)
+    qcodes[:5] = codes[0]
+    offsets = np.array([0, 700, 1500, 2200, n])
+    probes = np.array([[2, 0, 3]] * (nq // 2) + [[1, 3, 2]] * (nq - nq // 2))
+    excl = rng.random(n) < 0.1
+    lut = rng.standard_normal((nq, cs * 256)).astype(np.float32)
+    const = rng.standard_normal(nq).astype(np.float32)
+    rows, scores, scanned, kept = kernels.coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1,
+                                                           codes, lut, const, s2)
+    off = np.arange(cs) * 256
+    for i in range(nq):
+        scan = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in probes[i]])
+        assert scanned[i] == len(scan)
+        scan = scan[~excl[scan]]
+        dist = hamming_distances(qcodes[i:i + 1], codes[scan])[0]
+        chosen = scan[smallest_counts(dist.astype(np.uint8), s1, 255)]  # ties kept in scan order
+        assert kept[i] == s1
+        full = lut[i][codes[chosen].astype(np.intp) + off].sum(axis=1) + const[i]
+        best = np.argsort(-full, kind="stable")[:s2]
+        assert set(rows[i]) == set(chosen[best])
+        np.testing.assert_allclose(scores[i], full[best], rtol=1e-5, atol=1e-5)
+        assert np.all(np.diff(scores[i]) <= 0)
+
+
+def test_short_candidate_lists_are_padded():
+    codes = np.arange(5 * 8, dtype=np.uint8).reshape(5, 8)
+    rows, scores, scanned, kept = kernels.coarse_fine_scan(
+        codes[:1], codes, np.array([0, 5]), np.zeros((1, 1), np.int64), None, 10, codes,
+        np.zeros((1, 8 * 256), np.float32), np.zeros(1, np.float32), 7)
+    assert scanned[0] == 5 and kept[0] == 5
+    assert sorted(rows[0][:5]) == [0, 1, 2, 3, 4] and list(rows[0][5:]) == [-1, -1]
+    assert np.all(np.isneginf(scores[0][5:]))
+
+
+@pytest.fixture(scope="module")
+def bin64(digits):
+    return make_codec("BIN64").fit(digits["xb"])
+
+
+@pytest.mark.parametrize("routing", [{}, {"nlist": 16, "nprobe": 6}], ids=["exhaustive", "ivf"])
+def test_compiled_and_numpy_paths_agree(digits, bin64, routing):
+    indexes = {}
+    for compiled in (True, False):
+        config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 300, **routing},
+                                            "fine": {"codec": "coarse", "shortlist": 80},
+                                            "compiled_scan": compiled})
+        masks = {"text": digits["ids"] % 3 != 0}
+        ix = CascadeIndex.build(bin64, bin64, digits["xb"], digits["ids"], config=config, masks=masks)
+        ix.remove(digits["ids"][::11])
+        ix.compact()
+        indexes[compiled] = ix
+    fast, slow = indexes[True], indexes[False]
+    assert "coarse+fine" in slow.search(digits["xq"][:3], 10, return_stats=True, compiled=True)[2].seconds
+    for kw in ({}, {"modality": "text"}, {"exact_rerank": False}):
+        sf, found_f, st_f = fast.search(digits["xq"], 10, return_stats=True, **kw)
+        ss, found_s, st_s = slow.search(digits["xq"], 10, return_stats=True, **kw)
+        assert "coarse+fine" in st_f.seconds and "coarse+fine" not in st_s.seconds
+        assert st_f.coarse_scanned == st_s.coarse_scanned and st_f.coarse_shortlist == st_s.coarse_shortlist
+        assert st_f.fine_shortlist == st_s.fine_shortlist
+        assert np.mean(found_f == found_s) >= 0.99
+        assert np.mean(np.isclose(sf, ss, rtol=1e-4, atol=1e-5)) >= 0.99  # float sums may swap a boundary item
+    alive = np.ones(len(digits["ids"]), bool)
+    alive[::11] = False
+    xb, ids = digits["xb"][alive], digits["ids"][alive]
+    truth = ids[np.argsort(-(digits["xq"] @ xb.T), axis=1, kind="stable")[:, :10]]
+    assert recall_at_k(truth, fast.search(digits["xq"], 10)[1], 10) >= 0.95
+
+
+def test_pending_additions_fall_back_to_the_numpy_path(digits, bin64):
+    config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 150},
+                                        "fine": {"codec": "coarse", "shortlist": 40}})
+    ix = CascadeIndex.build(bin64, bin64, digits["xb"][:1000], digits["ids"][:1000], config=config)
+    ix.add(digits["xb"][1000:], digits["ids"][1000:])
+    assert not ix._compiled_applies(ix._state, True)
+    _, found, stats = ix.search(digits["xq"], 10, return_stats=True)
+    assert "coarse+fine" not in stats.seconds and set(found.ravel()) & set(digits["ids"][1000:])
+    ix.compact()
+    _, found_c, stats = ix.search(digits["xq"], 10, return_stats=True)
+    assert "coarse+fine" in stats.seconds and recall_at_k(found, found_c, 10) >= 0.97
