@@ -54,7 +54,7 @@ def test_save_load_identical(fitted, split, tmp_path):
     base, queries = split
     fitted.save(tmp_path / "q.json")
     again = load_codec(tmp_path / "q.json")
-    assert isinstance(again, NeuralResidualQuantizer) and again.spec == "QINCO4x8"
+    assert isinstance(again, NeuralResidualQuantizer) and again.spec == "QINCO4x8_h32"
     codes = fitted.encode(base)
     np.testing.assert_array_equal(again.encode(base), codes)
     np.testing.assert_array_equal(again.decode(codes), fitted.decode(codes))

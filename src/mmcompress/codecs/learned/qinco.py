@@ -291,7 +291,11 @@ class NeuralResidualQuantizer(Codec):
     # ---- contract ------------------------------------------------------------------------
     @property
     def spec(self) -> str:
-        return f"QINCO{self.M}x{self.nbits}"
+        """``QINCO<M>x<nbits>`` plus whatever differs from the defaults (``_h``, ``_L``, ``_b``),
+        so ``make_codec(codec.spec)`` builds the same network and beam."""
+        return (f"QINCO{self.M}x{self.nbits}" + (f"_h{self.hidden}" if self.hidden != 64 else "")
+                + (f"_L{self.n_blocks}" if self.n_blocks != 1 else "")
+                + (f"_b{self.beam}" if self.beam != default_beam(self.M) else ""))
 
     @property
     def code_size(self) -> int:
