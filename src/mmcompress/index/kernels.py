@@ -33,51 +33,44 @@ def _popcount64(x: np.uint64) -> np.uint64:
     return (x * _H01) >> _56
 
 
+def _record(dv: np.uint16, excluded: bool, excluded_bin: int, dist: np.ndarray, w: int,
+            hist: np.ndarray) -> int:
+    """Store one row's distance (the last bin if excluded) and count it; the next position."""
+    if excluded:
+        dv = np.uint16(excluded_bin)
+    dist[w] = dv
+    hist[w & 3, dv] += 1
+    return w + 1
+
+
 def _cell_distances(q: np.ndarray, words: np.ndarray, a: int, b: int, excl: np.ndarray, has_excl: bool,
                     excluded_bin: int, dist: np.ndarray, w: int, hist: np.ndarray) -> int:
-    """Distances of rows ``a:b`` into ``dist[w:]`` and ``hist`` (excluded rows into the last
-    bin); returns the next free position. 1, 2 and 4 words are unrolled: the generic loop over
-    words runs at half the speed."""
+    """Distances of rows ``a:b`` into ``dist[w:]`` and ``hist``; returns the next free position.
+    Codes of 1, 2 and 4 words get unrolled loops: the generic loop over words runs at half the
+    speed (its trip count is not known when the kernel compiles)."""
     n_words = q.shape[0]
     if n_words == 2:
         q0, q1 = q[0], q[1]
         for r in range(a, b):
-            dv = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1]))
-            if has_excl and excl[r]:
-                dv = np.uint16(excluded_bin)
-            dist[w] = dv
-            hist[w & 3, dv] += 1
-            w += 1
+            d = _popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
+            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
     elif n_words == 4:
         q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
         for r in range(a, b):
-            dv = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
-                           + _popcount64(q2 ^ words[r, 2]) + _popcount64(q3 ^ words[r, 3]))
-            if has_excl and excl[r]:
-                dv = np.uint16(excluded_bin)
-            dist[w] = dv
-            hist[w & 3, dv] += 1
-            w += 1
+            d = (_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
+                 + _popcount64(q2 ^ words[r, 2]) + _popcount64(q3 ^ words[r, 3]))
+            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
     elif n_words == 1:
         q0 = q[0]
         for r in range(a, b):
-            dv = np.uint16(_popcount64(q0 ^ words[r, 0]))
-            if has_excl and excl[r]:
-                dv = np.uint16(excluded_bin)
-            dist[w] = dv
-            hist[w & 3, dv] += 1
-            w += 1
+            d = _popcount64(q0 ^ words[r, 0])
+            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
     else:
         for r in range(a, b):
             d = np.uint64(0)
             for j in range(n_words):
                 d += _popcount64(q[j] ^ words[r, j])
-            dv = np.uint16(d)
-            if has_excl and excl[r]:
-                dv = np.uint16(excluded_bin)
-            dist[w] = dv
-            hist[w & 3, dv] += 1
-            w += 1
+            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
     return w
 
 
@@ -173,6 +166,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
 
 if AVAILABLE:
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
+    _record = numba.njit(cache=True, nogil=True, inline="always")(_record)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
 
