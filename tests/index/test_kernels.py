@@ -98,3 +98,36 @@ def test_pending_additions_fall_back_to_the_numpy_path(digits, bin64):
     ix.compact()
     _, found_c, stats = ix.search(digits["xq"], 10, return_stats=True)
     assert "coarse+fine" in stats.seconds and recall_at_k(found, found_c, 10) >= 0.97
+
+
+@pytest.mark.parametrize("routing", [{}, {"nlist": 16, "nprobe": 6}], ids=["exhaustive", "ivf"])
+def test_compiled_coarse_stage_matches_numpy_before_another_fine_codec(digits, bin64, fitted, routing):
+    """With a fine codec the kernel does not score (PQ), only the coarse stage is compiled; its
+    shortlist and scores equal the numpy path's, so the whole search returns the same items."""
+    config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 150, **routing},
+                                        "fine": {"shortlist": 40}})
+    ix = CascadeIndex.build(bin64, fitted["PQ8x8"], digits["xb"], digits["ids"], config=config,
+                            masks={"text": digits["ids"] % 3 != 0})
+    ix.remove(digits["ids"][::7])  # tombstones: excluded inside the kernel
+    st = ix._state
+    assert ix._compiled_coarse_applies(st) and not ix._compiled_applies(st, True)
+    excl = ix._exclusions(st, "text")
+    p = {"nprobe": 6, "excl": excl, "s1": 150}
+    rows_c, scores_c, scanned_c = ix._coarse_compiled(st, digits["xq"], p)
+    rows_n, scores_n, scanned_n = ix._coarse(st, digits["xq"], 150, 6, excl)
+    np.testing.assert_array_equal(rows_c, rows_n)
+    np.testing.assert_array_equal(scores_c, scores_n)
+    np.testing.assert_array_equal(scanned_c, scanned_n)
+    a = ix.search(digits["xq"], 10, modality="text", compiled=True)
+    b = ix.search(digits["xq"], 10, modality="text", compiled=False)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_coarse_only_scores_are_negative_distances_best_first(digits, bin64, compiled):
+    """An item's own code is at distance 0: it must rank first with score 0 on both paths."""
+    config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 10}, "exact_rerank": False})
+    ix = CascadeIndex.build(bin64, None, digits["xb"], digits["ids"], config=config)
+    scores, found = ix.search(digits["xb"][:20], 10, compiled=compiled)
+    assert np.all(scores[:, 0] == 0) and np.all(scores <= 0) and np.all(np.diff(scores, axis=1) <= 0)
+    assert np.mean(found[:, 0] == digits["ids"][:20]) >= 0.9

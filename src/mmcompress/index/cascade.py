@@ -466,8 +466,9 @@ class CascadeIndex:
         params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine,
                       nprobe=nprobe or cfg.coarse.nprobe,
                       excl=self._exclusions(st, modality),
-                      compiled=(cfg.compiled_scan if compiled is None else compiled)
-                      and self._compiled_applies(st, use_fine))
+                      compiled=(cfg.compiled_scan if compiled is None else compiled))
+        params["compiled_coarse"] = params["compiled"] and self._compiled_coarse_applies(st)
+        params["compiled"] = params["compiled"] and self._compiled_applies(st, use_fine)
         per_chunk = max(1, min(256, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
         chunks = [slice(s, min(s + per_chunk, len(Q))) for s in range(0, len(Q), per_chunk)]
 
@@ -539,12 +540,17 @@ class CascadeIndex:
         self._exclusion_cache[key] = excl
         return excl
 
+    def _compiled_coarse_applies(self, st: _State) -> bool:
+        """Whether the compiled kernel can run the coarse stage: binary coarse codes in whole
+        64-bit words and no pending delta segment."""
+        return (kernels.AVAILABLE and st.delta is None and getattr(self.coarse_codec, "is_binary", False)
+                and self.coarse_codec.code_size % 8 == 0)
+
     def _compiled_applies(self, st: _State, use_fine: bool) -> bool:
-        """Whether the compiled kernel can run both first stages: binary coarse codes in whole
-        64-bit words, a sign-table fine stage, no pending delta segment."""
-        return (kernels.AVAILABLE and use_fine and st.delta is None
-                and getattr(self.coarse_codec, "is_binary", False) and self.coarse_codec.code_size % 8 == 0
-                and self.config.fine.scoring == "adc" and self.sign_scorer is not None)
+        """Whether the compiled kernel can run both first stages: the coarse stage, then a
+        sign-table fine stage."""
+        return (use_fine and self._compiled_coarse_applies(st) and self.config.fine.scoring == "adc"
+                and self.sign_scorer is not None)
 
     def _search_chunk(self, st: _State, Q: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         nq, k = len(Q), p["k"]
@@ -558,7 +564,10 @@ class CascadeIndex:
             stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             stats.seconds["coarse+fine"] = t1 - t0
         else:
-            rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
+            if p["compiled_coarse"]:
+                rows, scores, scanned = self._coarse_compiled(st, Q, p)
+            else:
+                rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
             t1 = time.perf_counter()
             stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
             stats.coarse_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
@@ -579,14 +588,24 @@ class CascadeIndex:
         ids = self._ids_of(st, rows)
         return scores.astype(np.float32, copy=False), ids, stats
 
+    def _probes(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
+        if self.partition is not None:
+            return self.partition.probe(Q, nprobe)
+        return np.zeros((len(Q), 1), dtype=np.int64)
+
+    def _coarse_compiled(self, st: _State, Q: np.ndarray,
+                         p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The coarse popcount selection, compiled; same rows and scores as :meth:`_coarse`."""
+        excl = p["excl"]
+        return kernels.coarse_scan(self.coarse_codec.encode(Q), st.main.coarse, st.main.offsets,
+                                   self._probes(Q, p["nprobe"]), None if excl is None else excl[:st.main.n],
+                                   p["s1"])
+
     def _coarse_fine_compiled(self, st: _State, Q: np.ndarray,
                               p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Coarse popcount selection and sign-table fine scores in one compiled pass."""
-        main, nq = st.main, len(Q)
-        if self.partition is not None:
-            probes = self.partition.probe(Q, p["nprobe"])
-        else:
-            probes = np.zeros((nq, 1), dtype=np.int64)
+        main = st.main
+        probes = self._probes(Q, p["nprobe"])
         keep = p["s2"] if p["exact"] else p["k"]
         lut, const = self.sign_scorer.tables(Q)
         excl = p["excl"]
@@ -677,7 +696,7 @@ class CascadeIndex:
         rows = np.full((nq, s1), -1, dtype=np.int64)
         scores = np.full((nq, s1), -np.inf, dtype=np.float32)
         rows[qi, pos] = r
-        scores[qi, pos] = -dist
+        scores[qi, pos] = -dist.astype(np.float32)  # not -dist: uint8 negation wraps
         return rows, scores, width
 
     def _coarse_generic(self, st: _State, Q: np.ndarray, probes: np.ndarray, s1: int,

@@ -120,16 +120,22 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             a = offsets[c]
             for y in range(offsets[c + 1] - a):
                 dv = dist[x + y]
-                if dv <= t:  # rare: one compare per row on the common path
-                    if dv < t:
-                        sel[m] = a + y
-                        m += 1
-                    elif ties > 0:
+                if dv <= t and (dv < t or ties > 0):  # rare: one compare per row on the common path
+                    if dv == t:
                         ties -= 1
-                        sel[m] = a + y
-                        m += 1
+                    sel[m] = a + y
+                    score[m] = -np.float32(dv)
+                    m += 1
             x += offsets[c + 1] - a
         kept[i] = m
+        if n_fine == 0:  # coarse stage only: the kept rows in scan order, scored by -distance
+            for x in range(min(m, s2)):
+                out_rows[i, x] = sel[x]
+                out_scores[i, x] = score[x]
+            for x in range(min(m, s2), s2):
+                out_rows[i, x] = -1
+                out_scores[i, x] = -np.inf
+            continue
         # fine stage: sign look-up-table scores of the kept rows, then their best s2
         for x in range(m):
             r = sel[x]
@@ -169,6 +175,17 @@ if AVAILABLE:
     _record = numba.njit(cache=True, nogil=True, inline="always")(_record)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
+
+
+def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
+                excl: np.ndarray | None, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The coarse stage alone (for a fine stage the kernel does not score): rows (nq, s1) in
+    scan order with -1 padding, their scores ``-distance`` (-inf padding), items scanned."""
+    nq = len(qcodes)
+    rows, scores, scanned, _ = coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1,
+                                                np.zeros((1, 0), np.uint8), np.zeros((nq, 0), np.float32),
+                                                np.zeros(nq, np.float32), s1)
+    return rows, scores, scanned
 
 
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
