@@ -113,7 +113,7 @@ def test_compiled_coarse_stage_matches_numpy_before_another_fine_codec(digits, b
     assert ix._compiled_coarse_applies(st) and not ix._compiled_applies(st, True)
     excl = ix._exclusions(st, "text")
     p = {"nprobe": 6, "excl": excl, "s1": 150}
-    rows_c, scores_c, scanned_c = ix._coarse_compiled(st, digits["xq"], p)
+    rows_c, scores_c, scanned_c, _ = ix._compiled_scan(st, digits["xq"], p, fine=False)
     rows_n, scores_n, scanned_n = ix._coarse(st, digits["xq"], 150, 6, excl)
     np.testing.assert_array_equal(rows_c, rows_n)
     np.testing.assert_array_equal(scores_c, scores_n)

@@ -465,10 +465,10 @@ class CascadeIndex:
             s1 = k
         params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine,
                       nprobe=nprobe or cfg.coarse.nprobe,
-                      excl=self._exclusions(st, modality),
-                      compiled=(cfg.compiled_scan if compiled is None else compiled))
-        params["compiled_coarse"] = params["compiled"] and self._compiled_coarse_applies(st)
-        params["compiled"] = params["compiled"] and self._compiled_applies(st, use_fine)
+                      excl=self._exclusions(st, modality))
+        want_compiled = cfg.compiled_scan if compiled is None else compiled
+        params["compiled_coarse"] = want_compiled and self._compiled_coarse_applies(st)
+        params["compiled"] = want_compiled and self._compiled_applies(st, use_fine)
         per_chunk = max(1, min(256, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
         chunks = [slice(s, min(s + per_chunk, len(Q))) for s in range(0, len(Q), per_chunk)]
 
@@ -557,7 +557,7 @@ class CascadeIndex:
         stats = SearchStats(n_queries=nq)
         t0 = time.perf_counter()
         if p["compiled"]:
-            rows, scores, scanned, kept = self._coarse_fine_compiled(st, Q, p)
+            rows, scores, scanned, kept = self._compiled_scan(st, Q, p, fine=True)
             t1 = t2 = time.perf_counter()
             stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
             stats.coarse_shortlist = float(kept.sum()) / nq if nq else 0.0
@@ -565,7 +565,7 @@ class CascadeIndex:
             stats.seconds["coarse+fine"] = t1 - t0
         else:
             if p["compiled_coarse"]:
-                rows, scores, scanned = self._coarse_compiled(st, Q, p)
+                rows, scores, scanned, _ = self._compiled_scan(st, Q, p, fine=False)
             else:
                 rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
             t1 = time.perf_counter()
@@ -589,29 +589,24 @@ class CascadeIndex:
         return scores.astype(np.float32, copy=False), ids, stats
 
     def _probes(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
+        """The cells each query scans (nq, nprobe); the single cell 0 when unpartitioned."""
         if self.partition is not None:
             return self.partition.probe(Q, nprobe)
         return np.zeros((len(Q), 1), dtype=np.int64)
 
-    def _coarse_compiled(self, st: _State, Q: np.ndarray,
-                         p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The coarse popcount selection, compiled; same rows and scores as :meth:`_coarse`."""
-        excl = p["excl"]
-        return kernels.coarse_scan(self.coarse_codec.encode(Q), st.main.coarse, st.main.offsets,
-                                   self._probes(Q, p["nprobe"]), None if excl is None else excl[:st.main.n],
-                                   p["s1"])
-
-    def _coarse_fine_compiled(self, st: _State, Q: np.ndarray,
-                              p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Coarse popcount selection and sign-table fine scores in one compiled pass."""
-        main = st.main
-        probes = self._probes(Q, p["nprobe"])
-        keep = p["s2"] if p["exact"] else p["k"]
+    def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *,
+                       fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The compiled coarse popcount selection (the same rows and scores as :meth:`_coarse`),
+        and with ``fine`` the sign-table scores of the shortlist in the same pass: rows, scores,
+        items scanned and kept by the coarse stage, per query."""
+        main, excl = st.main, p["excl"]
+        args = (self.coarse_codec.encode(Q), main.coarse, main.offsets, self._probes(Q, p["nprobe"]),
+                None if excl is None else excl[:main.n], p["s1"])
+        if not fine:
+            return kernels.coarse_scan(*args)
         lut, const = self.sign_scorer.tables(Q)
-        excl = p["excl"]
-        return kernels.coarse_fine_scan(self.coarse_codec.encode(Q), main.coarse, main.offsets, probes,
-                                        None if excl is None else excl[:main.n], p["s1"],
-                                        getattr(main, self._fine_attr), lut, const, keep)
+        return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), lut, const,
+                                        p["s2"] if p["exact"] else p["k"])
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
                 excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -619,12 +614,8 @@ class CascadeIndex:
         and how many items each query scanned."""
         main, delta = st.main, st.delta
         nq = len(Q)
-        if self.partition is not None:
-            probes = self.partition.probe(Q, nprobe)
-            lens = main.offsets[probes + 1] - main.offsets[probes]
-        else:
-            probes = np.zeros((nq, 1), dtype=np.int64)
-            lens = np.full((nq, 1), main.n, dtype=np.int64)
+        probes = self._probes(Q, nprobe)
+        lens = main.offsets[probes + 1] - main.offsets[probes]  # one cell [0, n) when unpartitioned
         nd = delta.n if delta is not None else 0
         if not getattr(self.coarse_codec, "is_binary", False):
             return self._coarse_generic(st, Q, probes, s1, excl)

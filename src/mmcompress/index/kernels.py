@@ -178,14 +178,13 @@ if AVAILABLE:
 
 
 def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
-                excl: np.ndarray | None, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                excl: np.ndarray | None, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The coarse stage alone (for a fine stage the kernel does not score): rows (nq, s1) in
-    scan order with -1 padding, their scores ``-distance`` (-inf padding), items scanned."""
+    scan order with -1 padding, their scores ``-distance`` (-inf padding), items scanned and
+    kept per query."""
     nq = len(qcodes)
-    rows, scores, scanned, _ = coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1,
-                                                np.zeros((1, 0), np.uint8), np.zeros((nq, 0), np.float32),
-                                                np.zeros(nq, np.float32), s1)
-    return rows, scores, scanned
+    return coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1, np.zeros((1, 0), np.uint8),
+                            np.zeros((nq, 0), np.float32), np.zeros(nq, np.float32), s1)
 
 
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
