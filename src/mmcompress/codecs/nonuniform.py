@@ -111,15 +111,16 @@ def marginal_gain(distortion: np.ndarray, bits: np.ndarray) -> float:
     return float((D[used, b - 1] - D[used, b]).min())
 
 
-def allocate_bits(distortion: np.ndarray, weights: np.ndarray, total_bits: int) -> np.ndarray:
-    """Greedy marginal allocation of ``total_bits`` over dims; distortion is (d, max_bits + 1)."""
-    d, width = distortion.shape
-    D = np.minimum.accumulate(distortion, axis=1)
+def allocate_bits(cost: np.ndarray, total_bits: int) -> np.ndarray:
+    """Greedy marginal allocation of ``total_bits`` over dims; ``cost`` (d, max_bits + 1) is
+    each dimension's (already weighted) error, or error plus priced entropy, per bit depth."""
+    d, width = cost.shape
+    D = np.minimum.accumulate(cost, axis=1)
     bits = np.zeros(d, dtype=np.int64)
     rows = np.arange(d)
     for _ in range(total_bits):
         room = bits < width - 1
-        gain = np.where(room, weights * (D[rows, bits] - D[rows, np.minimum(bits + 1, width - 1)]), -np.inf)
+        gain = np.where(room, D[rows, bits] - D[rows, np.minimum(bits + 1, width - 1)], -np.inf)
         bits[int(np.argmax(gain))] += 1
     return bits
 
@@ -196,11 +197,11 @@ class NonUniformQuantizer(Codec):
                   for key, v in tables.items()}
         weights = (Xs * Xs).mean(axis=0) if self.metric == "ip" else np.ones(d)
         weighted = weights[:, None, None] * distortion
-        bits = allocate_bits(weighted[:, :, 0], np.ones(d), total)
+        bits = allocate_bits(weighted[:, :, 0], total)
         if self.entropy_weight > 0:
             price = self.entropy_weight * marginal_gain(weighted[:, :, 0], bits)
             cost = weighted + price * entropy
-            bits = allocate_bits(cost.min(axis=2), np.ones(d), total)
+            bits = allocate_bits(cost.min(axis=2), total)
             choice = cost.argmin(axis=2)[np.arange(d), bits]
         else:
             choice = np.zeros(d, dtype=np.int64)
