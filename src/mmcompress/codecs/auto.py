@@ -178,9 +178,10 @@ class AutoCodec(Codec):
             t0 = time.perf_counter()
             self.chosen_ = make_codec(entry["spec"], metric=self.metric, random_state=self.random_state,
                                       max_train_rows=self.max_train_rows, **self.options)
-            self.chosen_.fit(subsample_rows(X, self.max_train_rows, self.random_state + 1))
+            rows = subsample_rows(X, self.max_train_rows, self.random_state + 1)
+            self.chosen_.fit(rows)
             entry["refit_seconds"] = round(time.perf_counter() - t0, 3)
-            entry["refit_rows"] = min(n, self.max_train_rows)
+            entry["refit_rows"] = len(rows)
         self.auto_report_ = report
         if self.keep_candidates:
             self.candidates_ = fitted
