@@ -606,7 +606,7 @@ class CascadeIndex:
             return kernels.coarse_scan(*args)
         lut, const = self.sign_scorer.tables(Q)
         return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), lut, const,
-                                        p["s2"] if p["exact"] else p["k"])
+                                        p["s2"] if p["exact"] else p["k"], ordered=not p["exact"])
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
                 excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

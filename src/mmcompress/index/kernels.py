@@ -33,54 +33,107 @@ def _popcount64(x: np.uint64) -> np.uint64:
     return (x * _H01) >> _56
 
 
-def _record(dv: np.uint16, excluded: bool, excluded_bin: int, dist: np.ndarray, w: int,
-            hist: np.ndarray) -> int:
-    """Store one row's distance (the last bin if excluded) and count it; the next position."""
-    if excluded:
-        dv = np.uint16(excluded_bin)
-    dist[w] = dv
-    hist[w & 3, dv] += 1
-    return w + 1
-
-
-def _cell_distances(q: np.ndarray, words: np.ndarray, a: int, b: int, excl: np.ndarray, has_excl: bool,
-                    excluded_bin: int, dist: np.ndarray, w: int, hist: np.ndarray) -> int:
-    """Distances of rows ``a:b`` into ``dist[w:]`` and ``hist``; returns the next free position.
-    Codes of 1, 2 and 4 words get unrolled loops: the generic loop over words runs at half the
-    speed (its trip count is not known when the kernel compiles)."""
+def _cell_distances(q: np.ndarray, words: np.ndarray, a: int, b: int, dist: np.ndarray, w: int) -> None:
+    """Hamming distances of rows ``a:b`` into ``dist[w:w + b - a]``. A loop with nothing in it but
+    the popcounts and the store; codes of 1, 2 and 4 words get unrolled loops (the generic loop
+    over words runs at half the speed: its trip count is not known when the kernel compiles)."""
     n_words = q.shape[0]
     if n_words == 2:
         q0, q1 = q[0], q[1]
         for r in range(a, b):
-            d = _popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
-            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
+            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1]))
     elif n_words == 4:
         q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
         for r in range(a, b):
-            d = (_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
-                 + _popcount64(q2 ^ words[r, 2]) + _popcount64(q3 ^ words[r, 3]))
-            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
+            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
+                                        + _popcount64(q2 ^ words[r, 2]) + _popcount64(q3 ^ words[r, 3]))
     elif n_words == 1:
         q0 = q[0]
         for r in range(a, b):
-            d = _popcount64(q0 ^ words[r, 0])
-            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
+            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]))
     else:
         for r in range(a, b):
             d = np.uint64(0)
             for j in range(n_words):
                 d += _popcount64(q[j] ^ words[r, j])
-            w = _record(np.uint16(d), has_excl and excl[r], excluded_bin, dist, w, hist)
-    return w
+            dist[w + r - a] = np.uint16(d)
+
+
+def _histogram(dist: np.ndarray, w: int, hist: np.ndarray) -> None:
+    """Counts of ``dist[:w]`` per distance into ``hist`` (4 interleaved copies, summed by the
+    caller: consecutive equal distances do not wait on each other's store)."""
+    hist[:, :] = 0
+    x = 0
+    while x + 4 <= w:
+        hist[0, dist[x]] += 1
+        hist[1, dist[x + 1]] += 1
+        hist[2, dist[x + 2]] += 1
+        hist[3, dist[x + 3]] += 1
+        x += 4
+    while x < w:
+        hist[0, dist[x]] += 1
+        x += 1
+
+
+_SELECT_BINS = 1024
+
+
+def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarray, bins: np.ndarray,
+          tied: np.ndarray) -> None:
+    """The ``top`` best of ``score[:m]`` into ``out[:top]`` (positions in ``score``), in scan
+    order but for the threshold's ties, which come last; equal scores keep scan order.
+
+    A histogram over ``_SELECT_BINS`` equal-width bins between the lowest and highest score finds
+    the bin holding the threshold; only that bin's few members are compared. Branch-light: a
+    comparison heap or an introselect mispredicts on most of its steps."""
+    lo = score[0]
+    hi = score[0]
+    for x in range(1, m):
+        lo = min(lo, score[x])
+        hi = max(hi, score[x])
+    top_bin = _SELECT_BINS - 1
+    scale = np.float32(top_bin / (hi - lo)) if hi > lo else np.float32(0.0)
+    counts[:] = 0
+    for x in range(m):
+        bx = min(np.int32((score[x] - lo) * scale), top_bin)
+        bins[x] = bx
+        counts[bx] += 1
+    tb = top_bin
+    need = top
+    while counts[tb] < need:
+        need -= counts[tb]
+        tb -= 1
+    y = 0
+    nt = 0
+    for x in range(m):
+        if bins[x] > tb:
+            out[y] = x
+            y += 1
+        elif bins[x] == tb:
+            tied[nt] = x
+            nt += 1
+    if need < nt:  # the threshold bin's best ``need``: a selection sort of a handful of rows
+        for j in range(need):
+            b = j
+            for z in range(j + 1, nt):
+                sz, sb = score[tied[z]], score[tied[b]]
+                if sz > sb or (sz == sb and tied[z] < tied[b]):
+                    b = z
+            tied[j], tied[b] = tied[b], tied[j]
+    for j in range(need):
+        out[y] = tied[j]
+        y += 1
 
 
 def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
           excl: np.ndarray, s1: int, fine: np.ndarray, lut: np.ndarray, const: np.ndarray, s2: int,
-          out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray, kept: np.ndarray) -> None:
+          ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
+          kept: np.ndarray) -> None:
     nq, n_words = qwords.shape
     n_fine = fine.shape[1]
     has_excl = excl.shape[0] > 0
     n_bins = 64 * n_words + 2  # the last bin holds excluded rows
+    excluded_bin = np.uint16(n_bins - 1)
     width = 0
     for i in range(nq):
         w = 0
@@ -89,18 +142,27 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             w += offsets[c + 1] - offsets[c]
         width = max(width, w)
     dist = np.empty(width, dtype=np.uint16)
-    hist = np.zeros((4, n_bins), dtype=np.int64)  # 4 interleaved copies: no store-to-load stalls
+    hist = np.zeros((4, n_bins), dtype=np.int32)
     sel = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
+    best = np.empty(s2, dtype=np.int64)
+    counts = np.empty(_SELECT_BINS, dtype=np.int32)
+    bins = np.empty(s1, dtype=np.int32)
+    tied = np.empty(s1, dtype=np.int64)
     for i in range(nq):
-        hist[:, :] = 0
-        # pass 1: distances of every probed row, in scan order, and their histogram
+        # pass 1: distances of every probed row, in scan order, then their histogram
         w = 0
         for p in range(probes.shape[1]):
             c = probes[i, p]
-            w = _cell_distances(qwords[i], words, offsets[c], offsets[c + 1], excl, has_excl,
-                                n_bins - 1, dist, w, hist)
+            a, b = offsets[c], offsets[c + 1]
+            _cell_distances(qwords[i], words, a, b, dist, w)
+            if has_excl:
+                for r in range(a, b):
+                    if excl[r]:
+                        dist[w + r - a] = excluded_bin
+            w += b - a
         scanned[i] = w
+        _histogram(dist, w, hist)
         # counting selection: the threshold distance, then rows below it and the first ties
         n_valid = w - (hist[0, n_bins - 1] + hist[1, n_bins - 1] + hist[2, n_bins - 1] + hist[3, n_bins - 1])
         keep = min(s1, n_valid)
@@ -128,43 +190,29 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                     m += 1
             x += offsets[c + 1] - a
         kept[i] = m
+        top = min(s2, m)
         if n_fine == 0:  # coarse stage only: the kept rows in scan order, scored by -distance
-            for x in range(min(m, s2)):
+            for x in range(top):
                 out_rows[i, x] = sel[x]
                 out_scores[i, x] = score[x]
-            for x in range(min(m, s2), s2):
-                out_rows[i, x] = -1
-                out_scores[i, x] = -np.inf
-            continue
-        # fine stage: sign look-up-table scores of the kept rows, then their best s2
-        for x in range(m):
-            r = sel[x]
-            s = np.float32(0.0)
-            for j in range(n_fine):
-                s += lut[i, j * 256 + fine[r, j]]
-            score[x] = s + const[i]
-        top = min(s2, m)
-        if top < m:  # threshold by partition, then sort only the survivors
-            thr = np.partition(score[:m], m - top)[m - top]
-            n_above = 0
+        else:  # fine stage: sign look-up-table scores of the kept rows, then their best s2
+            L = lut[i]
             for x in range(m):
-                if score[x] > thr:
-                    n_above += 1
-            ties = top - n_above
-            cand = np.empty(top, dtype=np.int64)
-            y = 0
-            for x in range(m):
-                if score[x] > thr or (score[x] == thr and ties > 0):
-                    if score[x] == thr:
-                        ties -= 1
-                    cand[y] = x
-                    y += 1
-        else:
-            cand = np.arange(m)
-        order = np.argsort(-score[cand], kind="mergesort")
-        for x in range(top):
-            out_rows[i, x] = sel[cand[order[x]]]
-            out_scores[i, x] = score[cand[order[x]]]
+                r = sel[x]
+                s = np.float32(0.0)
+                for j in range(n_fine):
+                    s += L[j * 256 + fine[r, j]]
+                score[x] = s + const[i]
+            if top > 0:
+                _best(score, m, top, best, counts, bins, tied)
+            if ordered:  # best first, equal scores in scan order
+                chosen = np.sort(best[:top])
+                order = np.argsort(-score[chosen], kind="mergesort")
+                for x in range(top):
+                    best[x] = chosen[order[x]]
+            for x in range(top):
+                out_rows[i, x] = sel[best[x]]
+                out_scores[i, x] = score[best[x]]
         for x in range(top, s2):
             out_rows[i, x] = -1
             out_scores[i, x] = -np.inf
@@ -172,8 +220,9 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
 
 if AVAILABLE:
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
-    _record = numba.njit(cache=True, nogil=True, inline="always")(_record)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
+    _histogram = numba.njit(cache=True, nogil=True)(_histogram)
+    _best = numba.njit(cache=True, nogil=True)(_best)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
 
 
@@ -184,20 +233,23 @@ def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, prob
     kept per query."""
     nq = len(qcodes)
     return coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1, np.zeros((1, 0), np.uint8),
-                            np.zeros((nq, 0), np.float32), np.zeros(nq, np.float32), s1)
+                            np.zeros((nq, 0), np.float32), np.zeros(nq, np.float32), s1, ordered=False)
 
 
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
                      excl: np.ndarray | None, s1: int, fine_codes: np.ndarray, lut: np.ndarray,
-                     const: np.ndarray, s2: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     const: np.ndarray, s2: int, *, ordered: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Both stages for a batch of queries.
 
     ``qcodes`` (nq, cs) and ``codes`` (n, cs) are packed binary codes with ``cs % 8 == 0``;
     ``offsets`` bound the cells of ``codes``; ``probes`` (nq, P) the cells each query scans;
     ``excl`` a bool per row to skip (or None); ``fine_codes`` (n, F) uint8 scored through
-    ``lut`` (nq, F * 256) float32 plus ``const`` (nq,). Returns rows (nq, s2) best first with -1
-    padding, their scores (-inf padding), and per query the items in its probed cells (excluded
-    rows included, as the numpy path counts them) and the items the coarse stage kept.
+    ``lut`` (nq, F * 256) float32 plus ``const`` (nq,). Returns rows (nq, s2) with -1 padding,
+    their scores (-inf padding), and per query the items in its probed cells (excluded rows
+    included, as the numpy path counts them) and the items the coarse stage kept. The rows are
+    the ``s2`` best (equal scores: the first scanned), best first when ``ordered``; otherwise
+    in no stated order, for a caller that rescores them anyway (the exact stage).
     """
     nq = len(qcodes)
     qwords = np.ascontiguousarray(qcodes).view(np.uint64)
@@ -210,5 +262,5 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
           np.ascontiguousarray(probes, dtype=np.int64),
           np.zeros(0, dtype=np.bool_) if excl is None else np.ascontiguousarray(excl, dtype=np.bool_),
           int(s1), np.ascontiguousarray(fine_codes), np.ascontiguousarray(lut, dtype=np.float32),
-          np.ascontiguousarray(const, dtype=np.float32), int(s2), out_rows, out_scores, scanned, kept)
+          np.ascontiguousarray(const, dtype=np.float32), int(s2), bool(ordered), out_rows, out_scores, scanned, kept)
     return out_rows, out_scores, scanned, kept
