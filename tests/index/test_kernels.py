@@ -10,6 +10,7 @@ from mmcompress.evaluation.metrics import recall_at_k
 from mmcompress.index import CascadeConfig, CascadeIndex, kernels
 from mmcompress.index.cascade import smallest_counts
 from mmcompress.index.hamming import hamming_distances
+from mmcompress.index.signscan import sign_tables
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
@@ -24,10 +25,11 @@ def test_kernel_selection_and_scores_match_a_direct_computation():
     offsets = np.array([0, 700, 1500, 2200, n])
     probes = np.array([[2, 0, 3]] * (nq // 2) + [[1, 3, 2]] * (nq - nq // 2))
     excl = rng.random(n) < 0.1
-    lut = rng.standard_normal((nq, cs * 256)).astype(np.float32)
+    proj = rng.standard_normal((nq, cs * 8)).astype(np.float32)
+    lut = sign_tables(proj)
     const = rng.standard_normal(nq).astype(np.float32)
     rows, scores, scanned, kept = kernels.coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1,
-                                                           codes, lut, const, s2)
+                                                           codes, proj, const, s2)
     off = np.arange(cs) * 256
     for i in range(nq):
         scan = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in probes[i]])
@@ -41,13 +43,37 @@ def test_kernel_selection_and_scores_match_a_direct_computation():
         assert set(rows[i]) == set(chosen[best])
         np.testing.assert_allclose(scores[i], full[best], rtol=1e-5, atol=1e-5)
         assert np.all(np.diff(scores[i]) <= 0)
+    unordered = kernels.coarse_fine_scan(qcodes, codes, offsets, probes, excl, s1, codes, proj, const, s2,
+                                         ordered=False)
+    for i in range(nq):  # the same rows and scores, in another order
+        assert sorted(unordered[0][i]) == sorted(rows[i])
+        np.testing.assert_array_equal(np.sort(unordered[1][i]), np.sort(scores[i]))
+
+
+def test_sign_tables_sum_the_signed_projections_of_each_byte():
+    rng = np.random.default_rng(1)
+    proj = rng.standard_normal((3, 16)).astype(np.float32)
+    lut = sign_tables(proj).reshape(3, 2, 256)
+    signs = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64) * 2 - 1
+    for j in range(2):
+        want = proj[:, 8 * j:8 * j + 8].astype(np.float64) @ signs.T
+        np.testing.assert_allclose(lut[:, j], want, rtol=1e-5, atol=1e-5)
+
+
+def test_fine_selection_keeps_equal_scores_in_scan_order():
+    codes = np.zeros((50, 8), dtype=np.uint8)  # one code: every row scores the same
+    codes[[3, 30]] = 255
+    proj = np.ones((1, 64), np.float32)
+    rows, scores, _, _ = kernels.coarse_fine_scan(codes[:1], codes, np.array([0, 50]), np.zeros((1, 1), np.int64),
+                                                  None, 50, codes, proj, np.zeros(1, np.float32), 5)
+    assert list(rows[0]) == [3, 30, 0, 1, 2]  # the two all-ones codes first, then ties in scan order
 
 
 def test_short_candidate_lists_are_padded():
     codes = np.arange(5 * 8, dtype=np.uint8).reshape(5, 8)
     rows, scores, scanned, kept = kernels.coarse_fine_scan(
         codes[:1], codes, np.array([0, 5]), np.zeros((1, 1), np.int64), None, 10, codes,
-        np.zeros((1, 8 * 256), np.float32), np.zeros(1, np.float32), 7)
+        np.zeros((1, 64), np.float32), np.zeros(1, np.float32), 7)
     assert scanned[0] == 5 and kept[0] == 5
     assert sorted(rows[0][:5]) == [0, 1, 2, 3, 4] and list(rows[0][5:]) == [-1, -1]
     assert np.all(np.isneginf(scores[0][5:]))

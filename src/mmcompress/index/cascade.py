@@ -604,8 +604,8 @@ class CascadeIndex:
                 None if excl is None else excl[:main.n], p["s1"])
         if not fine:
             return kernels.coarse_scan(*args)
-        lut, const = self.sign_scorer.tables(Q)
-        return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), lut, const,
+        proj, const = self.sign_scorer.projections(Q)
+        return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), proj, const,
                                         p["s2"] if p["exact"] else p["k"], ordered=not p["exact"])
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,

@@ -125,8 +125,25 @@ def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarr
         y += 1
 
 
+def _sign_tables(p: np.ndarray, lut: np.ndarray) -> None:
+    """One query's look-up tables from its projections, in the order of
+    :func:`mmcompress.index.signscan.sign_tables` (bit-identical results)."""
+    two = np.float32(2)
+    for j in range(p.shape[0] // 8):
+        base = 256 * j
+        acc = -p[8 * j]
+        for b in range(1, 8):
+            acc = acc - p[8 * j + b]
+        lut[base] = acc
+        for t in range(8):
+            half = 1 << t
+            pt = two * p[8 * j + 7 - t]
+            for v in range(half):
+                lut[base + half + v] = lut[base + v] + pt
+
+
 def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
-          excl: np.ndarray, s1: int, fine: np.ndarray, lut: np.ndarray, const: np.ndarray, s2: int,
+          excl: np.ndarray, s1: int, fine: np.ndarray, proj: np.ndarray, const: np.ndarray, s2: int,
           ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
           kept: np.ndarray) -> None:
     nq, n_words = qwords.shape
@@ -149,6 +166,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     counts = np.empty(_SELECT_BINS, dtype=np.int32)
     bins = np.empty(s1, dtype=np.int32)
     tied = np.empty(s1, dtype=np.int64)
+    L = np.empty(256 * n_fine, dtype=np.float32)
     for i in range(nq):
         # pass 1: distances of every probed row, in scan order, then their histogram
         w = 0
@@ -196,7 +214,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 out_rows[i, x] = sel[x]
                 out_scores[i, x] = score[x]
         else:  # fine stage: sign look-up-table scores of the kept rows, then their best s2
-            L = lut[i]
+            _sign_tables(proj[i], L)
             for x in range(m):
                 r = sel[x]
                 s = np.float32(0.0)
@@ -223,6 +241,7 @@ if AVAILABLE:
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
     _histogram = numba.njit(cache=True, nogil=True)(_histogram)
     _best = numba.njit(cache=True, nogil=True)(_best)
+    _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
 
 
@@ -237,15 +256,16 @@ def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, prob
 
 
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
-                     excl: np.ndarray | None, s1: int, fine_codes: np.ndarray, lut: np.ndarray,
+                     excl: np.ndarray | None, s1: int, fine_codes: np.ndarray, proj: np.ndarray,
                      const: np.ndarray, s2: int, *, ordered: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Both stages for a batch of queries.
 
     ``qcodes`` (nq, cs) and ``codes`` (n, cs) are packed binary codes with ``cs % 8 == 0``;
     ``offsets`` bound the cells of ``codes``; ``probes`` (nq, P) the cells each query scans;
-    ``excl`` a bool per row to skip (or None); ``fine_codes`` (n, F) uint8 scored through
-    ``lut`` (nq, F * 256) float32 plus ``const`` (nq,). Returns rows (nq, s2) with -1 padding,
+    ``excl`` a bool per row to skip (or None); ``fine_codes`` (n, F) uint8 sign codes scored
+    through look-up tables built from ``proj`` (nq, 8 F), the query's projections on the sign
+    directions (:meth:`~mmcompress.index.signscan.SignLUTScorer.projections`), plus ``const`` (nq,). Returns rows (nq, s2) with -1 padding,
     their scores (-inf padding), and per query the items in its probed cells (excluded rows
     included, as the numpy path counts them) and the items the coarse stage kept. The rows are
     the ``s2`` best (equal scores: the first scanned), best first when ``ordered``; otherwise
@@ -261,6 +281,6 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     _scan(qwords, words, np.ascontiguousarray(offsets, dtype=np.int64),
           np.ascontiguousarray(probes, dtype=np.int64),
           np.zeros(0, dtype=np.bool_) if excl is None else np.ascontiguousarray(excl, dtype=np.bool_),
-          int(s1), np.ascontiguousarray(fine_codes), np.ascontiguousarray(lut, dtype=np.float32),
+          int(s1), np.ascontiguousarray(fine_codes), np.ascontiguousarray(proj, dtype=np.float32),
           np.ascontiguousarray(const, dtype=np.float32), int(s2), bool(ordered), out_rows, out_scores, scanned, kept)
     return out_rows, out_scores, scanned, kept

@@ -14,9 +14,6 @@ import numpy as np
 
 from mmcompress.codecs.base import Codec
 
-#: byte value -> its 8 signs, most significant bit first (the packing of ``np.packbits``)
-SIGNS8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
-
 
 class SignLUTScorer:
     """Scores ``q . decode(code)`` (``ip``) or ``-|q - decode(code)|^2`` (``l2``) from sign codes."""
@@ -64,18 +61,20 @@ class SignLUTScorer:
                 return None
         return cls(mean, A, codec.metric, dtype=dtype)
 
-    def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: (code_size * 256) look-up table and the constant term."""
+    def projections(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the projection on each sign direction (nq, bits) and the constant term;
+        ``sign_tables`` expands the projections into look-up tables."""
         Q = np.asarray(Q, dtype=np.float32)
         A = self.A if self.A.dtype == np.float32 else self.A.astype(np.float32)
         if self.metric == "ip":
-            proj, const = Q @ A.T, Q @ self.mean
-        else:
-            proj = 2 * (Q - self.mean) @ A.T
-            const = 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
-        nq = len(Q)
-        lut = np.matmul(proj.reshape(nq, self.code_size, 1, 8), SIGNS8.T[None, None])  # (nq, cs, 1, 256)
-        return lut.reshape(nq, self.code_size * 256), const
+            return Q @ A.T, Q @ self.mean
+        proj = 2 * (Q - self.mean) @ A.T
+        return proj, 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
+
+    def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: (code_size * 256) look-up table and the constant term."""
+        proj, const = self.projections(Q)
+        return sign_tables(proj), const
 
     def scores(self, Q: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """``codes`` (nq, s, code_size) uint8, one shortlist per query -> scores (nq, s)."""
@@ -87,3 +86,23 @@ class SignLUTScorer:
         for i in range(nq):  # row by row: 1-D gathers are several times faster than a 2-D one
             out[i] = lut[i][codes[i].astype(np.intp) + off].sum(axis=1)
         return out + const[:, None]
+
+
+def sign_tables(proj: np.ndarray) -> np.ndarray:
+    """Look-up tables (nq, bits * 32) from projections (nq, bits): entry ``256 j + v`` is the sum
+    over byte ``j``'s 8 projections signed by the bits of ``v`` (most significant first).
+
+    Built by doubling: all signs negative for ``v = 0``, then setting bit ``t`` adds twice the
+    projection it flips, so ``[2^t, 2^(t+1))`` is ``[0, 2^t)`` shifted. The compiled kernel builds
+    its tables with the same additions in the same order, so both paths score bit-identically.
+    """
+    nq, bits = proj.shape
+    p = np.asarray(proj, dtype=np.float32).reshape(nq, bits // 8, 8)
+    lut = np.empty((nq, bits // 8, 256), dtype=np.float32)
+    acc = -p[:, :, 0]
+    for b in range(1, 8):
+        acc = acc - p[:, :, b]
+    lut[:, :, 0] = acc
+    for t in range(8):
+        lut[:, :, 1 << t:2 << t] = lut[:, :, :1 << t] + np.float32(2) * p[:, :, 7 - t, None]
+    return lut.reshape(nq, bits * 32)
