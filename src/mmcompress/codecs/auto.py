@@ -211,6 +211,13 @@ class AutoCodec(Codec):
     def search_hamming(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.chosen_.search_hamming(codes, queries, k)  # type: ignore[attr-defined]
 
+    def search_tables(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        self._check_fitted()
+        return self.chosen_.search_tables(queries)
+
+    def _scan_norms(self, codes: np.ndarray) -> np.ndarray:
+        return self.chosen_._scan_norms(codes)
+
     # ---- state -----------------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = self.chosen_._get_state()

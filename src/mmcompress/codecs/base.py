@@ -167,6 +167,31 @@ class Codec(ABC):
             raise CodecError("cannot search an empty code array")
         return self._search(codes, queries, min(k, len(codes)))
 
+    def search_tables(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The :meth:`search` score as look-up tables, for codecs whose score is one per code byte
+        plus a norm term: ``(tables (nq, code_size * 256), const (nq,), norm_coef)`` with
+
+            score(q, code) = sum_j tables[q, 256 j + code[j]] + const[q] - norm_coef * scan_norms(code)
+
+        so an index that stores each item's :meth:`scan_norms` once scores any shortlist by
+        gathers. None where the score is not of that form (learned, non-additive codes).
+        """
+        self._check_fitted()
+        queries = check_vectors(queries, d=self.d_, name="queries")
+        w = 0.5 if self.metric == "l2" else float(getattr(self, "norm_weight_", 0.0))
+        got = self._scan_tables(queries, w)
+        if got is None:
+            return None
+        tables, const = got
+        if self.metric == "l2":  # 2 (q.x - |x|^2 / 2) - |q|^2
+            return 2 * tables, 2 * const - (queries * queries).sum(axis=1), 1.0
+        return tables, const + np.float32(w), w
+
+    def scan_norms(self, codes: np.ndarray) -> np.ndarray:
+        """Per code, the squared norm the scan's norm term uses (float32, (n,))."""
+        self._check_fitted()
+        return self._scan_norms(check_codes(codes, self.code_size))
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted codec as data (JSON header + .npz arrays, versioned, checksummed)."""
         from mmcompress.codecs.io import save_codec
@@ -227,6 +252,18 @@ class Codec(ABC):
             return np.hstack([X, (X * X).sum(axis=1, keepdims=True)])
 
         return chunked_search(decode_aug, codes, aug_q, k, "ip")
+
+    def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(tables, const)`` with ``_scan``'s score ``= sum_j tables[256 j + code_j] + const
+        - norm_weight * _scan_norms(code)``; None (the default) where the scan is not separable."""
+        return None
+
+    def _scan_norms(self, codes: np.ndarray) -> np.ndarray:
+        out = np.empty(len(codes), dtype=np.float32)
+        for s in range(0, len(codes), 65536):
+            X = self._decode(codes[s:s + 65536]).astype(np.float64)
+            out[s:s + len(X)] = (X * X).sum(axis=1)
+        return out
 
     @abstractmethod
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -145,6 +145,17 @@ class ProductQuantizer(FaissCodesCodec):
         index.do_polysemous_training = False
         return index
 
+    def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
+        import faiss
+
+        if self.nbits != 8:
+            return None
+        pq = self.index_.pq
+        cents = faiss.vector_to_array(pq.centroids).reshape(self.M, 256, pq.dsub)
+        sub = queries.reshape(len(queries), self.M, pq.dsub)
+        tables = np.einsum("qmd,mvd->qmv", sub, cents, optimize=True).astype(np.float32)
+        return tables.reshape(len(queries), self.M * 256), np.zeros(len(queries), np.float32)
+
     def additive_codebooks(self) -> np.ndarray | None:
         """(M, 256, d) full-width codewords (zero outside each sub-vector), for additive scans."""
         import faiss
@@ -157,6 +168,12 @@ class ProductQuantizer(FaissCodesCodec):
         for m in range(self.M):
             out[m, :, m * pq.dsub:(m + 1) * pq.dsub] = cents[m]
         return out
+
+
+def codebook_tables(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """``q . C_m[v]`` for every codebook ``m`` and entry ``v``: (nq, M * K) from (M, K, d) books."""
+    M, K, d = codebooks.shape
+    return np.ascontiguousarray(queries, dtype=np.float32) @ codebooks.reshape(M * K, d).T
 
 
 class AdditiveScan:
@@ -272,6 +289,11 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
 
     def additive_codebooks(self) -> np.ndarray | None:
         return None if self._scanner is None else self._scanner.codebooks
+
+    def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._scanner is None:
+            return None
+        return codebook_tables(queries, self._scanner.codebooks), np.zeros(len(queries), np.float32)
 
     def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
               norm_weight: float) -> tuple[np.ndarray, np.ndarray]:

@@ -98,6 +98,22 @@ class TransformedCodec(Codec):
         const = queries @ self._c - norm_weight * float(self._c @ self._c)
         return D + const[:, None].astype(np.float32), ids
 
+    def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The quantizer's tables for the mapped queries, as :meth:`_scan` maps them."""
+        if not self._orthonormal:
+            return None
+        mapped = np.ascontiguousarray((queries - 2.0 * norm_weight * self._c) @ self._B.T, dtype=np.float32)
+        got = self.quantizer._scan_tables(mapped, norm_weight)
+        if got is None:
+            return None
+        const = queries @ self._c - norm_weight * float(self._c @ self._c)
+        return got[0], got[1] + const.astype(np.float32)
+
+    def _scan_norms(self, codes: np.ndarray) -> np.ndarray:
+        if not self._orthonormal:
+            return super()._scan_norms(codes)
+        return self.quantizer._scan_norms(codes)
+
     def search_hamming(self, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming scan of a binary quantizer with the queries mapped through the transforms."""
         if not self.is_binary:

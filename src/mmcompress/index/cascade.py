@@ -44,7 +44,7 @@ from mmcompress.index import kernels
 from mmcompress.index.config import CascadeConfig
 from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
-from mmcompress.index.signscan import SignLUTScorer
+from mmcompress.index.signscan import SignLUTScorer, table_scores
 
 FORMAT_VERSION = 1
 KIND = "cascade_index"
@@ -105,6 +105,7 @@ class _Segment:
     masks: np.ndarray
     offsets: np.ndarray
     cells: np.ndarray | None = None  # delta only: the coarse cell of each row
+    fine_norms: np.ndarray | None = None  # the fine codec's norm term per row, computed on first use
     id_sorted: np.ndarray | None = None
     id_order: np.ndarray | None = None
 
@@ -785,6 +786,15 @@ class CascadeIndex:
             codes[valid] = self._take(st, self._fine_attr, rows[valid])
             S = np.where(valid, scorer.scores(Q, codes), -np.inf).astype(np.float32)
             return _top(rows, S, keep)
+        tables = self.fine_codec.search_tables(Q) if self._fine_norm_coef is not None else None
+        if tables is not None:  # additive codes: gathers from per-query tables, stored norms
+            lut, const, coef = tables
+            codes = np.zeros(rows.shape + (self.fine_codec.code_size,), dtype=np.uint8)
+            codes[valid] = self._take(st, self._fine_attr, rows[valid])
+            S = table_scores(lut, codes) + const[:, None].astype(np.float32)
+            if coef:
+                S[valid] -= np.float32(coef) * self._fine_norms_of(st, rows[valid])
+            return _top(rows, np.where(valid, S, -np.inf).astype(np.float32), keep)
         nq = len(Q)
         out_rows = np.full((nq, keep), -1, dtype=np.int64)
         out_scores = np.full((nq, keep), -np.inf, dtype=np.float32)
@@ -798,6 +808,37 @@ class CascadeIndex:
             out_rows[i, :m] = r[pos[0][ok]]
             out_scores[i, :m] = dist[0][ok]
         return out_rows, out_scores
+
+    @property
+    def _fine_norm_coef(self) -> float | None:
+        """The norm coefficient of the fine codec's table form (0 when it scores no norm term),
+        or None when its score has no table form and each shortlist goes through its search."""
+        if not hasattr(self, "_fine_coef"):
+            with self._lock:
+                if not hasattr(self, "_fine_coef"):
+                    got = (self.fine_codec.search_tables(np.zeros((1, self.d_), np.float32))
+                           if self.fine_codec is not None and self.sign_scorer is None else None)
+                    self._fine_coef = None if got is None else float(got[2])
+        return self._fine_coef
+
+    def _segment_fine_norms(self, seg: _Segment) -> np.ndarray:
+        """One segment's fine-code norms, decoded once and kept with the (immutable) segment."""
+        if seg.fine_norms is None:
+            with self._lock:
+                if seg.fine_norms is None:
+                    seg.fine_norms = self.fine_codec.scan_norms(np.asarray(getattr(seg, self._fine_attr)))
+        return seg.fine_norms
+
+    def _fine_norms_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+        main, delta = st.main, st.delta
+        norms = self._segment_fine_norms(main)
+        if delta is None or rows.max() < main.n:
+            return norms[rows]
+        out = np.empty(len(rows), dtype=np.float32)
+        m = rows < main.n
+        out[m] = norms[rows[m]]
+        out[~m] = self._segment_fine_norms(delta)[rows[~m] - main.n]
+        return out
 
     @property
     def _fine_attr(self) -> str:
@@ -940,6 +981,7 @@ class CascadeIndex:
             "fine_codec": 0 if self.fine_shares_coarse else _codec_state_bytes(self.fine_codec),
             "fine_scan_tables": (self.sign_scorer.nbytes if self.config.fine.scoring == "adc"
                                  and self.sign_scorer is not None else 0),
+            "fine_norms": (4 * st.n_rows if self.config.fine.scoring == "adc" and self._fine_norm_coef else 0),
         }
         on_disk = {
             "exact_vectors": sum(s.exact.nbytes for s in segs if s.exact is not None),

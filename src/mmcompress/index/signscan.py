@@ -81,11 +81,18 @@ class SignLUTScorer:
         nq, s, cs = codes.shape
         assert cs == self.code_size and len(Q) == nq, (codes.shape, self.code_size, len(Q))
         lut, const = self.tables(Q)
-        off = np.arange(cs, dtype=np.intp) * 256
-        out = np.empty((nq, s), dtype=np.float32)
-        for i in range(nq):  # row by row: 1-D gathers are several times faster than a 2-D one
-            out[i] = lut[i][codes[i].astype(np.intp) + off].sum(axis=1)
-        return out + const[:, None]
+        return table_scores(lut, codes) + const[:, None]
+
+
+def table_scores(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``sum_j lut[q, 256 j + codes[q, r, j]]``: (nq, s) float32 from per-query tables (nq, cs * 256)
+    and one shortlist of byte codes per query (nq, s, cs)."""
+    nq, s, cs = codes.shape
+    off = np.arange(cs, dtype=np.intp) * 256
+    out = np.empty((nq, s), dtype=np.float32)
+    for i in range(nq):  # row by row: 1-D gathers are several times faster than a 2-D one
+        out[i] = lut[i][codes[i].astype(np.intp) + off].sum(axis=1)
+    return out
 
 
 def sign_tables(proj: np.ndarray) -> np.ndarray:
