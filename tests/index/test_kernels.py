@@ -157,3 +157,11 @@ def test_coarse_only_scores_are_negative_distances_best_first(digits, bin64, com
     scores, found = ix.search(digits["xb"][:20], 10, compiled=compiled)
     assert np.all(scores[:, 0] == 0) and np.all(scores <= 0) and np.all(np.diff(scores, axis=1) <= 0)
     assert np.mean(found[:, 0] == digits["ids"][:20]) >= 0.9
+
+
+def test_best_cells_are_the_highest_scores_best_first_with_ties_by_column():
+    rng = np.random.default_rng(2)
+    S = rng.integers(0, 20, (30, 64)).astype(np.float32)  # many equal scores
+    for nprobe in (1, 5, 64):
+        got = kernels.best_cells(S, nprobe)
+        np.testing.assert_array_equal(got, np.argsort(-S, axis=1, kind="stable")[:, :nprobe])

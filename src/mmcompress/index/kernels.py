@@ -236,6 +236,27 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             out_scores[i, x] = -np.inf
 
 
+def _best_cells(S: np.ndarray, nprobe: int, out: np.ndarray) -> None:
+    """Per row of ``S``, the ``nprobe`` highest columns, best first (equal scores: lower column
+    first), by insertion into a short sorted list: most columns fail the first comparison."""
+    top_s = np.empty(nprobe, dtype=S.dtype)
+    for i in range(S.shape[0]):
+        n = 0
+        for c in range(S.shape[1]):
+            v = S[i, c]
+            if n == nprobe and not v > top_s[n - 1]:
+                continue
+            j = n if n < nprobe else nprobe - 1
+            while j > 0 and v > top_s[j - 1]:
+                top_s[j] = top_s[j - 1]
+                out[i, j] = out[i, j - 1]
+                j -= 1
+            top_s[j] = v
+            out[i, j] = c
+            if n < nprobe:
+                n += 1
+
+
 if AVAILABLE:
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
@@ -243,6 +264,18 @@ if AVAILABLE:
     _best = numba.njit(cache=True, nogil=True)(_best)
     _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
+    _best_cells = numba.njit(cache=True, nogil=True)(_best_cells)
+
+
+def best_cells(S: np.ndarray, nprobe: int) -> np.ndarray:
+    """The ``nprobe`` best-scoring columns of each row of ``S`` (nq, nlist), best first, equal
+    scores in column order: int64 (nq, nprobe), ``nprobe <= nlist``."""
+    S = np.ascontiguousarray(S)
+    if not AVAILABLE:  # pragma: no cover - numba is a project dependency
+        return np.argsort(-S, axis=1, kind="stable")[:, :nprobe].astype(np.int64)
+    out = np.empty((len(S), nprobe), dtype=np.int64)
+    _best_cells(S, int(nprobe), out)
+    return out
 
 
 def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,

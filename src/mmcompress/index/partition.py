@@ -12,6 +12,7 @@ import numpy as np
 
 from mmcompress.codecs.base import check_vectors
 from mmcompress.errors import CodecError
+from mmcompress.index.kernels import best_cells
 
 
 class CoarsePartition:
@@ -61,15 +62,9 @@ class CoarsePartition:
         return out
 
     def probe(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
-        """The ``nprobe`` best cells of each query, best first: int64 (nq, nprobe)."""
-        nprobe = min(nprobe, self.nlist)
-        S = self._scores(Q)
-        if nprobe < self.nlist:
-            part = np.argpartition(-S, nprobe - 1, axis=1)[:, :nprobe]
-        else:
-            part = np.broadcast_to(np.arange(self.nlist), S.shape).copy()
-        order = np.argsort(-np.take_along_axis(S, part, axis=1), axis=1)
-        return np.take_along_axis(part, order, axis=1).astype(np.int64)
+        """The ``nprobe`` best cells of each query, best first (equal scores: lower cell first):
+        int64 (nq, nprobe)."""
+        return best_cells(self._scores(Q), min(nprobe, self.nlist))
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return ({"nlist": self.nlist, "metric": self.metric, "niter": self.niter,
