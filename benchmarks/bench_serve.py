@@ -213,25 +213,26 @@ class ProcessSearcher:
         self.pool.shutdown()
 
 
-def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
+def cascade_grid(n: int) -> list[dict[str, Any]]:
     """Stage settings to try: exhaustive scans, and IVF routing from 200k items up."""
     grid = []
-    for s1, s2 in ([] if n >= 300_000 else [(600, 100), (400, 80)] if not quick else [(600, 100)]):
+    for s1, s2 in ([] if n >= 300_000 else [(600, 100)]):
         grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False})
     nlists = [] if n < 50_000 else ([128] if n < 300_000 else [1024])
     for nlist in nlists:
-        # below ~1M items the float32 tables cost several bytes per item: try them in float16 too
-        for half in ([False, True] if n < 300_000 else [False]):
-            for nprobe, s1, s2 in ([(8, 400, 80), (12, 400, 80), (16, 600, 100), (24, 600, 100)]
-                                   if nlist <= 256 else [(16, 1000, 150), (24, 1000, 200), (32, 1000, 200), (32, 1500, 300)]):
-                grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
+        # below ~1M items float32 tables cost more than a byte per item: float16 keeps them in budget
+        half = n < 300_000
+        for nprobe, s1, s2 in ([(8, 600, 100), (8, 600, 120), (12, 600, 100), (16, 600, 100), (24, 600, 100)]
+                               if nlist <= 256 else
+                               [(8, 800, 200), (8, 800, 250), (12, 1000, 200), (16, 1000, 200), (24, 1000, 200)]):
+            grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
     # each setting through the compiled kernel, and the last one through the numpy path too
     grid = [{**g, "compiled": True} for g in grid]
     return grid + [{**grid[-1], "compiled": False}] if grid else grid
 
 
 def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads: int, workdir: Path,
-                  quick: bool, n_single: int, coarse_spec: str) -> list[dict[str, Any]]:
+                  n_single: int, coarse_spec: str) -> list[dict[str, Any]]:
     from mmcompress.codecs import make_codec
     from mmcompress.index import CascadeConfig, CascadeIndex
 
@@ -243,7 +244,7 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
     fit_s = time.perf_counter() - t
     built: dict[int, Any] = {}
     searchers: dict[int, ProcessSearcher] = {}
-    for g in cascade_grid(len(xb), quick):
+    for g in cascade_grid(len(xb)):
         key = (g["nlist"], g["half"])
         if key not in built:
             config = CascadeConfig.from_params({"coarse": {"codec": coarse_spec, "shortlist": g["s1"],
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             top, truth = ground_truth(xb, xq)
             workdir = workroot / str(n)
             workdir.mkdir()
-            rows = bench_cascade(xb, xq, truth, threads=args.threads, workdir=workdir, quick=args.quick,
+            rows = bench_cascade(xb, xq, truth, threads=args.threads, workdir=workdir,
                                  n_single=args.single, coarse_spec=args.coarse)
             shutil.rmtree(workdir, ignore_errors=True)
             if "faiss" not in args.skip:
