@@ -266,7 +266,8 @@ def test_params_yaml_index_section_builds_a_shared_code_cascade(digits):
     _, found, stats = idx.search(digits["xq"], 10, return_stats=True)
     assert recall_at_k(digits["truth"], found, 10) >= 0.95 and stats.exact_reranked == 80
     report = idx.memory_report()["resident_bytes"]
-    assert report["fine_codes"] == 0 and report["fine_codec"] == 0 and report["fine_scan_tables"] > 0
+    assert report["fine_codes"] == 0 and report["fine_codec"] == 0
+    assert 0 < report["fine_scan_tables"] < 0.05 * report["coarse_codec"]  # the codec's own projection
 
 
 def test_l2_metric_cascade(digits):
@@ -295,14 +296,15 @@ def test_measure_index_reports_what_the_pipeline_records(index, digits):
     assert report["stages"]["exact_reranked"] == 40 and report["n_items"] == len(digits["ids"])
 
 
-def test_half_precision_tables_halve_table_bytes(digits, tmp_path):
+def test_half_precision_centroids_halve_their_bytes(digits, tmp_path):
     section = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 8},
                "fine": {"codec": "coarse", "shortlist": 80}}
     full = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
     half = CascadeIndex.from_config(CascadeConfig.from_params({**section, "half_precision_tables": True}),
                                     digits["xb"], digits["ids"])
     rf, rh = full.memory_report()["resident_bytes"], half.memory_report()["resident_bytes"]
-    assert rh["centroids"] * 2 == rf["centroids"] and rh["fine_scan_tables"] < 0.6 * rf["fine_scan_tables"]
+    assert rh["centroids"] * 2 == rf["centroids"]
+    assert rh["fine_scan_tables"] == rf["fine_scan_tables"]  # shared with the codec: nothing to halve
     assert recall_at_k(digits["truth"], half.search(digits["xq"], 10)[1], 10) >= 0.95
     half.save(tmp_path / "ix")
     loaded = CascadeIndex.load(tmp_path / "ix")

@@ -129,6 +129,12 @@ class BinaryCodec(Codec):
                 self._scan_index.reset()
         return D + const[:, None].astype(np.float32), ids
 
+    def sign_projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(mean, W, alpha)`` with ``decode(code) = mean + (signs * alpha) @ W.T``, where the
+        projection is orthonormal (else the reconstruction uses a pseudo-inverse: None)."""
+        self._check_fitted()
+        return (self.mean_, self.W_, self.alpha_) if self._orthonormal else None
+
     def encode_queries(self, queries: np.ndarray) -> np.ndarray:
         """Sign codes of float queries, for :meth:`search_hamming` or external popcount scans."""
         self._check_fitted()

@@ -49,7 +49,7 @@ class CascadeConfig:
     metric: str = "ip"
     cache_bytes: int = 4_000_000
     cache_policy: str = "tinylfu"
-    half_precision_tables: bool = False  # IVF centroids and sign tables in float16 (half the bytes)
+    half_precision_tables: bool = False  # IVF centroids (and sign maps not shared with the codec) in float16
     compiled_scan: bool = True  # binary coarse + sign-table fine stages in one compiled pass
     train_rows: int = 100_000
     seed: int = 0

@@ -16,28 +16,35 @@ from mmcompress.codecs.base import Codec
 
 
 class SignLUTScorer:
-    """Scores ``q . decode(code)`` (``ip``) or ``-|q - decode(code)|^2`` (``l2``) from sign codes."""
+    """Scores ``q . decode(code)`` (``ip``) or ``-|q - decode(code)|^2`` (``l2``) from sign codes.
 
-    def __init__(self, mean: np.ndarray, A: np.ndarray, metric: str = "ip", *,
-                 dtype: type = np.float32) -> None:
-        assert A.ndim == 2 and A.shape[0] % 8 == 0 and mean.shape == (A.shape[1],), (A.shape, mean.shape)
+    The sign directions are ``A = (W * scale).T``; ``W`` (d, bits) is either the codec's own
+    projection (``shared``: it costs no bytes here) or a copy read off its decode."""
+
+    def __init__(self, mean: np.ndarray, W: np.ndarray, scale: np.ndarray, metric: str = "ip", *,
+                 shared: bool = False) -> None:
+        assert W.ndim == 2 and W.shape[1] % 8 == 0 and mean.shape == (W.shape[0],), (W.shape, mean.shape)
         self.mean = mean.astype(np.float32)
-        self.A = np.ascontiguousarray(A, dtype=dtype)
+        self.W = W
+        self.scale = np.asarray(scale, dtype=np.float32)
         self.metric = metric
-        self.code_size = A.shape[0] // 8
+        self.shared = shared
+        self.code_size = W.shape[1] // 8
         if metric == "l2":
-            A32 = self.A.astype(np.float32)
-            self._norm_const = float(self.mean @ self.mean + (A32 * A32).sum())
+            W32 = self.W.astype(np.float64)
+            self._norm_const = float(self.mean @ self.mean + ((W32 * W32).sum(axis=0) * self.scale ** 2).sum())
 
     @property
     def nbytes(self) -> int:
-        return self.mean.nbytes + self.A.nbytes
+        return self.mean.nbytes + self.scale.nbytes + (0 if self.shared else self.W.nbytes)
 
     @classmethod
     def from_codec(cls, codec: Codec, *, rtol: float = 1e-3, seed: int = 0,
                    dtype: type = np.float32) -> SignLUTScorer | None:
-        """Read the affine sign map off ``codec.decode``; None if the codec is not binary, its
-        decode is not affine in the signs, or (``l2``) its sign directions are not orthogonal."""
+        """The codec's own sign projection where it offers one (``sign_projection``), else the
+        affine sign map read off ``codec.decode`` (stored in ``dtype``); None if the codec is not
+        binary, its decode is not affine in the signs, or (``l2``) its sign directions are not
+        orthogonal."""
         if not getattr(codec, "is_binary", False) or not codec.is_fitted:
             return None
         bits = 8 * codec.code_size
@@ -59,16 +66,21 @@ class SignLUTScorer:
             G = A @ A.T
             if np.abs(G - np.diag(np.diag(G))).max() > rtol * max(float(np.abs(G).max()), 1e-12):
                 return None
-        return cls(mean, A, codec.metric, dtype=dtype)
+        own = getattr(codec, "sign_projection", lambda: None)()
+        if own is not None:
+            m, W, s = own
+            if np.abs((W * s).T - A).max() <= rtol * max(float(np.abs(A).max()), 1e-12):
+                return cls(m, W, s, codec.metric, shared=True)
+        return cls(mean, np.ascontiguousarray(A.T, dtype=dtype), np.ones(bits, np.float32), codec.metric)
 
     def projections(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the projection on each sign direction (nq, bits) and the constant term;
         ``sign_tables`` expands the projections into look-up tables."""
         Q = np.asarray(Q, dtype=np.float32)
-        A = self.A if self.A.dtype == np.float32 else self.A.astype(np.float32)
+        W = self.W if self.W.dtype == np.float32 else self.W.astype(np.float32)
         if self.metric == "ip":
-            return Q @ A.T, Q @ self.mean
-        proj = 2 * (Q - self.mean) @ A.T
+            return (Q @ W) * self.scale, Q @ self.mean
+        proj = 2 * ((Q - self.mean) @ W) * self.scale
         return proj, 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
 
     def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
