@@ -106,6 +106,7 @@ class _Segment:
     offsets: np.ndarray
     cells: np.ndarray | None = None  # delta only: the coarse cell of each row
     fine_norms: np.ndarray | None = None  # the fine codec's norm term per row, computed on first use
+    scales: np.ndarray | None = None  # uint8 item scale of each row's sign-code estimate
     id_sorted: np.ndarray | None = None
     id_order: np.ndarray | None = None
 
@@ -246,6 +247,9 @@ class CascadeIndex:
         self.titles: dict[int, str] = {}
         self.popular_item_ids: list[int] = []
         self.fine_shares_coarse = False
+        self.scale_range_: tuple[float, float] | None = None
+        self.scale_gamma_: float | None = None
+        self._lock = threading.RLock()
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -303,6 +307,15 @@ class CascadeIndex:
             order = np.arange(len(X))
             offsets = np.array([0, len(X)], dtype=np.int64)
         coarse, fine = self._encode(X, order, progress=progress)
+        scales = None
+        if self._item_scales_apply():
+            codes = fine if fine is not None else coarse
+            gamma = self._choose_scale_gamma(X[order], codes)
+            if gamma is not None:
+                factors = self.sign_scorer.item_factors(X[order], codes, gamma)
+                lo, hi = np.percentile(factors, [0.1, 99.9])
+                self.scale_gamma_, self.scale_range_ = gamma, (float(lo), float(max(hi, lo + 1e-6)))
+                scales = self._quantize_scales(factors)
         exact = None
         if cfg.exact_rerank:
             if exact_vectors_path is not None:
@@ -310,7 +323,7 @@ class CascadeIndex:
             else:
                 exact = X[order]
         main = _Segment(coarse=coarse, fine=fine, ids=_narrow_ids(ids[order]), exact=exact,
-                        masks=_pack_masks(mask_matrix[order]), offsets=offsets)
+                        masks=_pack_masks(mask_matrix[order]), offsets=offsets, scales=scales)
         self._init_runtime(_State(main=main, delta=None, dead=None))
         return self
 
@@ -371,6 +384,51 @@ class CascadeIndex:
             if fine is not None:
                 fine[s:s + step] = self.fine_codec.encode(block)
         return coarse, fine
+
+    def _item_scales_apply(self) -> bool:
+        """Whether rows carry item scales: a sign-table fine stage scored by inner product."""
+        cfg = self.config
+        return (cfg.fine.item_scales and cfg.fine.scoring == "adc" and cfg.metric == "ip"
+                and self.fine_codec is not None and self.sign_scorer is not None)
+
+    def _choose_scale_gamma(self, X: np.ndarray, codes: np.ndarray, *, n_base: int = 20_000,
+                            n_queries: int = 300, depth: int = 40) -> float | None:
+        """The item-scale weight that best ranks a sample of items (as queries, themselves left
+        out) against a sample of the others, by recall of the exact top 10 within the estimate's
+        top ``depth``; None when no weight beats the plain estimate by 0.002 (no bytes spent)."""
+        rng = np.random.default_rng(self.config.seed)
+        base = np.sort(rng.choice(len(X), min(len(X), n_base), replace=False))
+        if len(base) < 4 * depth:
+            return None
+        qpos = rng.choice(len(base), min(n_queries, len(base) // 4), replace=False)
+        Xb, Cb, Q = X[base], codes[base], X[base[qpos]]
+        exact = Q @ Xb.T
+        exact[np.arange(len(qpos)), qpos] = -np.inf
+        truth = np.argpartition(-exact, 10, axis=1)[:, :10]
+        proj, const = self.sign_scorer.projections(Q)
+        along = proj @ (np.unpackbits(Cb, axis=1).astype(np.float32) * 2 - 1).T
+
+        def recall(factors: np.ndarray) -> float:
+            est = const[:, None] + factors[None, :] * along
+            est[np.arange(len(qpos)), qpos] = -np.inf
+            top = np.argpartition(-est, depth, axis=1)[:, :depth]
+            return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(top, truth, strict=True)])) / 10
+
+        best, best_recall = None, recall(np.ones(len(base), np.float32)) + 0.002
+        for gamma in (0.0, 0.5, 1.0):
+            r = recall(self.sign_scorer.item_factors(Xb, Cb, gamma))
+            if r > best_recall:
+                best, best_recall = gamma, r
+        return best
+
+    def _quantize_scales(self, factors: np.ndarray) -> np.ndarray:
+        lo, hi = self.scale_range_
+        return np.clip(np.rint((factors - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+    def _scale_map(self) -> tuple[np.float32, np.float32]:
+        """``(lo, step)``: a stored scale ``u`` stands for ``lo + step * u``."""
+        lo, hi = self.scale_range_
+        return np.float32(lo), np.float32((hi - lo) / 255.0)
 
     def _init_runtime(self, state: _State) -> None:
         self._state = state
@@ -606,8 +664,10 @@ class CascadeIndex:
         if not fine:
             return kernels.coarse_scan(*args)
         proj, const = self.sign_scorer.projections(Q)
+        scales = None if main.scales is None else (main.scales, *self._scale_map())
         return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), proj, const,
-                                        p["s2"] if p["exact"] else p["k"], ordered=not p["exact"])
+                                        p["s2"] if p["exact"] else p["k"], ordered=not p["exact"],
+                                        scales=scales)
 
     def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
                 excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -784,7 +844,12 @@ class CascadeIndex:
         if scorer is not None:
             codes = np.zeros(rows.shape + (scorer.code_size,), dtype=np.uint8)
             codes[valid] = self._take(st, self._fine_attr, rows[valid])
-            S = np.where(valid, scorer.scores(Q, codes), -np.inf).astype(np.float32)
+            lut, const = scorer.tables(Q)
+            S = table_scores(lut, codes)
+            if st.main.scales is not None:
+                lo, step = self._scale_map()
+                S[valid] *= lo + step * self._take(st, "scales", rows[valid]).astype(np.float32)
+            S = np.where(valid, S + const[:, None].astype(np.float32), -np.inf).astype(np.float32)
             return _top(rows, S, keep)
         tables = self.fine_codec.search_tables(Q) if self._fine_norm_coef is not None else None
         if tables is not None:  # additive codes: gathers from per-query tables, stored norms
@@ -882,6 +947,8 @@ class CascadeIndex:
                                    f"{int(ids[np.flatnonzero(present)[0]])}")
             order = np.arange(len(X))
             coarse, fine = self._encode(X, order, progress=False)
+            scales = (None if st.main.scales is None else self._quantize_scales(
+                self.sign_scorer.item_factors(X, fine if fine is not None else coarse, self.scale_gamma_)))
             cells = self.partition.assign(X) if self.partition is not None else np.zeros(len(X), np.int32)
             old = st.delta
             exact = X if st.main.exact is not None else None
@@ -892,12 +959,12 @@ class CascadeIndex:
                     if len(self.modalities) else np.zeros((old.n, 0), bool)
                 mask_matrix = np.concatenate([old_masks, mask_matrix])
                 coarse, fine = cat(old.coarse, coarse), cat(old.fine, fine)
-                exact = cat(old.exact, exact)
+                exact, scales = cat(old.exact, exact), cat(old.scales, scales)
                 cells = np.concatenate([old.cells, cells])
                 ids = np.concatenate([np.asarray(old.ids, np.int64), ids])
             delta = _Segment(coarse=coarse, fine=fine, ids=ids, exact=exact,
                              masks=_pack_masks(mask_matrix), offsets=np.array([0, len(ids)], np.int64),
-                             cells=cells.astype(np.int32))
+                             cells=cells.astype(np.int32), scales=scales)
             dead = st.dead
             if dead is not None:
                 dead = np.concatenate([dead[:st.main.n], np.zeros(delta.n, bool)])
@@ -962,7 +1029,8 @@ class CascadeIndex:
         return _Segment(coarse=self._take(st, "coarse", order),
                         fine=None if main.fine is None else self._take(st, "fine", order),
                         ids=_narrow_ids(self._take(st, "ids", order).astype(np.int64)),
-                        exact=exact, masks=_pack_masks(masks), offsets=offsets)
+                        exact=exact, masks=_pack_masks(masks), offsets=offsets,
+                        scales=None if main.scales is None else self._take(st, "scales", order))
 
     # ---- memory ----------------------------------------------------------------------------
     def memory_report(self) -> dict[str, Any]:
@@ -981,6 +1049,7 @@ class CascadeIndex:
             "fine_codec": 0 if self.fine_shares_coarse else _codec_state_bytes(self.fine_codec),
             "fine_scan_tables": (self.sign_scorer.nbytes if self.config.fine.scoring == "adc"
                                  and self.sign_scorer is not None else 0),
+            "item_scales": sum(s.scales.nbytes for s in segs if s.scales is not None),
             "fine_norms": (4 * st.n_rows if self.config.fine.scoring == "adc" and self._fine_norm_coef else 0),
         }
         on_disk = {

@@ -31,12 +31,17 @@ class FineStageConfig:
     asymmetric scan (no extra bytes per item); None: the caller's codec (the pipeline passes the
     compress stage's choice). ``scoring``: ``"adc"`` (``codec.search`` over each query's
     shortlist) or ``"decode"`` (reconstruct, then dot products). ``enabled=False`` skips it.
+    ``item_scales``: for sign codes scored by inner product, one byte per item rescales the
+    code's estimate by ``|x - m|^2 / <x - m, x_hat - m>`` (RaBitQ's correction: how far the
+    item's own vector points along its reconstruction), which ranks the shortlist closer to
+    the exact order.
     """
 
     codec: str | None = None
     shortlist: int = 50
     enabled: bool = True
     scoring: str = "adc"
+    item_scales: bool = True
 
 
 @dataclass

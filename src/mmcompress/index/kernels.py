@@ -143,12 +143,13 @@ def _sign_tables(p: np.ndarray, lut: np.ndarray) -> None:
 
 
 def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
-          excl: np.ndarray, s1: int, fine: np.ndarray, proj: np.ndarray, const: np.ndarray, s2: int,
-          ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
+          excl: np.ndarray, s1: int, fine: np.ndarray, proj: np.ndarray, const: np.ndarray,
+          scales: np.ndarray, scale_lo: np.float32, scale_step: np.float32, s2: int, ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
           kept: np.ndarray) -> None:
     nq, n_words = qwords.shape
     n_fine = fine.shape[1]
     has_excl = excl.shape[0] > 0
+    has_scales = scales.shape[0] > 0
     n_bins = 64 * n_words + 2  # the last bin holds excluded rows
     excluded_bin = np.uint16(n_bins - 1)
     width = 0
@@ -220,6 +221,8 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 s = np.float32(0.0)
                 for j in range(n_fine):
                     s += L[j * 256 + fine[r, j]]
+                if has_scales:
+                    s *= scale_lo + scale_step * np.float32(scales[r])
                 score[x] = s + const[i]
             if top > 0:
                 _best(score, m, top, best, counts, bins, tied)
@@ -290,7 +293,8 @@ def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, prob
 
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
                      excl: np.ndarray | None, s1: int, fine_codes: np.ndarray, proj: np.ndarray,
-                     const: np.ndarray, s2: int, *, ordered: bool = True
+                     const: np.ndarray, s2: int, *, ordered: bool = True,
+                     scales: tuple[np.ndarray, float, float] | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Both stages for a batch of queries.
 
@@ -298,7 +302,8 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     ``offsets`` bound the cells of ``codes``; ``probes`` (nq, P) the cells each query scans;
     ``excl`` a bool per row to skip (or None); ``fine_codes`` (n, F) uint8 sign codes scored
     through look-up tables built from ``proj`` (nq, 8 F), the query's projections on the sign
-    directions (:meth:`~mmcompress.index.signscan.SignLUTScorer.projections`), plus ``const`` (nq,). Returns rows (nq, s2) with -1 padding,
+    directions (:meth:`~mmcompress.index.signscan.SignLUTScorer.projections`), plus ``const`` (nq,);
+    ``scales`` = (uint8 per row, lo, step) multiplies each row's table sum by ``lo + step * u``. Returns rows (nq, s2) with -1 padding,
     their scores (-inf padding), and per query the items in its probed cells (excluded rows
     included, as the numpy path counts them) and the items the coarse stage kept. The rows are
     the ``s2`` best (equal scores: the first scanned), best first when ``ordered``; otherwise
@@ -315,5 +320,8 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
           np.ascontiguousarray(probes, dtype=np.int64),
           np.zeros(0, dtype=np.bool_) if excl is None else np.ascontiguousarray(excl, dtype=np.bool_),
           int(s1), np.ascontiguousarray(fine_codes), np.ascontiguousarray(proj, dtype=np.float32),
-          np.ascontiguousarray(const, dtype=np.float32), int(s2), bool(ordered), out_rows, out_scores, scanned, kept)
+          np.ascontiguousarray(const, dtype=np.float32),
+          np.zeros(0, np.uint8) if scales is None else np.ascontiguousarray(scales[0], dtype=np.uint8),
+          np.float32(0 if scales is None else scales[1]), np.float32(0 if scales is None else scales[2]),
+          int(s2), bool(ordered), out_rows, out_scores, scanned, kept)
     return out_rows, out_scores, scanned, kept

@@ -83,6 +83,21 @@ class SignLUTScorer:
         proj = 2 * ((Q - self.mean) @ W) * self.scale
         return proj, 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
 
+    def item_factors(self, X: np.ndarray, codes: np.ndarray, gamma: float) -> np.ndarray:
+        """Per item (``ip``): ``(|P(x - m)|^2 + gamma |(I - P)(x - m)|^2) / <x - m, x_hat - m>``
+        with ``P`` the projection on the sign directions. Scaling the code's estimate by it,
+        ``q . m + f * (q . (x_hat - m))``, corrects for how far the item points along its own
+        reconstruction (RaBitQ's unbiased estimator when ``gamma = 1`` and the directions span
+        the space; ``gamma`` weighs the energy the code cannot see)."""
+        Xc = np.asarray(X, dtype=np.float32) - self.mean
+        W = self.W if self.W.dtype == np.float32 else self.W.astype(np.float32)
+        P = Xc @ W
+        signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
+        along = (P * self.scale * signs).sum(axis=1)
+        inside = (P * P).sum(axis=1) / np.maximum((W * W).sum(axis=0).mean(), 1e-12)
+        outside = np.maximum((Xc * Xc).sum(axis=1) - inside, 0)
+        return ((inside + gamma * outside) / np.maximum(along, 1e-12)).astype(np.float32)
+
     def tables(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: (code_size * 256) look-up table and the constant term."""
         proj, const = self.projections(Q)

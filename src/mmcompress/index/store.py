@@ -70,6 +70,8 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
                                          "offsets": main.offsets, "masks": main.masks}
         if main.fine is not None:
             arrays["fine"] = main.fine
+        if main.scales is not None:
+            arrays["scales"] = main.scales
         srt, order = main.lookup()
         arrays["id_sorted"], arrays["id_order"] = np.asarray(srt), np.asarray(order)
         if index.partition is not None:
@@ -105,6 +107,8 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             {"spec": index.fine_codec.spec, "shared_with_coarse": True} if index.fine_shares_coarse else
             {"spec": index.fine_codec.spec, "file": "fine_codec.json"},
             "partition": None if index.partition is None else index.partition.get_state()[0],
+            "item_scales": None if main.scales is None else
+            {"gamma": index.scale_gamma_, "lo": index.scale_range_[0], "hi": index.scale_range_[1]},
             "exact": main.exact is not None,
             "arrays": {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)}
                        for name, a in list(arrays.items()) + ([("exact", main.exact)] if main.exact is not None else [])},
@@ -211,7 +215,12 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
                         ids=PackedIds(arr("ids"), int(manifest["ids_base"])),
                         exact=arr("exact", required=bool(manifest["exact"])),
                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
-                        id_sorted=arr("id_sorted"), id_order=arr("id_order"))
+                        id_sorted=arr("id_sorted"), id_order=arr("id_order"),
+                        scales=arr("scales", required=manifest.get("item_scales") is not None))
+        scales = manifest.get("item_scales")
+        if scales is not None:
+            index.scale_gamma_ = float(scales["gamma"])
+            index.scale_range_ = (float(scales["lo"]), float(scales["hi"]))
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"{directory / MANIFEST}: malformed manifest ({e!r})") from e
     n = int(manifest["n_items"])
