@@ -220,7 +220,7 @@ def cascade_grid(n: int) -> list[dict[str, Any]]:
         grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False})
     nlists = [] if n < 50_000 else ([128] if n < 300_000 else [1024])
     for nlist in nlists:
-        # below ~1M items float32 tables cost more than a byte per item: float16 keeps them in budget
+        # below ~1M items float32 centroids cost more than a byte per item: float16 keeps them in budget
         half = n < 300_000
         for nprobe, s1, s2 in ([(8, 600, 100), (8, 600, 120), (12, 600, 100), (16, 600, 100), (24, 600, 100)]
                                if nlist <= 256 else
@@ -283,14 +283,15 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
         mem = index.memory_report()
         rows.append({
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
-                                           f" -> sign tables top{g['s2']} of {g['s1']} -> exact"
-                                           f"{' (fp16 tables)' if g['half'] else ''}"
+                                           f" -> sign tables{' x item scales' if index.scale_gamma_ is not None else ''}"
+                                           f" top{g['s2']} of {g['s1']} -> exact"
+                                           f"{' (fp16 centroids)' if g['half'] else ''}"
                                            f"{'' if g['compiled'] else ' [numpy path]'}",
             **g, "recall_at_10": recall10(truth, found), **timing.to_dict(),
             "bytes_per_item": mem["resident_bytes_per_item"], "resident_breakdown": mem["resident_bytes"],
             "disk_bytes_per_query": stats.disk_bytes, "coarse_scanned_per_query": stats.coarse_scanned,
             "stage_ms_per_query": {k: 1e3 * v / len(xq) for k, v in stats.seconds.items()},
-            "build_s": build_s + fit_s, "load_ms": load_ms,
+            "build_s": build_s + fit_s, "load_ms": load_ms, "item_scale_gamma": index.scale_gamma_,
         })
         print(_fmt(rows[-1]), flush=True)
     for old in searchers.values():
