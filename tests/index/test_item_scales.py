@@ -71,3 +71,20 @@ def test_compiled_and_numpy_paths_apply_the_same_scales(digits, bin32, monkeypat
                                config=CascadeConfig.from_params({**SECTION, "fine": {**SECTION["fine"], "item_scales": False}}))
     assert plain._state.main.scales is None
     assert np.mean(plain.search(digits["xq"], 10, **kw)[1] == ff) < 0.99  # the scales change the ranking
+
+
+def test_a_version_1_index_without_scales_still_loads(digits, bin32, tmp_path):
+    import json
+
+    config = CascadeConfig.from_params({**SECTION, "fine": {**SECTION["fine"], "item_scales": False}})
+    idx = CascadeIndex.build(bin32, bin32, digits["xb"], digits["ids"], config=config)
+    idx.save(tmp_path / "ix")
+    path = tmp_path / "ix" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["format_version"] == 2
+    manifest["format_version"] = 1
+    del manifest["config"]["fine"]["item_scales"], manifest["item_scales"]
+    path.write_text(json.dumps(manifest))
+    old = CascadeIndex.load(tmp_path / "ix")
+    assert old.scale_gamma_ is None and old._state.main.scales is None
+    np.testing.assert_array_equal(old.search(digits["xq"], 10)[1], idx.search(digits["xq"], 10)[1])

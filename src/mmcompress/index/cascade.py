@@ -46,7 +46,7 @@ from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
 from mmcompress.index.signscan import SignLUTScorer, table_scores
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: item scales (optional array + manifest entry); version 1 indexes still load
 KIND = "cascade_index"
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
 _STATE_VERSIONS = itertools.count()

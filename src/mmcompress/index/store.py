@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 SMALL_FILE_BYTES = 16 << 20
 SAMPLE_BYTES = 1 << 20
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 
 
 def sampled_sha256(path: str | os.PathLike, size: int | None = None) -> str:
