@@ -15,12 +15,17 @@ retrains a codec. ``compact`` folds the delta in and drops tombstoned rows.
 
 The coarse stage scans sign codes by popcount (every item, or the ``nprobe`` closest IVF cells);
 the fine stage rescores the shortlist with a second codec, or with the coarse codes themselves
-when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up tables); the exact
-stage reads only the final shortlist's rows from disk. Binary coarse codes with a sign-table fine
-stage run both first stages as one compiled pass (:mod:`mmcompress.index.kernels`, numba) that
-selects exactly what the numpy path selects, at about twice its speed. Resident: codes, packed ids, packed
-modality masks and the codec / centroid / look-up tables; on disk: the exact store and the id
-lookup, touched only for the final candidates and for lookups by id.
+when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up tables built from
+the codec's own projection, optionally times a one-byte item scale chosen by validation at
+build); the exact stage reads only the final shortlist's rows from disk. A fine codec whose score
+is one table entry per code byte plus a norm term (PQ, RQ, LSQ, their stacks, behind orthonormal
+transforms: ``Codec.search_tables``) is scored by gathers from per-query tables, with each item's
+norm decoded once per segment; other fine codecs go through their own ``search`` per shortlist.
+Binary coarse codes with a sign-table fine stage run both first stages as one compiled pass
+(:mod:`mmcompress.index.kernels`, numba) that selects what the numpy path selects, at about
+twice its speed. Resident: codes, packed ids, packed modality masks, item scales and the codec /
+centroid tables; on disk: the exact store and the id lookup, touched only for the final
+candidates and for lookups by id.
 """
 
 from __future__ import annotations
