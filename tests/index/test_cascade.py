@@ -296,8 +296,26 @@ def test_measure_index_reports_what_the_pipeline_records(index, digits):
     assert report["stages"]["exact_reranked"] == 40 and report["n_items"] == len(digits["ids"])
 
 
+def test_code_space_routing_keeps_recall_with_a_fraction_of_the_centroid_bytes(digits, tmp_path):
+    section = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 6},
+               "fine": {"codec": "coarse", "shortlist": 80}}
+    code = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
+    full = CascadeIndex.from_config(CascadeConfig.from_params(
+        {**section, "coarse": {**section["coarse"], "routing": "full"}}), digits["xb"], digits["ids"])
+    assert code.memory_report()["resident_bytes"]["centroids"] == 16 * 32 * 4  # BIN32's subspace
+    assert full.memory_report()["resident_bytes"]["centroids"] == 16 * 64 * 4
+    r_code = recall_at_k(digits["truth"], code.search(digits["xq"], 10)[1], 10)
+    r_full = recall_at_k(digits["truth"], full.search(digits["xq"], 10)[1], 10)
+    assert r_code >= 0.95 and r_code >= r_full - 0.01
+    code.save(tmp_path / "ix")
+    assert json.loads((tmp_path / "ix" / "manifest.json").read_text())["partition"]["space"] == "code"
+    loaded = CascadeIndex.load(tmp_path / "ix")
+    assert loaded.partition.projection_ is loaded.coarse_codec.W_  # shared, not copied
+    np.testing.assert_array_equal(loaded.search(digits["xq"], 10)[1], code.search(digits["xq"], 10)[1])
+
+
 def test_half_precision_centroids_halve_their_bytes(digits, tmp_path):
-    section = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 8},
+    section = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 8, "routing": "full"},
                "fine": {"codec": "coarse", "shortlist": 80}}
     full = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
     half = CascadeIndex.from_config(CascadeConfig.from_params({**section, "half_precision_tables": True}),
@@ -310,3 +328,16 @@ def test_half_precision_centroids_halve_their_bytes(digits, tmp_path):
     loaded = CascadeIndex.load(tmp_path / "ix")
     assert loaded.partition.centroids_.dtype == np.float16
     np.testing.assert_array_equal(loaded.search(digits["xq"], 10)[1], half.search(digits["xq"], 10)[1])
+
+
+def test_code_space_partition_refuses_to_load_without_its_projection(digits):
+    from mmcompress.index.partition import CoarsePartition
+
+    W = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 16)))[0].astype(np.float32)
+    part = CoarsePartition(8).fit(digits["xb"], W)
+    meta, arrays = part.get_state()
+    assert meta["space"] == "code" and arrays["centroids"].shape == (8, 16)
+    with pytest.raises(CodecError, match="code space"):
+        CoarsePartition.from_state(meta, arrays)
+    again = CoarsePartition.from_state(meta, arrays, projection=W)
+    np.testing.assert_array_equal(again.probe(digits["xq"], 3), part.probe(digits["xq"], 3))

@@ -10,7 +10,7 @@ from mmcompress.index import CascadeConfig, CascadeIndex
 from mmcompress.index.signscan import SignLUTScorer
 
 SECTION = {"coarse": {"codec": "BIN32", "shortlist": 300, "nlist": 16, "nprobe": 8},
-           "fine": {"codec": "coarse", "shortlist": 60}}
+           "fine": {"codec": "coarse", "shortlist": 60, "item_scales": True}}
 
 
 @pytest.fixture(scope="module")

@@ -302,9 +302,11 @@ class CascadeIndex:
         self.partition = None
         if cfg.coarse.nlist > 0:
             nlist = min(cfg.coarse.nlist, len(X))
+            projection = self._routing_projection()
+            half = cfg.half_precision_tables and projection is None  # few code-space centroids: float32 scores faster
             self.partition = CoarsePartition(nlist, cfg.metric, random_state=cfg.seed,
                                              max_train_rows=cfg.train_rows,
-                                             dtype="float16" if cfg.half_precision_tables else "float32").fit(train)
+                                             dtype="float16" if half else "float32").fit(train, projection)
             cells = self.partition.assign(X)
             order = np.argsort(cells, kind="stable")
             offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
@@ -389,6 +391,13 @@ class CascadeIndex:
             if fine is not None:
                 fine[s:s + step] = self.fine_codec.encode(block)
         return coarse, fine
+
+    def _routing_projection(self) -> np.ndarray | None:
+        """The coarse codec's orthonormal projection when routing in code space, else None."""
+        if self.config.coarse.routing != "code":
+            return None
+        own = getattr(self.coarse_codec, "sign_projection", lambda: None)()
+        return None if own is None else own[1]
 
     def _item_scales_apply(self) -> bool:
         """Whether rows carry item scales: a sign-table fine stage scored by inner product."""

@@ -1,7 +1,10 @@
 """IVF routing for the coarse tier: k-means cells over full-precision vectors.
 
 Items are stored sorted by cell, so a cell is a contiguous slice of the code arrays and the
-partition costs no bytes per item: only the centroids and the cell offsets.
+partition costs no bytes per item: only the centroids and the cell offsets. Given a projection
+(the coarse sign codec's own orthonormal ``W``, shared, not copied), the centroids are kept and
+scored in its subspace: ``q . (W W^T c)`` ranks cells as ``q . c`` does up to the part of each
+centroid outside the code's subspace, for ``r/d`` of the bytes and of the probing work.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ class CoarsePartition:
         self.max_train_rows = max_train_rows
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray) -> CoarsePartition:
+    projection_: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, projection: np.ndarray | None = None) -> CoarsePartition:
+        """k-means cells of ``X``; with ``projection`` (d, r) orthonormal columns the centroids are
+        kept as their coordinates in that subspace and every score is computed there."""
         import faiss
 
         X = check_vectors(X)
@@ -40,15 +47,23 @@ class CoarsePartition:
                           spherical=self.metric == "ip", verbose=False,
                           max_points_per_centroid=max(256, len(X) // self.nlist + 1))
         km.train(X)
-        self.centroids_ = np.ascontiguousarray(km.centroids, dtype=self.dtype)
+        C = km.centroids
+        if projection is not None:
+            if projection.shape[0] != X.shape[1]:
+                raise CodecError(f"routing projection has {projection.shape[0]} rows; vectors have d={X.shape[1]}")
+            self.projection_ = projection
+            C = C @ projection
+        self.centroids_ = np.ascontiguousarray(C, dtype=self.dtype)
         return self
 
     @property
     def d(self) -> int:
-        return self.centroids_.shape[1]
+        return self.centroids_.shape[1] if self.projection_ is None else self.projection_.shape[0]
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         C = self.centroids_ if self.centroids_.dtype == np.float32 else self.centroids_.astype(np.float32)
+        if self.projection_ is not None:
+            X = X @ self.projection_
         S = X @ C.T
         if self.metric == "l2":
             S = 2 * S - (C * C).sum(axis=1)[None, :]
@@ -68,13 +83,22 @@ class CoarsePartition:
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return ({"nlist": self.nlist, "metric": self.metric, "niter": self.niter,
-                 "random_state": self.random_state}, {"centroids": self.centroids_})
+                 "random_state": self.random_state, "space": "full" if self.projection_ is None else "code"},
+                {"centroids": self.centroids_})
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CoarsePartition:
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                   projection: np.ndarray | None = None) -> CoarsePartition:
+        """Rebuild from saved state; a partition routed in code space needs the coarse codec's
+        projection back (it was shared, not saved)."""
         p = cls(int(meta["nlist"]), meta["metric"], niter=int(meta["niter"]),
                 random_state=int(meta["random_state"]))
         p.centroids_ = np.ascontiguousarray(arrays["centroids"])
+        if meta.get("space", "full") == "code":
+            if projection is None or projection.shape[1] != p.centroids_.shape[1]:
+                raise CodecError(f"partition routes in a {p.centroids_.shape[1]}-dim code space; the coarse codec "
+                                 f"offers {'no projection' if projection is None else projection.shape}")
+            p.projection_ = projection
         p.dtype = str(p.centroids_.dtype)
         if p.dtype not in ("float32", "float16"):
             raise CodecError(f"partition centroids must be float32 or float16; found {p.dtype}")

@@ -205,7 +205,9 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         index.d_ = int(manifest["d"])
         index.modalities = list(manifest["modalities"])
         part = manifest.get("partition")
-        index.partition = None if part is None else CoarsePartition.from_state(part, {"centroids": arr("centroids")})
+        index.partition = None if part is None else CoarsePartition.from_state(
+            part, {"centroids": arr("centroids")},
+            projection=(getattr(index.coarse_codec, "sign_projection", lambda: None)() or (None, None))[1])
         titles_path = directory / "titles.json"
         index.titles = ({int(k): v for k, v in json.loads(titles_path.read_text()).items()}
                         if titles_path.exists() else {})
