@@ -217,15 +217,16 @@ def cascade_grid(n: int) -> list[dict[str, Any]]:
     """Stage settings to try: exhaustive scans, and IVF routing from 200k items up."""
     grid = []
     for s1, s2 in ([] if n >= 300_000 else [(600, 100)]):
-        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2, "half": False})
-    nlists = [] if n < 50_000 else ([128] if n < 300_000 else [1024])
+        grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2})
+    # centroids live in the sign codec's 128-dim subspace (512 B per cell): 256 cells cost 1.3 B per
+    # item at 100k, 4,096 cells 2.1 B at 1M
+    settings = {256: [(8, 600, 100), (12, 600, 100), (12, 600, 120), (16, 600, 100), (24, 600, 100)],
+                1024: [(8, 800, 200), (8, 800, 250), (16, 1000, 250)],
+                4096: [(16, 800, 200), (16, 800, 250), (24, 800, 250), (32, 1000, 250), (48, 1000, 250)]}
+    nlists = [] if n < 50_000 else ([256] if n < 300_000 else [1024, 4096])
     for nlist in nlists:
-        # below ~1M items float32 centroids cost more than a byte per item: float16 keeps them in budget
-        half = n < 300_000
-        for nprobe, s1, s2 in ([(8, 600, 100), (8, 600, 120), (12, 600, 100), (16, 600, 100), (24, 600, 100)]
-                               if nlist <= 256 else
-                               [(8, 800, 200), (8, 800, 250), (12, 1000, 200), (16, 1000, 200), (24, 1000, 200)]):
-            grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2, "half": half})
+        for nprobe, s1, s2 in settings[nlist]:
+            grid.append({"nlist": nlist, "nprobe": nprobe, "s1": s1, "s2": s2})
     # each setting through the compiled kernel, and the last one through the numpy path too
     grid = [{**g, "compiled": True} for g in grid]
     return grid + [{**grid[-1], "compiled": False}] if grid else grid
@@ -245,12 +246,11 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
     built: dict[int, Any] = {}
     searchers: dict[int, ProcessSearcher] = {}
     for g in cascade_grid(len(xb)):
-        key = (g["nlist"], g["half"])
+        key = g["nlist"]
         if key not in built:
             config = CascadeConfig.from_params({"coarse": {"codec": coarse_spec, "shortlist": g["s1"],
                                                            "nlist": g["nlist"], "nprobe": g["nprobe"]},
-                                                "fine": {"codec": "coarse", "shortlist": g["s2"]},
-                                                "half_precision_tables": g["half"]})
+                                                "fine": {"codec": "coarse", "shortlist": g["s2"]}})
             built.clear()
             t = time.perf_counter()
             exact = workdir / f"exact_{g['nlist']}.npy"
@@ -285,7 +285,6 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
                                            f" -> sign tables{' x item scales' if index.scale_gamma_ is not None else ''}"
                                            f" top{g['s2']} of {g['s1']} -> exact"
-                                           f"{' (fp16 centroids)' if g['half'] else ''}"
                                            f"{'' if g['compiled'] else ' [numpy path]'}",
             **g, "recall_at_10": recall10(truth, found), **timing.to_dict(),
             "bytes_per_item": mem["resident_bytes_per_item"], "resident_breakdown": mem["resident_bytes"],
