@@ -20,7 +20,7 @@ def bin32(digits):
 
 def scaled_index(digits, bin32, monkeypatch, **cfg):
     """An index whose validation picked a weight (digits alone do not pay for the byte)."""
-    monkeypatch.setattr(CascadeIndex, "_choose_scale_gamma", lambda self, X, codes: 0.5)
+    monkeypatch.setattr("mmcompress.index.cascade.choose_scale_weight", lambda *a, **k: 0.5)
     config = CascadeConfig.from_params({**SECTION, **cfg})
     return CascadeIndex.build(bin32, bin32, digits["xb"], digits["ids"], config=config)
 

@@ -49,6 +49,7 @@ from mmcompress.index import kernels
 from mmcompress.index.config import CascadeConfig
 from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
+from mmcompress.index.scales import choose_scale_weight, quantize_scales, scale_map
 from mmcompress.index.signscan import SignLUTScorer, table_scores
 
 FORMAT_VERSION = 2  # 2: item scales (optional array + manifest entry); version 1 indexes still load
@@ -317,7 +318,7 @@ class CascadeIndex:
         scales = None
         if self._item_scales_apply():
             codes = fine if fine is not None else coarse
-            gamma = self._choose_scale_gamma(X[order], codes)
+            gamma = choose_scale_weight(self.sign_scorer, X[order], codes, seed=cfg.seed)
             if gamma is not None:
                 factors = self.sign_scorer.item_factors(X[order], codes, gamma)
                 lo, hi = np.percentile(factors, [0.1, 99.9])
@@ -405,44 +406,11 @@ class CascadeIndex:
         return (cfg.fine.item_scales and cfg.fine.scoring == "adc" and cfg.metric == "ip"
                 and self.fine_codec is not None and self.sign_scorer is not None)
 
-    def _choose_scale_gamma(self, X: np.ndarray, codes: np.ndarray, *, n_base: int = 20_000,
-                            n_queries: int = 300, depth: int = 40) -> float | None:
-        """The item-scale weight that best ranks a sample of items (as queries, themselves left
-        out) against a sample of the others, by recall of the exact top 10 within the estimate's
-        top ``depth``; None when no weight beats the plain estimate by 0.002 (no bytes spent)."""
-        rng = np.random.default_rng(self.config.seed)
-        base = np.sort(rng.choice(len(X), min(len(X), n_base), replace=False))
-        if len(base) < 4 * depth:
-            return None
-        qpos = rng.choice(len(base), min(n_queries, len(base) // 4), replace=False)
-        Xb, Cb, Q = X[base], codes[base], X[base[qpos]]
-        exact = Q @ Xb.T
-        exact[np.arange(len(qpos)), qpos] = -np.inf
-        truth = np.argpartition(-exact, 10, axis=1)[:, :10]
-        proj, const = self.sign_scorer.projections(Q)
-        along = proj @ (np.unpackbits(Cb, axis=1).astype(np.float32) * 2 - 1).T
-
-        def recall(factors: np.ndarray) -> float:
-            est = const[:, None] + factors[None, :] * along
-            est[np.arange(len(qpos)), qpos] = -np.inf
-            top = np.argpartition(-est, depth, axis=1)[:, :depth]
-            return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(top, truth, strict=True)])) / 10
-
-        best, best_recall = None, recall(np.ones(len(base), np.float32)) + 0.002
-        for gamma in (0.0, 0.5, 1.0):
-            r = recall(self.sign_scorer.item_factors(Xb, Cb, gamma))
-            if r > best_recall:
-                best, best_recall = gamma, r
-        return best
-
     def _quantize_scales(self, factors: np.ndarray) -> np.ndarray:
-        lo, hi = self.scale_range_
-        return np.clip(np.rint((factors - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        return quantize_scales(factors, *self.scale_range_)
 
     def _scale_map(self) -> tuple[np.float32, np.float32]:
-        """``(lo, step)``: a stored scale ``u`` stands for ``lo + step * u``."""
-        lo, hi = self.scale_range_
-        return np.float32(lo), np.float32((hi - lo) / 255.0)
+        return scale_map(*self.scale_range_)
 
     def _init_runtime(self, state: _State) -> None:
         self._state = state
