@@ -1,10 +1,12 @@
 """Compiled scan kernel of the cascade's first two stages (numba; the GIL is released).
 
-One pass per query over its probed cells: popcount distances of the binary coarse codes into a
+One pass per query over its probed cells: popcount distances of the binary coarse codes, their
 histogram, a counting selection of the ``s1`` nearest (ties kept in scan order, exactly as the
-numpy path selects), then the sign look-up-table scores of those rows' fine codes and their best
-``s2``. Nothing between the stages goes back to Python, so the per-query cost is the scan itself
-rather than array bookkeeping. Without numba the index keeps its numpy path.
+numpy path selects), then the sign look-up-table scores of those rows' fine codes (tables built
+here from the query's projections; optionally times each row's item scale) and their best
+``s2`` by a binned threshold. Nothing between the stages goes back to Python, so the per-query
+cost is the scan itself rather than array bookkeeping. :func:`best_cells` picks IVF probes the
+same way for both paths. Without numba the index keeps its numpy path.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ _SELECT_BINS = 1024
 
 def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarray, bins: np.ndarray,
           tied: np.ndarray) -> None:
-    """The ``top`` best of ``score[:m]`` into ``out[:top]`` (positions in ``score``), in scan
-    order but for the threshold's ties, which come last; equal scores keep scan order.
+    """The ``top`` best of ``score[:m]`` into ``out[:top]`` (positions in ``score``): those above
+    the threshold bin in scan order, then the best of the threshold bin; equal scores keep scan
+    order.
 
     A histogram over ``_SELECT_BINS`` equal-width bins between the lowest and highest score finds
     the bin holding the threshold; only that bin's few members are compared. Branch-light: a
