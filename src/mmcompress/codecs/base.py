@@ -43,6 +43,16 @@ def check_vectors(X: np.ndarray, *, d: int | None = None, name: str = "X") -> np
     return X
 
 
+def squared_norms(decode: Callable[[np.ndarray], np.ndarray], codes: np.ndarray,
+                  chunk: int = 65536) -> np.ndarray:
+    """``|decode(code)|^2`` per code (float64), decoding ``chunk`` rows at a time."""
+    out = np.empty(len(codes), dtype=np.float64)
+    for s in range(0, len(codes), chunk):
+        X = decode(codes[s:s + chunk]).astype(np.float64)
+        out[s:s + len(X)] = (X * X).sum(axis=1)
+    return out
+
+
 def check_codes(codes: np.ndarray, code_size: int) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != code_size:
@@ -259,11 +269,7 @@ class Codec(ABC):
         return None
 
     def _scan_norms(self, codes: np.ndarray) -> np.ndarray:
-        out = np.empty(len(codes), dtype=np.float32)
-        for s in range(0, len(codes), 65536):
-            X = self._decode(codes[s:s + 65536]).astype(np.float64)
-            out[s:s + len(X)] = (X * X).sum(axis=1)
-        return out
+        return squared_norms(self._decode, codes).astype(np.float32)
 
     @abstractmethod
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress.codecs.base import Codec
+from mmcompress.codecs.base import Codec, squared_norms
 from mmcompress.codecs.io import index_from_array, index_to_array
 from mmcompress.codecs.spec import SpecContext, register_quantizer
 from mmcompress.errors import CodecError
@@ -170,12 +170,6 @@ class ProductQuantizer(FaissCodesCodec):
         return out
 
 
-def codebook_tables(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    """``q . C_m[v]`` for every codebook ``m`` and entry ``v``: (nq, M * K) from (M, K, d) books."""
-    M, K, d = codebooks.shape
-    return np.ascontiguousarray(queries, dtype=np.float32) @ codebooks.reshape(M * K, d).T
-
-
 class AdditiveScan:
     """Look-up-table scan of additive codes (8-bit codebooks) with faiss's PQ scanner.
 
@@ -202,6 +196,12 @@ class AdditiveScan:
         self.normed.is_trained = True
         self._norm_cents = faiss.rev_swig_ptr(self.normed.pq.centroids.data(), cents.size).reshape(cents.shape)
         self._lock = threading.Lock()
+
+    def scan_tables(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``q . C_m[v]`` for every codebook ``m`` and entry ``v`` (nq, M * 256), and a zero
+        constant: the table form of the scan without its norm term."""
+        tables = np.ascontiguousarray(queries, dtype=np.float32) @ self.codebooks.reshape(self.M * 256, self.d).T
+        return tables, np.zeros(len(queries), np.float32)
 
     def search(self, codes: np.ndarray, queries: np.ndarray, k: int, norm_weight: float,
                norms: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -255,8 +255,7 @@ class _NormCache:
             hit = self._entries.get(key)
         if hit is not None:
             return hit
-        norms = np.concatenate([(decode(codes[s:s + 65536]).astype(np.float64) ** 2).sum(axis=1)
-                                for s in range(0, len(codes), 65536)])
+        norms = squared_norms(decode, codes)
         with self._lock:
             self._entries[key] = norms
             while len(self._entries) > self.size:
@@ -291,9 +290,7 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
         return None if self._scanner is None else self._scanner.codebooks
 
     def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
-        if self._scanner is None:
-            return None
-        return codebook_tables(queries, self._scanner.codebooks), np.zeros(len(queries), np.float32)
+        return None if self._scanner is None else self._scanner.scan_tables(queries)
 
     def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
               norm_weight: float) -> tuple[np.ndarray, np.ndarray]:

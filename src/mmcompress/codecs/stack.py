@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmcompress.codecs.base import Codec
-from mmcompress.codecs.faiss_quantizers import AdditiveScan, _NormCache, codebook_tables
+from mmcompress.codecs.faiss_quantizers import AdditiveScan, _NormCache
 from mmcompress.codecs.spec import SpecContext, parse_spec, register_quantizer
 from mmcompress.errors import ArtifactError, CodecError
 
@@ -87,9 +87,7 @@ class ResidualStack(Codec):
         return self._scanner.search(codes, queries, k, norm_weight, norms)
 
     def _scan_tables(self, queries: np.ndarray, norm_weight: float) -> tuple[np.ndarray, np.ndarray] | None:
-        if self._scanner is None:
-            return None
-        return codebook_tables(queries, self._scanner.codebooks), np.zeros(len(queries), np.float32)
+        return None if self._scanner is None else self._scanner.scan_tables(queries)
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         metas, arrays = [], {}
