@@ -877,15 +877,10 @@ class CascadeIndex:
         return seg.fine_norms
 
     def _fine_norms_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
-        main, delta = st.main, st.delta
-        norms = self._segment_fine_norms(main)
-        if delta is None or rows.max() < main.n:
-            return norms[rows]
-        out = np.empty(len(rows), dtype=np.float32)
-        m = rows < main.n
-        out[m] = norms[rows[m]]
-        out[~m] = self._segment_fine_norms(delta)[rows[~m] - main.n]
-        return out
+        for seg in (st.main, st.delta):
+            if seg is not None:
+                self._segment_fine_norms(seg)
+        return self._take(st, "fine_norms", rows)
 
     @property
     def _fine_attr(self) -> str:

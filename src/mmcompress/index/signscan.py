@@ -35,6 +35,11 @@ class SignLUTScorer:
             self._norm_const = float(self.mean @ self.mean + ((W32 * W32).sum(axis=0) * self.scale ** 2).sum())
 
     @property
+    def W32(self) -> np.ndarray:
+        """The sign projection in float32 (a float16 copy is widened per call)."""
+        return self.W if self.W.dtype == np.float32 else self.W.astype(np.float32)
+
+    @property
     def nbytes(self) -> int:
         return self.mean.nbytes + self.scale.nbytes + (0 if self.shared else self.W.nbytes)
 
@@ -77,7 +82,7 @@ class SignLUTScorer:
         """Per query: the projection on each sign direction (nq, bits) and the constant term;
         ``sign_tables`` expands the projections into look-up tables."""
         Q = np.asarray(Q, dtype=np.float32)
-        W = self.W if self.W.dtype == np.float32 else self.W.astype(np.float32)
+        W = self.W32
         if self.metric == "ip":
             return (Q @ W) * self.scale, Q @ self.mean
         proj = 2 * ((Q - self.mean) @ W) * self.scale
@@ -90,7 +95,7 @@ class SignLUTScorer:
         reconstruction (RaBitQ's unbiased estimator when ``gamma = 1`` and the directions span
         the space; ``gamma`` weighs the energy the code cannot see)."""
         Xc = np.asarray(X, dtype=np.float32) - self.mean
-        W = self.W if self.W.dtype == np.float32 else self.W.astype(np.float32)
+        W = self.W32
         P = Xc @ W
         signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
         along = (P * self.scale * signs).sum(axis=1)

@@ -206,8 +206,7 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         index.modalities = list(manifest["modalities"])
         part = manifest.get("partition")
         index.partition = None if part is None else CoarsePartition.from_state(
-            part, {"centroids": arr("centroids")},
-            projection=(getattr(index.coarse_codec, "sign_projection", lambda: None)() or (None, None))[1])
+            part, {"centroids": arr("centroids")}, projection=index._routing_projection())
         titles_path = directory / "titles.json"
         index.titles = ({int(k): v for k, v in json.loads(titles_path.read_text()).items()}
                         if titles_path.exists() else {})
