@@ -191,6 +191,10 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
             cluster.start(name, "celery", "worker", "--celery-hostname", f"{name}@%h",
                           "--skip-serve-logs", MMCOMPRESS_WORKER_NAME=name)
         api = httpx.Client(base_url=f"{cluster.url}/api/v2", timeout=10)
+        # both workers consuming before the run starts, else the first one up may take every shard
+        wait_for("both Celery workers to consume", lambda: all(
+            " ready." in (home / f"{name}.out").read_text(errors="replace") for name in WORKERS),
+            cluster, timeout=120)
 
         def healthy():
             h = api.get("/monitor/health").json()
