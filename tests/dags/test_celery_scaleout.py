@@ -23,6 +23,7 @@ import pytest
 
 from pipelines.config import Layout
 from tests.dags.airflow_env import DAGS, REPO, VENV_BIN, slice_conf
+from tests.dags.celery_local_settings import BARRIER_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 PG = {"host": "127.0.0.1", "port": 5432}
@@ -180,8 +181,13 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
     assert str(in_process_run.state) == "success"
     root = fresh_project(trained_root, tmp_path / "project")
     home = tmp_path / "airflow"
-    home.mkdir()
+    (home / "config").mkdir(parents=True)
+    # the workers hold each shard until a second one runs: tiny shards would not overlap otherwise
+    shutil.copy2(Path(__file__).with_name("celery_local_settings.py"),
+                 home / "config" / "airflow_local_settings.py")
+    barrier = tmp_path / "shard-barrier"
     cluster = Cluster(home, metadata_db, broker)
+    cluster.env[BARRIER_ENV] = str(barrier)
     cluster.airflow("db", "migrate")
     try:
         cluster.start("api-server", "api-server")
@@ -224,6 +230,7 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
 
     shards = {k: v for k, v in summary.items() if k[0] == "compress_shard"}
     assert sorted(i for _, i in shards) == list(range(N_SHARDS))
+    assert sorted(int(p.name) for p in barrier.iterdir()) == list(range(N_SHARDS))
     assert {state for state, _ in shards.values()} == {"success"}
     assert {host for _, host in shards.values()} == set(WORKERS), shards
     assert {host for (task, _), (_, host) in summary.items() if host} <= set(WORKERS)
