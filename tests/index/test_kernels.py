@@ -165,3 +165,27 @@ def test_best_cells_are_the_highest_scores_best_first_with_ties_by_column():
     for nprobe in (1, 5, 64):
         got = kernels.best_cells(S, nprobe)
         np.testing.assert_array_equal(got, np.argsort(-S, axis=1, kind="stable")[:, :nprobe])
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("d", [7, 64, 474])
+def test_exact_top_is_the_best_of_each_querys_rows(metric, d):
+    """The exact rerank kernel returns each query's best rows by exact score, best first,
+    whatever the order of its rows and wherever the -1 padding sits (ragged shortlists)."""
+    rng = np.random.default_rng(d)
+    E = rng.standard_normal((500, d)).astype(np.float32)
+    Q = rng.standard_normal((12, d)).astype(np.float32)
+    rows = np.stack([rng.permutation(500)[:37] for _ in range(len(Q))])
+    rows[rng.random(rows.shape) < 0.2] = -1
+    rows[3, :] = -1
+    rows[4, 5:] = -1  # fewer rows than asked for
+    got_rows, got_scores = kernels.exact_top(E, Q, rows, 10, metric)
+    for i in range(len(Q)):
+        r = rows[i][rows[i] >= 0]
+        x = E[r].astype(np.float64)
+        s = x @ Q[i] if metric == "ip" else -((x - Q[i]) ** 2).sum(axis=1)
+        order = np.argsort(-s, kind="stable")[:10]
+        n = len(order)
+        np.testing.assert_array_equal(got_rows[i, :n], r[order])
+        np.testing.assert_allclose(got_scores[i, :n], s[order], rtol=1e-4, atol=1e-4)
+        assert np.all(got_rows[i, n:] == -1) and np.all(np.isneginf(got_scores[i, n:]))

@@ -773,7 +773,8 @@ class CascadeIndex:
             nbytes = int(valid.sum()) * self.d_ * 4
             E = st.main.exact
             if st.delta is None and E.dtype == np.float32 and E.flags.c_contiguous:
-                rows, S = _exact_topk(E, Q, rows, keep, self.config.metric)
+                exact_top = kernels.exact_top if kernels.AVAILABLE else _exact_topk
+                rows, S = exact_top(E, Q, rows, keep, self.config.metric)
             else:
                 rows, S = _top(*self._rescore_exact(st, Q, rows), keep)
             return (rows, S, nbytes) if count_bytes else (rows, S)
