@@ -189,3 +189,25 @@ def test_exact_top_is_the_best_of_each_querys_rows(metric, d):
         np.testing.assert_array_equal(got_rows[i, :n], r[order])
         np.testing.assert_allclose(got_scores[i, :n], s[order], rtol=1e-4, atol=1e-4)
         assert np.all(got_rows[i, n:] == -1) and np.all(np.isneginf(got_scores[i, n:]))
+
+
+def test_one_query_product_serves_codes_routing_and_sign_tables(digits, bin64, tmp_path):
+    """Where the cells are routed in the BIN codec's space and the sign tables read the same
+    codec, a query is multiplied by its projection once; the codes, cells and results are those
+    of three separate products (the codec's own encode, routing, tables)."""
+    config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 300, "nlist": 16, "nprobe": 6},
+                                        "fine": {"codec": "coarse", "shortlist": 80}})
+    built = CascadeIndex.build(bin64, bin64, digits["xb"], digits["ids"], config=config)
+    built.save(tmp_path / "ix")
+    for ix in (built, CascadeIndex.load(tmp_path / "ix", mmap=True)):
+        W = ix._coarse_sign[0]
+        assert W is not None and ix.partition.projection_ is W and ix.sign_scorer.W is W
+        Q = digits["xq"]
+        QW = ix._query_projection(Q)
+        assert np.mean(ix._query_codes(Q, QW) == ix.coarse_codec.encode(Q)) >= 0.999
+        np.testing.assert_array_equal(ix._probes(Q, 6, QW), ix.partition.probe(Q, 6))
+        np.testing.assert_allclose(ix.sign_scorer.projections(Q, QW)[0], ix.sign_scorer.projections(Q)[0],
+                                   rtol=1e-5, atol=1e-6)
+        shared = ix.search(Q, 10)[1]
+        ix._coarse_sign_cache = (None, None)  # three separate products
+        assert np.mean(ix.search(Q, 10)[1] == shared) >= 0.99

@@ -418,6 +418,7 @@ class CascadeIndex:
         self._stats_lock = threading.Lock()
         self.total_stats = SearchStats()
         self._exclusion_cache: dict[tuple, np.ndarray | None] = {}
+        self._widest_cells: tuple[_Segment | None, np.ndarray] = (None, np.zeros(0, np.int64))
 
     # ---- properties ------------------------------------------------------------------------
     @property
@@ -559,9 +560,11 @@ class CascadeIndex:
         nd = st.delta.n if st.delta is not None else 0
         if self.partition is None:
             return st.main.n + nd
-        sizes = np.diff(st.main.offsets)
-        top = np.sort(sizes)[::-1][:min(nprobe, len(sizes))]
-        return int(top.sum()) + nd
+        main, widest = self._widest_cells
+        if main is not st.main:  # the main segment changes only on compaction
+            widest = np.cumsum(np.sort(np.diff(st.main.offsets))[::-1])
+            self._widest_cells = (st.main, widest)
+        return int(widest[min(nprobe, len(widest)) - 1]) + nd
 
     def _exclusions(self, st: _State, modality: str | None) -> np.ndarray | None:
         """Bool over all rows: tombstoned, or lacking ``modality``; None when nothing is excluded."""
@@ -629,11 +632,34 @@ class CascadeIndex:
         ids = self._ids_of(st, rows)
         return scores.astype(np.float32, copy=False), ids, stats
 
-    def _probes(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
-        """The cells each query scans (nq, nprobe); the single cell 0 when unpartitioned."""
-        if self.partition is not None:
-            return self.partition.probe(Q, nprobe)
-        return np.zeros((len(Q), 1), dtype=np.int64)
+    def _probes(self, Q: np.ndarray, nprobe: int, QW: np.ndarray | None = None) -> np.ndarray:
+        """The cells each query scans (nq, nprobe); the single cell 0 when unpartitioned.
+        ``QW``: the queries' coarse projection, reused where the cells are routed in that space."""
+        if self.partition is None:
+            return np.zeros((len(Q), 1), dtype=np.int64)
+        if QW is not None and self.partition.projection_ is self._coarse_sign[0]:
+            return self.partition.probe(QW, nprobe, projected=True)
+        return self.partition.probe(Q, nprobe)
+
+    @property
+    def _coarse_sign(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """``(W, mean @ W)`` of a binary coarse codec with an orthonormal projection, else Nones."""
+        if not hasattr(self, "_coarse_sign_cache"):
+            own = getattr(self.coarse_codec, "sign_projection", lambda: None)()
+            self._coarse_sign_cache = (None, None) if own is None else (own[1], own[0] @ own[1])
+        return self._coarse_sign_cache
+
+    def _query_projection(self, Q: np.ndarray) -> np.ndarray | None:
+        """``Q @ W`` for the coarse codec's projection ``W``, else None: one product that the
+        query codes, code-space routing and a sign scorer on the same codec all read."""
+        W = self._coarse_sign[0]
+        return None if W is None else Q @ W
+
+    def _query_codes(self, Q: np.ndarray, QW: np.ndarray | None = None) -> np.ndarray:
+        """Coarse codes of the queries; from ``QW`` when given (``(q - m) W > 0`` as ``q W > m W``)."""
+        if QW is None:
+            return self.coarse_codec.encode(Q)
+        return np.packbits(QW > self._coarse_sign[1], axis=1)
 
     def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *,
                        fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -641,11 +667,14 @@ class CascadeIndex:
         and with ``fine`` the sign-table scores of the shortlist in the same pass: rows, scores,
         items scanned and kept by the coarse stage, per query."""
         main, excl = st.main, p["excl"]
-        args = (self.coarse_codec.encode(Q), main.coarse, main.offsets, self._probes(Q, p["nprobe"]),
+        QW = self._query_projection(Q)
+        args = (self._query_codes(Q, QW), main.coarse, main.offsets, self._probes(Q, p["nprobe"], QW),
                 None if excl is None else excl[:main.n], p["s1"])
         if not fine:
             return kernels.coarse_scan(*args)
-        proj, const = self.sign_scorer.projections(Q)
+        scorer = self.sign_scorer
+        shared = QW is not None and scorer.W is self._coarse_sign[0]
+        proj, const = scorer.projections(Q, QW if shared else None)
         scales = None if main.scales is None else (main.scales, *self._scale_map())
         return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), proj, const,
                                         p["s2"] if p["exact"] else p["k"], ordered=not p["exact"],
@@ -657,12 +686,13 @@ class CascadeIndex:
         and how many items each query scanned."""
         main, delta = st.main, st.delta
         nq = len(Q)
-        probes = self._probes(Q, nprobe)
+        QW = self._query_projection(Q)
+        probes = self._probes(Q, nprobe, QW)
         lens = main.offsets[probes + 1] - main.offsets[probes]  # one cell [0, n) when unpartitioned
         nd = delta.n if delta is not None else 0
         if not getattr(self.coarse_codec, "is_binary", False):
             return self._coarse_generic(st, Q, probes, s1, excl)
-        qcodes = self.coarse_codec.encode(Q)
+        qcodes = self._query_codes(Q, QW)
         sentinel = 8 * self.coarse_codec.code_size + 1
         starts = np.zeros_like(lens)
         starts[:, 1:] = np.cumsum(lens, axis=1)[:, :-1]

@@ -60,9 +60,9 @@ class CoarsePartition:
     def d(self) -> int:
         return self.centroids_.shape[1] if self.projection_ is None else self.projection_.shape[0]
 
-    def _scores(self, X: np.ndarray) -> np.ndarray:
+    def _scores(self, X: np.ndarray, projected: bool = False) -> np.ndarray:
         C = self.centroids_ if self.centroids_.dtype == np.float32 else self.centroids_.astype(np.float32)
-        if self.projection_ is not None:
+        if self.projection_ is not None and not projected:
             X = X @ self.projection_
         S = X @ C.T
         if self.metric == "l2":
@@ -76,10 +76,10 @@ class CoarsePartition:
             out[s:s + chunk] = self._scores(np.asarray(X[s:s + chunk], dtype=np.float32)).argmax(axis=1)
         return out
 
-    def probe(self, Q: np.ndarray, nprobe: int) -> np.ndarray:
+    def probe(self, Q: np.ndarray, nprobe: int, *, projected: bool = False) -> np.ndarray:
         """The ``nprobe`` best cells of each query, best first (equal scores: lower cell first):
-        int64 (nq, nprobe)."""
-        return best_cells(self._scores(Q), min(nprobe, self.nlist))
+        int64 (nq, nprobe). ``projected``: ``Q`` is already ``Q @ projection_``."""
+        return best_cells(self._scores(Q, projected), min(nprobe, self.nlist))
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return ({"nlist": self.nlist, "metric": self.metric, "niter": self.niter,

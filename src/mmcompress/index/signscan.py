@@ -78,14 +78,17 @@ class SignLUTScorer:
                 return cls(m, W, s, codec.metric, shared=True)
         return cls(mean, np.ascontiguousarray(A.T, dtype=dtype), np.ones(bits, np.float32), codec.metric)
 
-    def projections(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def projections(self, Q: np.ndarray, QW: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the projection on each sign direction (nq, bits) and the constant term;
-        ``sign_tables`` expands the projections into look-up tables."""
+        ``sign_tables`` expands the projections into look-up tables. ``QW``: ``Q @ W`` where the
+        caller has it already."""
         Q = np.asarray(Q, dtype=np.float32)
         W = self.W32
+        if QW is None:
+            QW = Q @ W
         if self.metric == "ip":
-            return (Q @ W) * self.scale, Q @ self.mean
-        proj = 2 * ((Q - self.mean) @ W) * self.scale
+            return QW * self.scale, Q @ self.mean
+        proj = 2 * (QW - self.mean @ W) * self.scale
         return proj, 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
 
     def item_factors(self, X: np.ndarray, codes: np.ndarray, gamma: float) -> np.ndarray:
