@@ -220,9 +220,9 @@ def cascade_grid(n: int) -> list[dict[str, Any]]:
         grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2})
     # centroids live in the sign codec's 128-dim subspace (512 B per cell): 256 cells cost 1.3 B per
     # item at 100k, 4,096 cells 2.1 B at 1M
-    settings = {256: [(8, 600, 100), (12, 600, 100), (12, 600, 120), (16, 600, 100), (24, 600, 100)],
-                1024: [(8, 800, 200), (8, 800, 250), (16, 1000, 250)],
-                4096: [(12, 600, 180), (16, 600, 180), (16, 800, 200), (24, 800, 250), (48, 1000, 250)]}
+    settings = {256: [(8, 400, 100), (8, 600, 100), (10, 600, 100), (12, 600, 120), (16, 600, 100)],
+                1024: [(8, 800, 250)],
+                4096: [(6, 500, 160), (8, 500, 160), (8, 600, 180), (12, 600, 180), (16, 800, 200)]}
     nlists = [] if n < 50_000 else ([256] if n < 300_000 else [1024, 4096])
     for nlist in nlists:
         for nprobe, s1, s2 in settings[nlist]:
@@ -299,7 +299,8 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
 
 
 # ---- faiss baselines ---------------------------------------------------------------------
-def faiss_hnsw(xb, xq, truth, *, threads, n_single, quick) -> list[dict[str, Any]]:
+def faiss_hnsw(xb, xq, truth, *, threads, n_single, quick, keep: dict[str, Any]) -> list[dict[str, Any]]:
+    """HNSW32 over flat vectors, swept over efSearch; ``keep`` receives a batch search per config."""
     import faiss
 
     t = time.perf_counter()
@@ -316,13 +317,15 @@ def faiss_hnsw(xb, xq, truth, *, threads, n_single, quick) -> list[dict[str, Any
                              threads=threads)
         rows.append({"method": "faiss", "config": f"HNSW32,Flat efSearch={ef}", "recall_at_10": recall10(truth, found),
                      **timing.to_dict(), "bytes_per_item": nbytes / len(xb), "build_s": build_s})
+        keep[rows[-1]["config"]] = lambda q, ef=ef: (setattr(h, "efSearch", ef), index.search(q, 10))[1]
         print(_fmt(rows[-1]), flush=True)
     return rows
 
 
-def faiss_ivfpq_refine(xb, xq, truth, *, threads, n_single, quick, refines: tuple[str, ...]) -> list[dict[str, Any]]:
+def faiss_ivfpq_refine(xb, xq, truth, *, threads, n_single, quick, refines: tuple[str, ...],
+                       keep: dict[str, Any]) -> list[dict[str, Any]]:
     """IVF-PQ whose shortlist is re-ranked exactly (flat float32) or by 8-bit scalar codes; the
-    IVF-PQ part is trained once and cloned for each refinement."""
+    IVF-PQ part is trained once and cloned for each refinement. ``keep`` as for :func:`faiss_hnsw`."""
     import faiss
 
     d, n = xb.shape[1], len(xb)
@@ -362,9 +365,32 @@ def faiss_ivfpq_refine(xb, xq, truth, *, threads, n_single, quick, refines: tupl
             rows.append({"method": "faiss", "config": f"{spec}+Refine({refine}) nprobe={nprobe} k_factor={kf}",
                          "recall_at_10": recall10(truth, found), **timing.to_dict(),
                          "bytes_per_item": nbytes / n, "build_s": build_s})
+            keep[rows[-1]["config"]] = lambda q, ix=index, iv=ivf, p=nprobe, f=kf: (
+                setattr(iv, "nprobe", p), setattr(ix, "k_factor", f), ix.search(q, 10))[2]
             print(_fmt(rows[-1]), flush=True)
-        del index
     return rows
+
+
+def duel(cascade_fn, faiss_fn, xq: np.ndarray, *, threads: int, rounds: int) -> dict[str, Any]:
+    """The chosen cascade and faiss settings timed in alternation, batch after batch: a slow
+    spell of the shared machine falls on both alike, so the per-round ratio is steadier than a
+    ratio of two grid rows measured minutes apart."""
+    cascade_fn(xq[:8])
+    faiss_fn(xq[:8])
+    qc, qf = [], []
+    for _ in range(rounds):
+        set_threads(1)  # the cascade's worker processes run one thread each
+        t = time.perf_counter()
+        cascade_fn(xq)
+        qc.append(len(xq) / (time.perf_counter() - t))
+        set_threads(threads)
+        t = time.perf_counter()
+        faiss_fn(xq)
+        qf.append(len(xq) / (time.perf_counter() - t))
+    ratios = np.array(qc) / np.array(qf)
+    return {"rounds": rounds, "cascade_qps": qc, "faiss_qps": qf, "cascade_qps_median": float(np.median(qc)),
+            "faiss_qps_median": float(np.median(qf)), "qps_ratio_median": float(np.median(ratios)),
+            "qps_ratio_min": float(ratios.min()), "qps_ratio_max": float(ratios.max())}
 
 
 def best_at_recall(rows: list[dict[str, Any]], max_bytes: float | None = None) -> dict[str, Any] | None:
@@ -525,6 +551,12 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{f['bytes_per_item']:.0f} B/item.", "",
                       f"Ratios cascade / faiss: throughput {s['qps_ratio']:.2f}x, memory {s['memory_ratio']:.3f}x "
                       f"(faiss uses {1 / s['memory_ratio']:.0f}x the memory).", ""]
+            if s.get("duel"):
+                d = s["duel"]
+                lines += [f"**Head to head** (the two settings above, {d['rounds']} alternating 1,000-query batches): "
+                          f"cascade {d['cascade_qps_median']:.0f} q/s, faiss {d['faiss_qps_median']:.0f} q/s (medians); "
+                          f"per-batch throughput ratio median {d['qps_ratio_median']:.2f}x "
+                          f"(range {d['qps_ratio_min']:.2f}-{d['qps_ratio_max']:.2f}).", ""]
         elif s.get("cascade") is None:
             lines += [f"No cascade setting reached recall@10 >= {TARGET_RECALL} within {BUDGET_BYTES:.0f} B/item.", ""]
         lines += ["| method | config | recall@10 | q/s | p50 ms | p99 ms | B/item | exact KiB/query |",
@@ -561,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--single", type=int, default=300, help="single-query calls timed for p50/p99")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=9, help="alternating batches of the cascade-vs-faiss duel")
     ap.add_argument("--sigma", type=float, default=0.5)
     ap.add_argument("--coarse", default="BIN128")
     ap.add_argument("--rate", type=float, default=30.0, help="load test requests per second")
@@ -591,17 +624,35 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir()
             rows = bench_cascade(xb, xq, truth, threads=args.threads, workdir=workdir,
                                  n_single=args.single, coarse_spec=args.coarse)
-            shutil.rmtree(workdir, ignore_errors=True)
+            faiss_searchers: dict[str, Any] = {}
             if "faiss" not in args.skip:
-                rows += faiss_hnsw(xb, xq, truth, threads=args.threads, n_single=args.single, quick=args.quick)
+                rows += faiss_hnsw(xb, xq, truth, threads=args.threads, n_single=args.single, quick=args.quick,
+                                   keep=faiss_searchers)
                 rows += faiss_ivfpq_refine(xb, xq, truth, threads=args.threads, n_single=args.single,
-                                           quick=args.quick, refines=("Flat",) if args.quick else ("Flat", "SQ8"))
+                                           quick=args.quick, refines=("Flat",) if args.quick else ("Flat", "SQ8"),
+                                           keep=faiss_searchers)
             cascade = best_at_recall([r for r in rows if r["method"] == "cascade"], BUDGET_BYTES)
             faiss_best = best_at_recall([r for r in rows if r["method"] == "faiss"])
             summary: dict[str, Any] = {"cascade": cascade, "faiss": faiss_best}
             if cascade and faiss_best:
                 summary["qps_ratio"] = cascade["qps"] / faiss_best["qps"]
                 summary["memory_ratio"] = cascade["bytes_per_item"] / faiss_best["bytes_per_item"]
+                print(f"  duel: {cascade['config']} vs {faiss_best['config']}", flush=True)
+                procs = ProcessSearcher(workdir / f"index_{cascade['nlist']}", args.threads)
+                kw = {"coarse_shortlist": cascade["s1"], "fine_shortlist": cascade["s2"],
+                      "nprobe": cascade["nprobe"], "compiled": cascade["compiled"]}
+                try:
+                    summary["duel"] = duel(lambda q, pr=procs, kw=kw: pr.search(q, **kw),
+                                           faiss_searchers[faiss_best["config"]],
+                                           xq, threads=args.threads, rounds=3 if args.quick else args.rounds)
+                finally:
+                    procs.close()
+                d = summary["duel"]
+                print(f"  duel: cascade {d['cascade_qps_median']:.0f} q/s, faiss {d['faiss_qps_median']:.0f} q/s, "
+                      f"ratio median {d['qps_ratio_median']:.2f} (min {d['qps_ratio_min']:.2f}, "
+                      f"max {d['qps_ratio_max']:.2f})", flush=True)
+            faiss_searchers.clear()
+            shutil.rmtree(workdir, ignore_errors=True)
             result["sizes"].append({"n_items": n, "rows": rows, "summary": summary,
                                     "nn_cos_1": float(np.median(top[:, 0])), "nn_cos_10": float(np.median(top[:, 9]))})
             del xb
