@@ -395,7 +395,7 @@ def duel(candidates: dict[str, Any], faiss_fn, xq: np.ndarray, *, threads: int, 
     qps: dict[str, list[float]] = {name: [] for name in candidates}
     qf = []
     for _ in range(rounds):
-        set_threads(1)  # the cascade runs its own threads (or processes) of one BLAS thread each
+        set_threads(1)  # the cascade runs its own search threads, one BLAS thread each
         for name, fn in candidates.items():
             t = time.perf_counter()
             fn(xq)

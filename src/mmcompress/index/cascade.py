@@ -395,10 +395,7 @@ class CascadeIndex:
 
     def _routing_projection(self) -> np.ndarray | None:
         """The coarse codec's orthonormal projection when routing in code space, else None."""
-        if self.config.coarse.routing != "code":
-            return None
-        own = getattr(self.coarse_codec, "sign_projection", lambda: None)()
-        return None if own is None else own[1]
+        return self._coarse_sign[0] if self.config.coarse.routing == "code" else None
 
     def _item_scales_apply(self) -> bool:
         """Whether rows carry item scales: a sign-table fine stage scored by inner product."""
