@@ -37,29 +37,34 @@ def _popcount64(x: np.uint64) -> np.uint64:
 
 
 def _cell_distances(q: np.ndarray, words: np.ndarray, a: int, b: int, dist: np.ndarray, w: int) -> None:
-    """Hamming distances of rows ``a:b`` into ``dist[w:w + b - a]``. A loop with nothing in it but
-    the popcounts and the store; codes of 1, 2 and 4 words get unrolled loops (the generic loop
-    over words runs at half the speed: its trip count is not known when the kernel compiles)."""
+    """Hamming distances of rows ``a:b`` into ``dist[w:w + b - a]``; ``words`` is the code matrix
+    flattened (row ``r``'s words at ``r * n_words``). A loop with nothing in it but the popcounts
+    and the store, which LLVM vectorises (``vpopcntq`` where the CPU has it); codes of 1, 2 and 4
+    words get their own loops (a loop over words of unknown trip count does not vectorise)."""
     n_words = q.shape[0]
+    out = dist[w:w + b - a]
     if n_words == 2:
         q0, q1 = q[0], q[1]
-        for r in range(a, b):
-            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1]))
+        src = words[2 * a:2 * b]
+        for r in range(b - a):
+            out[r] = np.uint16(_popcount64(q0 ^ src[2 * r]) + _popcount64(q1 ^ src[2 * r + 1]))
     elif n_words == 4:
         q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
-        for r in range(a, b):
-            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]) + _popcount64(q1 ^ words[r, 1])
-                                        + _popcount64(q2 ^ words[r, 2]) + _popcount64(q3 ^ words[r, 3]))
+        src = words[4 * a:4 * b]
+        for r in range(b - a):
+            out[r] = np.uint16(_popcount64(q0 ^ src[4 * r]) + _popcount64(q1 ^ src[4 * r + 1])
+                               + _popcount64(q2 ^ src[4 * r + 2]) + _popcount64(q3 ^ src[4 * r + 3]))
     elif n_words == 1:
         q0 = q[0]
-        for r in range(a, b):
-            dist[w + r - a] = np.uint16(_popcount64(q0 ^ words[r, 0]))
+        src = words[a:b]
+        for r in range(b - a):
+            out[r] = np.uint16(_popcount64(q0 ^ src[r]))
     else:
-        for r in range(a, b):
+        for r in range(b - a):
             d = np.uint64(0)
             for j in range(n_words):
-                d += _popcount64(q[j] ^ words[r, j])
-            dist[w + r - a] = np.uint16(d)
+                d += _popcount64(q[j] ^ words[(a + r) * n_words + j])
+            out[r] = np.uint16(d)
 
 
 def _histogram(dist: np.ndarray, w: int, hist: np.ndarray) -> None:
@@ -78,7 +83,64 @@ def _histogram(dist: np.ndarray, w: int, hist: np.ndarray) -> None:
         x += 1
 
 
+_LANES_HIGH = np.uint64(0x8000800080008000)
+_LANES_ONE = np.uint64(0x0001000100010001)
+_GATHER = np.uint64(1 + (1 << 15) + (1 << 30) + (1 << 45))  # lane high bits 15/31/47/63 -> bits 45..48
+_NIBBLE = np.uint64(15)
+
+
+def _lanes_at_most(x: np.uint64, limit: np.uint64) -> np.uint64:
+    """A 4-bit mask of which of the four 16-bit lanes of ``x`` are <= ``limit`` (every lane below
+    0x8000; ``limit`` is ``0x8000 + t`` per lane): the lane-wise subtraction keeps its high bit
+    exactly where there was nothing to borrow."""
+    return ((((limit - x) & _LANES_HIGH) >> np.uint64(15)) * _GATHER >> np.uint64(45)) & _NIBBLE
+
+
+def _lowest_bit(x: np.uint64) -> np.uint64:
+    """The index of the lowest set bit of a non-zero word."""
+    return _popcount64((x & (~x + _ONE)) - _ONE)
+
+
+def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) -> int:
+    """Positions in ``dist[:w]`` whose distance is below ``t``, plus the first ``ties`` equal to
+    it, in scan order, into ``out``; returns their count. ``dist`` is padded to a multiple of 64
+    with 0x7FFF. Sixteen words of four distances are compared at once (SWAR) into two 64-bit
+    masks per block; only the set bits (about one row in ten) are visited, so the loop neither
+    branches on each row nor stores for rows it drops."""
+    lanes = dist.view(np.uint64)
+    below_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t) - _LANES_ONE  # d <= t - 1
+    equal_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t)  # d <= t
+    m = 0
+    for blk in range(0, w, 64):
+        lt = np.uint64(0)
+        le = np.uint64(0)
+        base = blk >> 2
+        for j in range(16):
+            x = lanes[base + j]
+            shift = np.uint64(4 * j)
+            lt |= _lanes_at_most(x, below_limit) << shift
+            le |= _lanes_at_most(x, equal_limit) << shift
+        eq = le & ~lt
+        if ties > 0 and eq != 0:
+            n_eq = np.int64(_popcount64(eq))
+            if n_eq <= ties:
+                ties -= n_eq
+            else:  # keep the lowest ``ties`` positions
+                rest = eq
+                for _ in range(ties):
+                    rest &= rest - _ONE
+                eq ^= rest
+                ties = 0
+            lt |= eq
+        while lt != 0:
+            out[m] = blk + np.int64(_lowest_bit(lt))
+            m += 1
+            lt &= lt - _ONE
+    return m
+
+
 _SELECT_BINS = 1024
+_PAD = np.uint16(0x7FFF)  # above every distance: padding the selection never takes
 
 
 def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarray, bins: np.ndarray,
@@ -154,7 +216,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     n_fine = fine.shape[1]
     has_excl = excl.shape[0] > 0
     has_scales = scales.shape[0] > 0
-    n_bins = 64 * n_words + 2  # the last bin holds excluded rows
+    n_bins = 64 * n_words + 2  # the last bin holds excluded rows (below 0x7FFF: see _select_below)
     excluded_bin = np.uint16(n_bins - 1)
     width = 0
     for i in range(nq):
@@ -163,10 +225,11 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             c = probes[i, p]
             w += offsets[c + 1] - offsets[c]
         width = max(width, w)
-    dist = np.empty(width, dtype=np.uint16)
+    dist = np.empty((width // 64 + 2) * 64, dtype=np.uint16)  # whole 64-row blocks plus padding
     hist = np.zeros((4, n_bins), dtype=np.int32)
-    sel = np.empty(s1 + 1, dtype=np.int64)  # one spare slot for the branch-free selection
-    score = np.empty(s1 + 1, dtype=np.float32)
+    pos = np.empty(s1, dtype=np.int64)
+    sel = np.empty(s1, dtype=np.int64)
+    score = np.empty(s1, dtype=np.float32)
     best = np.empty(s2, dtype=np.int64)
     counts = np.empty(_SELECT_BINS, dtype=np.int32)
     bins = np.empty(s1, dtype=np.int32)
@@ -197,21 +260,18 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 break
             below += h
             t += 1
-        ties = keep - below
-        m = 0
-        x = 0
-        for p in range(probes.shape[1]):
-            c = probes[i, p]
-            a = offsets[c]
-            for y in range(offsets[c + 1] - a):
-                dv = dist[x + y]
-                tie = (dv == t) & (ties > 0)
-                take = (dv < t) | tie
-                sel[m] = a + y  # written always, counted only when taken: no branch to mispredict
-                score[m] = -np.float32(dv)
-                ties -= np.int64(tie)
-                m += np.int64(take)
-            x += offsets[c + 1] - a
+        dist[w:w + 64] = _PAD
+        m = _select_below(dist, w, t, keep - below, pos)
+        p = 0  # scan positions back to rows, cell by cell
+        start = 0
+        c = probes[i, 0]
+        for x in range(m):
+            while pos[x] >= start + offsets[c + 1] - offsets[c]:
+                start += offsets[c + 1] - offsets[c]
+                p += 1
+                c = probes[i, p]
+            sel[x] = offsets[c] + pos[x] - start
+            score[x] = -np.float32(dist[pos[x]])
         kept[i] = m
         top = min(s2, m)
         if n_fine == 0:  # coarse stage only: the kept rows in scan order, scored by -distance
@@ -348,6 +408,9 @@ def _exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bo
 if AVAILABLE:
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
+    _lanes_at_most = numba.njit(cache=True, nogil=True, inline="always")(_lanes_at_most)
+    _lowest_bit = numba.njit(cache=True, nogil=True, inline="always")(_lowest_bit)
+    _select_below = numba.njit(cache=True, nogil=True)(_select_below)
     _histogram = numba.njit(cache=True, nogil=True)(_histogram)
     _best = numba.njit(cache=True, nogil=True)(_best)
     _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
@@ -399,7 +462,7 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     """
     nq = len(qcodes)
     qwords = np.ascontiguousarray(qcodes).view(np.uint64)
-    words = np.ascontiguousarray(codes).view(np.uint64)
+    words = np.ascontiguousarray(codes).view(np.uint64).reshape(-1)
     out_rows = np.empty((nq, s2), dtype=np.int64)
     out_scores = np.empty((nq, s2), dtype=np.float32)
     scanned = np.empty(nq, dtype=np.int64)
