@@ -384,10 +384,15 @@ def faiss_ivfpq_refine(xb, xq, truth, *, threads, n_single, quick, refines: tupl
     return rows
 
 
+_SETTLE_S = 0.02  # OpenMP workers spin for a while after a parallel region: let them sleep first
+
+
 def duel(candidates: dict[str, Any], faiss_fn, xq: np.ndarray, *, threads: int, rounds: int) -> dict[str, Any]:
     """Cascade settings and the chosen faiss setting timed in alternation, one batch each per
     round: a slow spell of the shared machine falls on all of them alike, so per-round ratios
-    are steadier than ratios of grid rows measured minutes apart. Every cascade setting that
+    are steadier than ratios of grid rows measured minutes apart. Each batch starts after a
+    pause, so faiss's OpenMP workers, which spin-wait after a search, are not still running
+    on the cores the next batch needs. Every cascade setting that
     meets the bar takes part (the grid's fastest may only have been measured in a fast spell);
     the one with the best median ratio is reported."""
     for fn in (*candidates.values(), faiss_fn):
@@ -397,10 +402,12 @@ def duel(candidates: dict[str, Any], faiss_fn, xq: np.ndarray, *, threads: int, 
     for _ in range(rounds):
         set_threads(1)  # the cascade runs its own search threads, one BLAS thread each
         for name, fn in candidates.items():
+            time.sleep(_SETTLE_S)
             t = time.perf_counter()
             fn(xq)
             qps[name].append(len(xq) / (time.perf_counter() - t))
         set_threads(threads)
+        time.sleep(_SETTLE_S)
         t = time.perf_counter()
         faiss_fn(xq)
         qf.append(len(xq) / (time.perf_counter() - t))
