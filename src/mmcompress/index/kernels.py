@@ -147,11 +147,12 @@ def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarr
           tied: np.ndarray) -> None:
     """The ``top`` best of ``score[:m]`` into ``out[:top]`` (positions in ``score``): those above
     the threshold bin in scan order, then the best of the threshold bin; equal scores keep scan
-    order.
+    order. ``out`` and ``tied`` have a spare slot past ``top`` and ``m``.
 
-    A histogram over ``_SELECT_BINS`` equal-width bins between the lowest and highest score finds
-    the bin holding the threshold; only that bin's few members are compared. Branch-light: a
-    comparison heap or an introselect mispredicts on most of its steps."""
+    A histogram over ``_SELECT_BINS`` equal-width bins between the lowest and highest score
+    (four interleaved copies in ``counts``) finds the bin holding the threshold; only that bin's
+    few members are compared. Branch-free: every position is written and counted only where it
+    is taken (a comparison heap or an introselect mispredicts on most of its steps)."""
     lo = score[0]
     hi = score[0]
     for x in range(1, m):
@@ -159,25 +160,35 @@ def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarr
         hi = max(hi, score[x])
     top_bin = _SELECT_BINS - 1
     scale = np.float32(top_bin / (hi - lo)) if hi > lo else np.float32(0.0)
-    counts[:] = 0
     for x in range(m):
-        bx = min(np.int32((score[x] - lo) * scale), top_bin)
-        bins[x] = bx
-        counts[bx] += 1
+        bins[x] = min(np.int32((score[x] - lo) * scale), top_bin)
+    counts[:, :] = 0
+    x = 0
+    while x + 4 <= m:
+        counts[0, bins[x]] += 1
+        counts[1, bins[x + 1]] += 1
+        counts[2, bins[x + 2]] += 1
+        counts[3, bins[x + 3]] += 1
+        x += 4
+    while x < m:
+        counts[0, bins[x]] += 1
+        x += 1
     tb = top_bin
     need = top
-    while counts[tb] < need:
-        need -= counts[tb]
+    while True:
+        c = counts[0, tb] + counts[1, tb] + counts[2, tb] + counts[3, tb]
+        if c >= need:
+            break
+        need -= c
         tb -= 1
     y = 0
     nt = 0
     for x in range(m):
-        if bins[x] > tb:
-            out[y] = x
-            y += 1
-        elif bins[x] == tb:
-            tied[nt] = x
-            nt += 1
+        bx = bins[x]
+        out[y] = x
+        tied[nt] = x
+        y += np.int64(bx > tb)
+        nt += np.int64(bx == tb)
     if need < nt:  # the threshold bin's best ``need``: a selection sort of a handful of rows
         for j in range(need):
             b = j
@@ -214,6 +225,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
           kept: np.ndarray) -> None:
     nq, n_words = qwords.shape
     n_fine = fine.shape[1]
+    fine = fine.reshape(-1)  # row r's code at r * n_fine
     has_excl = excl.shape[0] > 0
     has_scales = scales.shape[0] > 0
     n_bins = 64 * n_words + 2  # the last bin holds excluded rows (below 0x7FFF: see _select_below)
@@ -230,10 +242,10 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     pos = np.empty(s1, dtype=np.int64)
     sel = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
-    best = np.empty(s2, dtype=np.int64)
-    counts = np.empty(_SELECT_BINS, dtype=np.int32)
+    best = np.empty(s2 + 1, dtype=np.int64)
+    counts = np.empty((4, _SELECT_BINS), dtype=np.int32)
     bins = np.empty(s1, dtype=np.int32)
-    tied = np.empty(s1, dtype=np.int64)
+    tied = np.empty(s1 + 1, dtype=np.int64)
     L = np.empty(256 * n_fine, dtype=np.float32)
     for i in range(nq):
         # pass 1: distances of every probed row, in scan order, then their histogram
@@ -282,9 +294,10 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             _sign_tables(proj[i], L)
             for x in range(m):
                 r = sel[x]
+                code = fine[r * n_fine:(r + 1) * n_fine]
                 s = np.float32(0.0)
                 for j in range(n_fine):
-                    s += L[j * 256 + fine[r, j]]
+                    s += L[j * 256 + code[j]]
                 if has_scales:
                     s *= scale_lo + scale_step * np.float32(scales[r])
                 score[x] = s + const[i]
@@ -412,7 +425,8 @@ if AVAILABLE:
     _lowest_bit = numba.njit(cache=True, nogil=True, inline="always")(_lowest_bit)
     _select_below = numba.njit(cache=True, nogil=True)(_select_below)
     _histogram = numba.njit(cache=True, nogil=True)(_histogram)
-    _best = numba.njit(cache=True, nogil=True)(_best)
+    # scores are finite: min/max need not order NaNs, which lets them vectorise
+    _best = numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})(_best)
     _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
     _best_cells = numba.njit(cache=True, nogil=True)(_best_cells)
