@@ -17,7 +17,8 @@ The coarse stage scans sign codes by popcount (every item, or the ``nprobe`` clo
 the fine stage rescores the shortlist with a second codec, or with the coarse codes themselves
 when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up tables built from
 the codec's own projection, optionally times a one-byte item scale chosen by validation at
-build); the exact stage reads only the final shortlist's rows from disk. A fine codec whose score
+build, plus a weighted routing score of the item's IVF cell where validation at build finds it
+ranks better: :mod:`mmcompress.index.cellprior`); the exact stage reads only the final shortlist's rows from disk. A fine codec whose score
 is one table entry per code byte plus a norm term (PQ, RQ, LSQ, their stacks, behind orthonormal
 transforms: ``Codec.search_tables``) is scored by gathers from per-query tables, with each item's
 norm decoded once per segment; other fine codecs go through their own ``search`` per shortlist.
@@ -46,6 +47,7 @@ import numpy as np
 from mmcompress.codecs.base import Codec, check_vectors
 from mmcompress.errors import CatalogError, CodecError
 from mmcompress.index import kernels
+from mmcompress.index.cellprior import choose_cell_weight
 from mmcompress.index.config import CascadeConfig
 from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
@@ -197,6 +199,7 @@ class PackedIds:
     def __init__(self, data: np.ndarray, base: int) -> None:
         assert data.dtype == np.uint8 and data.ndim == 2 and 1 <= data.shape[1] <= 8, (data.dtype, data.shape)
         self.data, self.base, self.width = data, int(base), data.shape[1]
+        self._rows = np.asarray(data)  # a plain view: a memmap's indexing costs a subclass wrap per read
         self._shifts = (8 * np.arange(self.width)).astype(np.uint64)
 
     @classmethod
@@ -213,7 +216,7 @@ class PackedIds:
         return vals.astype(np.int64) + self.base
 
     def __getitem__(self, rows: Any) -> np.ndarray:
-        return self._unpack(np.asarray(self.data[rows]))
+        return self._unpack(self._rows[rows])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._unpack(np.asarray(self.data))
@@ -255,6 +258,7 @@ class CascadeIndex:
         self.fine_shares_coarse = False
         self.scale_range_: tuple[float, float] | None = None
         self.scale_gamma_: float | None = None
+        self.cell_weight_: float | None = None
         self._lock = threading.RLock()
 
     # ---- construction ----------------------------------------------------------------------
@@ -324,6 +328,10 @@ class CascadeIndex:
                 lo, hi = np.percentile(factors, [0.1, 99.9])
                 self.scale_gamma_, self.scale_range_ = gamma, (float(lo), float(max(hi, lo + 1e-6)))
                 scales = self._quantize_scales(factors)
+        if cfg.fine.cell_prior and self.partition is not None and self._sign_fine_stage():
+            self.cell_weight_ = choose_cell_weight(
+                self.sign_scorer, self.partition, X, fine if fine is not None else coarse, offsets, order=order,
+                nprobe=cfg.coarse.nprobe, depth=cfg.fine.shortlist, metric=cfg.metric, seed=cfg.seed)
         exact = None
         if cfg.exact_rerank:
             if exact_vectors_path is not None:
@@ -396,6 +404,14 @@ class CascadeIndex:
     def _routing_projection(self) -> np.ndarray | None:
         """The coarse codec's orthonormal projection when routing in code space, else None."""
         return self._coarse_sign[0] if self.config.coarse.routing == "code" else None
+
+    def _sign_fine_stage(self) -> bool:
+        """Whether the fine stage scores sign codes through look-up tables."""
+        return self.fine_codec is not None and self.config.fine.scoring == "adc" and self.sign_scorer is not None
+
+    @property
+    def _cell_prior_applies(self) -> bool:
+        return self.cell_weight_ is not None and self.partition is not None and self._sign_fine_stage()
 
     def _item_scales_apply(self) -> bool:
         """Whether rows carry item scales: a sign-table fine stage scored by inner product."""
@@ -605,17 +621,22 @@ class CascadeIndex:
             stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             stats.seconds["coarse+fine"] = t1 - t0
         else:
+            S = None
             if p["compiled_coarse"]:
                 rows, scores, scanned, _ = self._compiled_scan(st, Q, p, fine=False)
+                if p["use_fine"] and self._cell_prior_applies:
+                    S = self._route(Q, p["nprobe"], self._query_projection(Q))[1]
             else:
-                rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"])
+                QW = self._query_projection(Q)
+                probes, S = self._route(Q, p["nprobe"], QW)
+                rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"], QW=QW, probes=probes)
             t1 = time.perf_counter()
             stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
             stats.coarse_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             stats.seconds["coarse"] = t1 - t0
             if p["use_fine"]:
                 keep = p["s2"] if p["exact"] else k
-                rows, scores = self._rescore(st, "fine", Q, rows, keep)
+                rows, scores = self._rescore(st, "fine", Q, rows, keep, cell_scores=S)
                 stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             t2 = time.perf_counter()
             stats.seconds["fine"] = t2 - t1
@@ -632,11 +653,33 @@ class CascadeIndex:
     def _probes(self, Q: np.ndarray, nprobe: int, QW: np.ndarray | None = None) -> np.ndarray:
         """The cells each query scans (nq, nprobe); the single cell 0 when unpartitioned.
         ``QW``: the queries' coarse projection, reused where the cells are routed in that space."""
+        return self._route(Q, nprobe, QW)[0]
+
+    def _route(self, Q: np.ndarray, nprobe: int, QW: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probed cells (:meth:`_probes`) and, where the cell prior applies, every cell's
+        routing score (nq, nlist), else None."""
         if self.partition is None:
-            return np.zeros((len(Q), 1), dtype=np.int64)
-        if QW is not None and self.partition.projection_ is self._coarse_sign[0]:
-            return self.partition.probe(QW, nprobe, projected=True)
-        return self.partition.probe(Q, nprobe)
+            return np.zeros((len(Q), 1), dtype=np.int64), None
+        projected = QW is not None and self.partition.projection_ is self._coarse_sign[0]
+        if self._cell_prior_applies:
+            return self.partition.probe(QW if projected else Q, nprobe, projected=projected, with_scores=True)
+        return self.partition.probe(QW if projected else Q, nprobe, projected=projected), None
+
+    def _cell_prior(self, S: np.ndarray | None, qi: np.ndarray | slice, cells: np.ndarray) -> np.ndarray | None:
+        """``weight * S[q, cell]``, float32, for queries ``qi`` and their rows' ``cells``."""
+        if S is None:
+            return None
+        return np.float32(self.cell_weight_) * S[qi, cells].astype(np.float32)
+
+    def _cells_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+        """The IVF cell of each (valid) row, main or delta."""
+        main = st.main
+        out = np.searchsorted(main.offsets, rows, side="right") - 1
+        in_delta = rows >= main.n
+        if in_delta.any():
+            out[in_delta] = st.delta.cells[rows[in_delta] - main.n]
+        return out
 
     @property
     def _coarse_sign(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -665,7 +708,8 @@ class CascadeIndex:
         items scanned and kept by the coarse stage, per query."""
         main, excl = st.main, p["excl"]
         QW = self._query_projection(Q)
-        args = (self._query_codes(Q, QW), main.coarse, main.offsets, self._probes(Q, p["nprobe"], QW),
+        probes, S = self._route(Q, p["nprobe"], QW)
+        args = (self._query_codes(Q, QW), main.coarse, main.offsets, probes,
                 None if excl is None else excl[:main.n], p["s1"])
         if not fine:
             return kernels.coarse_scan(*args)
@@ -675,16 +719,18 @@ class CascadeIndex:
         scales = None if main.scales is None else (main.scales, *self._scale_map())
         return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), proj, const,
                                         p["s2"] if p["exact"] else p["k"], ordered=not p["exact"],
-                                        scales=scales)
+                                        scales=scales, prior=self._cell_prior(S, np.arange(len(Q))[:, None], probes))
 
-    def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int,
-                excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int, excl: np.ndarray | None, *,
+                QW: np.ndarray | None = None, probes: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coarse shortlist: global rows (nq, s1) padded with -1, scores (higher = closer),
-        and how many items each query scanned."""
+        and how many items each query scanned. ``QW`` and ``probes``: as the caller routed."""
         main, delta = st.main, st.delta
         nq = len(Q)
-        QW = self._query_projection(Q)
-        probes = self._probes(Q, nprobe, QW)
+        if probes is None:
+            QW = self._query_projection(Q)
+            probes = self._probes(Q, nprobe, QW)
         lens = main.offsets[probes + 1] - main.offsets[probes]  # one cell [0, n) when unpartitioned
         nd = delta.n if delta is not None else 0
         if not getattr(self.coarse_codec, "is_binary", False):
@@ -791,11 +837,12 @@ class CascadeIndex:
         return rows, scores, scanned
 
     def _rescore(self, st: _State, stage: str, Q: np.ndarray, rows: np.ndarray, keep: int,
-                 count_bytes: bool = False) -> tuple:
-        """Score shortlisted rows with the fine codec or exact vectors; keep the best ``keep``."""
+                 count_bytes: bool = False, cell_scores: np.ndarray | None = None) -> tuple:
+        """Score shortlisted rows with the fine codec or exact vectors; keep the best ``keep``.
+        ``cell_scores``: every cell's routing score per query, for the cell prior."""
         valid = rows >= 0
         if stage == "fine" and self.config.fine.scoring == "adc":
-            return self._rescore_adc(st, Q, rows, valid, keep)
+            return self._rescore_adc(st, Q, rows, valid, keep, cell_scores)
         if stage == "exact":
             nbytes = int(valid.sum()) * self.d_ * 4
             E = st.main.exact
@@ -847,7 +894,7 @@ class CascadeIndex:
         return self._sign_scorer
 
     def _rescore_adc(self, st: _State, Q: np.ndarray, rows: np.ndarray, valid: np.ndarray,
-                     keep: int) -> tuple[np.ndarray, np.ndarray]:
+                     keep: int, cell_scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Asymmetric scores of each query's shortlist: sign look-up tables for binary codes
         (batched), else the fine codec's own ``search`` per query."""
         scorer = self.sign_scorer
@@ -859,7 +906,11 @@ class CascadeIndex:
             if st.main.scales is not None:
                 lo, step = self._scale_map()
                 S[valid] *= lo + step * self._take(st, "scales", rows[valid]).astype(np.float32)
-            S = np.where(valid, S + const[:, None].astype(np.float32), -np.inf).astype(np.float32)
+            S = S + const[:, None].astype(np.float32)
+            if cell_scores is not None:  # in the compiled kernel's order: (table sum + const) + prior
+                qi = np.nonzero(valid)[0]
+                S[valid] += self._cell_prior(cell_scores, qi, self._cells_of(st, rows[valid]))
+            S = np.where(valid, S, -np.inf).astype(np.float32)
             return _top(rows, S, keep)
         tables = self.fine_codec.search_tables(Q) if self._fine_norm_coef is not None else None
         if tables is not None:  # additive codes: gathers from per-query tables, stored norms

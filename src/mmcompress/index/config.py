@@ -39,7 +39,10 @@ class FineStageConfig:
     code's estimate by how far the item's own vector points along its reconstruction (RaBitQ's
     correction), with the weight validation picks at build, or none where it does not help. Off
     by default: it ranked the real fused catalog closer to the exact order but not the
-    benchmark's synthetic rows (see the serving notes).
+    benchmark's synthetic rows (see the serving notes). ``cell_prior``: with IVF routing and sign
+    codes scored by tables, add a weight times the query's routing score of the item's cell to
+    the estimate, the weight chosen on a sample at build (none where it does not rank better;
+    :mod:`mmcompress.index.cellprior`).
     """
 
     codec: str | None = None
@@ -47,6 +50,7 @@ class FineStageConfig:
     enabled: bool = True
     scoring: str = "adc"
     item_scales: bool = False
+    cell_prior: bool = True
 
 
 @dataclass

@@ -221,13 +221,15 @@ def _sign_tables(p: np.ndarray, lut: np.ndarray) -> None:
 
 def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
           excl: np.ndarray, s1: int, fine: np.ndarray, proj: np.ndarray, const: np.ndarray,
-          scales: np.ndarray, scale_lo: np.float32, scale_step: np.float32, s2: int, ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
+          scales: np.ndarray, scale_lo: np.float32, scale_step: np.float32, prior: np.ndarray, s2: int,
+          ordered: bool, out_rows: np.ndarray, out_scores: np.ndarray, scanned: np.ndarray,
           kept: np.ndarray) -> None:
     nq, n_words = qwords.shape
     n_fine = fine.shape[1]
     fine = fine.reshape(-1)  # row r's code at r * n_fine
     has_excl = excl.shape[0] > 0
     has_scales = scales.shape[0] > 0
+    has_prior = prior.shape[1] > 0
     n_bins = 64 * n_words + 2  # the last bin holds excluded rows (below 0x7FFF: see _select_below)
     excluded_bin = np.uint16(n_bins - 1)
     width = 0
@@ -241,6 +243,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     hist = np.zeros((4, n_bins), dtype=np.int32)
     pos = np.empty(s1, dtype=np.int64)
     sel = np.empty(s1, dtype=np.int64)
+    sel_probe = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
     best = np.empty(s2 + 1, dtype=np.int64)
     counts = np.empty((4, _SELECT_BINS), dtype=np.int32)
@@ -283,6 +286,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 p += 1
                 c = probes[i, p]
             sel[x] = offsets[c] + pos[x] - start
+            sel_probe[x] = p
             score[x] = -np.float32(dist[pos[x]])
         kept[i] = m
         top = min(s2, m)
@@ -301,6 +305,8 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 if has_scales:
                     s *= scale_lo + scale_step * np.float32(scales[r])
                 score[x] = s + const[i]
+                if has_prior:
+                    score[x] += prior[i, sel_probe[x]]
             if top > 0:
                 _best(score, m, top, best, counts, bins, tied)
             if ordered:  # best first, equal scores in scan order
@@ -459,7 +465,8 @@ def coarse_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, prob
 def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray, probes: np.ndarray,
                      excl: np.ndarray | None, s1: int, fine_codes: np.ndarray, proj: np.ndarray,
                      const: np.ndarray, s2: int, *, ordered: bool = True,
-                     scales: tuple[np.ndarray, float, float] | None = None
+                     scales: tuple[np.ndarray, float, float] | None = None,
+                     prior: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Both stages for a batch of queries.
 
@@ -468,7 +475,9 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     ``excl`` a bool per row to skip (or None); ``fine_codes`` (n, F) uint8 sign codes scored
     through look-up tables built from ``proj`` (nq, 8 F), the query's projections on the sign
     directions (:meth:`~mmcompress.index.signscan.SignLUTScorer.projections`), plus ``const`` (nq,);
-    ``scales`` = (uint8 per row, lo, step) multiplies each row's table sum by ``lo + step * u``. Returns rows (nq, s2) with -1 padding,
+    ``scales`` = (uint8 per row, lo, step) multiplies each row's table sum by ``lo + step * u``;
+    ``prior`` (nq, P) float32 is added to the score of every row of probe ``p`` (the weighted
+    cell score, :mod:`mmcompress.index.cellprior`). Returns rows (nq, s2) with -1 padding,
     their scores (-inf padding), and per query the items in its probed cells (excluded rows
     included, as the numpy path counts them) and the items the coarse stage kept. The rows are
     the ``s2`` best (equal scores: the first scanned), best first when ``ordered``; otherwise
@@ -488,6 +497,7 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
           np.ascontiguousarray(const, dtype=np.float32),
           np.zeros(0, np.uint8) if scales is None else np.ascontiguousarray(scales[0], dtype=np.uint8),
           np.float32(0 if scales is None else scales[1]), np.float32(0 if scales is None else scales[2]),
+          np.zeros((nq, 0), np.float32) if prior is None else np.ascontiguousarray(prior, dtype=np.float32),
           int(s2), bool(ordered), out_rows, out_scores, scanned, kept)
     return out_rows, out_scores, scanned, kept
 

@@ -60,7 +60,10 @@ class CoarsePartition:
     def d(self) -> int:
         return self.centroids_.shape[1] if self.projection_ is None else self.projection_.shape[0]
 
-    def _scores(self, X: np.ndarray, projected: bool = False) -> np.ndarray:
+    def scores(self, X: np.ndarray, projected: bool = False) -> np.ndarray:
+        """Routing score of every cell per row (nq, nlist), higher = closer: ``x . c`` (``ip``) or
+        ``2 x . c - |c|^2`` (``l2``, the squared distance up to a per-row constant). ``projected``:
+        ``X`` is already ``X @ projection_``."""
         C = self.centroids_ if self.centroids_.dtype == np.float32 else self.centroids_.astype(np.float32)
         if self.projection_ is not None and not projected:
             X = X @ self.projection_
@@ -73,13 +76,17 @@ class CoarsePartition:
         """Closest cell of each row (int32)."""
         out = np.empty(len(X), dtype=np.int32)
         for s in range(0, len(X), chunk):
-            out[s:s + chunk] = self._scores(np.asarray(X[s:s + chunk], dtype=np.float32)).argmax(axis=1)
+            out[s:s + chunk] = self.scores(np.asarray(X[s:s + chunk], dtype=np.float32)).argmax(axis=1)
         return out
 
-    def probe(self, Q: np.ndarray, nprobe: int, *, projected: bool = False) -> np.ndarray:
+    def probe(self, Q: np.ndarray, nprobe: int, *, projected: bool = False,
+              with_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The ``nprobe`` best cells of each query, best first (equal scores: lower cell first):
-        int64 (nq, nprobe). ``projected``: ``Q`` is already ``Q @ projection_``."""
-        return best_cells(self._scores(Q, projected), min(nprobe, self.nlist))
+        int64 (nq, nprobe); with ``with_scores`` also every cell's score (:meth:`scores`).
+        ``projected``: ``Q`` is already ``Q @ projection_``."""
+        S = self.scores(Q, projected)
+        cells = best_cells(S, min(nprobe, self.nlist))
+        return (cells, S) if with_scores else cells
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return ({"nlist": self.nlist, "metric": self.metric, "niter": self.niter,

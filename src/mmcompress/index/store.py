@@ -109,6 +109,7 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             "partition": None if index.partition is None else index.partition.get_state()[0],
             "item_scales": None if main.scales is None else
             {"gamma": index.scale_gamma_, "lo": index.scale_range_[0], "hi": index.scale_range_[1]},
+            "cell_weight": index.cell_weight_,
             "exact": main.exact is not None,
             "arrays": {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)}
                        for name, a in list(arrays.items()) + ([("exact", main.exact)] if main.exact is not None else [])},
@@ -218,6 +219,8 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
                         id_sorted=arr("id_sorted"), id_order=arr("id_order"),
                         scales=arr("scales", required=manifest.get("item_scales") is not None))
+        weight = manifest.get("cell_weight")
+        index.cell_weight_ = None if weight is None else float(weight)
         scales = manifest.get("item_scales")
         if scales is not None:
             index.scale_gamma_ = float(scales["gamma"])
