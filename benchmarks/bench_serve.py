@@ -230,9 +230,9 @@ def cascade_grid(n: int) -> list[dict[str, Any]]:
         grid.append({"nlist": 0, "nprobe": 1, "s1": s1, "s2": s2})
     # centroids live in the sign codec's 128-dim subspace (512 B per cell): 256 cells cost 1.3 B per
     # item at 100k, 4,096 cells 2.1 B at 1M
-    settings = {256: [(8, 400, 100), (8, 600, 100), (10, 600, 100), (12, 600, 120), (16, 600, 100)],
+    settings = {256: [(8, 300, 100), (8, 400, 100), (10, 400, 100), (12, 400, 90), (16, 500, 80)],
                 1024: [(8, 800, 250)],
-                4096: [(6, 500, 160), (8, 500, 160), (8, 600, 180), (12, 600, 180), (16, 800, 200)]}
+                4096: [(6, 400, 130), (6, 500, 120), (6, 600, 120), (8, 600, 120), (6, 500, 160)]}
     nlists = [] if n < 50_000 else ([256] if n < 300_000 else [1024, 4096])
     for nlist in nlists:
         for nprobe, s1, s2 in settings[nlist]:
@@ -297,6 +297,7 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
         rows.append({
             "method": "cascade", "config": f"{coarse_spec} popcount{'' if not g['nlist'] else ' IVF' + str(g['nlist']) + '/' + str(g['nprobe'])}"
                                            f" -> sign tables{' x item scales' if index.scale_gamma_ is not None else ''}"
+                                           f"{'' if index.cell_weight_ is None else f' + cell prior {index.cell_weight_:g}'}"
                                            f" top{g['s2']} of {g['s1']} -> exact"
                                            f"{'' if g['compiled'] else ' [numpy path]'}",
             **g, "recall_at_10": recall10(truth, found), **timing.to_dict(),
@@ -304,6 +305,7 @@ def bench_cascade(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, threads:
             "disk_bytes_per_query": stats.disk_bytes, "coarse_scanned_per_query": stats.coarse_scanned,
             "stage_ms_per_query": {k: 1e3 * v / len(xq) for k, v in stats.seconds.items()},
             "build_s": build_s + fit_s, "load_ms": load_ms, "item_scale_gamma": index.scale_gamma_,
+            "cell_weight": index.cell_weight_,
         })
         print(_fmt(rows[-1]), flush=True)
     for old in searchers.values():
