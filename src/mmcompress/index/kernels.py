@@ -1,13 +1,14 @@
 """Compiled kernels of the cascade's stages (numba; the GIL is released).
 
-One pass per query over its probed cells: popcount distances of the binary coarse codes, their
-histogram, a counting selection of the ``s1`` nearest (ties kept in scan order, exactly as the
-numpy path selects), then the sign look-up-table scores of those rows' fine codes (tables built
-here from the query's projections; optionally times each row's item scale) and their best
-``s2`` by a binned threshold. Nothing between the stages goes back to Python, so the per-query
-cost is the scan itself rather than array bookkeeping. :func:`best_cells` picks IVF probes the
-same way for both paths; :func:`exact_top` is the exact rerank (eight stored rows scored at a
-time). Without numba the index keeps its numpy path.
+One pass per query over its probed cells: popcount distances of the binary coarse codes
+(vectorised), their histogram, a counting selection of the ``s1`` nearest (ties kept in scan
+order, exactly as the numpy path selects; SWAR masks of 64 rows, so only kept rows are
+visited), then the sign look-up-table scores of those rows' fine codes (tables built here from
+the query's projections; optionally times each row's item scale, plus the weighted score of
+its cell) and their best ``s2`` by a binned threshold. Nothing between the stages goes back to
+Python, so the per-query cost is the scan itself rather than array bookkeeping.
+:func:`best_cells` picks IVF probes the same way for both paths; :func:`exact_top` is the
+exact rerank (eight stored rows scored at a time). Without numba the index keeps its numpy path.
 """
 
 from __future__ import annotations
