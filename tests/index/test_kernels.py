@@ -211,3 +211,9 @@ def test_one_query_product_serves_codes_routing_and_sign_tables(digits, bin64, t
         shared = ix.search(Q, 10)[1]
         ix._coarse_sign_cache = (None, None)  # three separate products
         assert np.mean(ix.search(Q, 10)[1] == shared) >= 0.99
+
+
+def test_codes_too_wide_for_the_selection_lanes_are_refused():
+    wide = np.zeros((2, 64 * 512 // 8), np.uint8)  # 32,768 bits: distances would reach the padding value
+    with pytest.raises(ValueError, match="16-bit lanes"):
+        kernels.coarse_scan(wide[:1], wide, np.array([0, 2]), np.zeros((1, 1), np.int64), None, 1)

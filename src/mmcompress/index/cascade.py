@@ -599,9 +599,9 @@ class CascadeIndex:
 
     def _compiled_coarse_applies(self, st: _State) -> bool:
         """Whether the compiled kernel can run the coarse stage: binary coarse codes in whole
-        64-bit words and no pending delta segment."""
+        64-bit words, within its 16-bit distance lanes, and no pending delta segment."""
         return (kernels.AVAILABLE and st.delta is None and getattr(self.coarse_codec, "is_binary", False)
-                and self.coarse_codec.code_size % 8 == 0)
+                and self.coarse_codec.code_size % 8 == 0 and 8 * self.coarse_codec.code_size <= kernels.MAX_BITS)
 
     def _compiled_applies(self, st: _State, use_fine: bool) -> bool:
         """Whether the compiled kernel can run both first stages: the coarse stage, then a

@@ -142,6 +142,7 @@ def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) 
 
 _SELECT_BINS = 1024
 _PAD = np.uint16(0x7FFF)  # above every distance: padding the selection never takes
+MAX_BITS = 64 * ((int(_PAD) - 3) // 64)  # widest coarse code whose distances (and excluded bin) stay below it
 
 
 def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarray, bins: np.ndarray,
@@ -486,6 +487,9 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     """
     nq = len(qcodes)
     qwords = np.ascontiguousarray(qcodes).view(np.uint64)
+    if 64 * qwords.shape[1] > MAX_BITS:
+        raise ValueError(f"coarse codes of {64 * qwords.shape[1]} bits exceed the kernel's 16-bit lanes "
+                         f"(at most {MAX_BITS} bits)")
     words = np.ascontiguousarray(codes).view(np.uint64).reshape(-1)
     out_rows = np.empty((nq, s2), dtype=np.int64)
     out_scores = np.empty((nq, s2), dtype=np.float32)
