@@ -52,7 +52,7 @@ from mmcompress.index.config import CascadeConfig
 from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
 from mmcompress.index.scales import choose_scale_weight, quantize_scales, scale_map
-from mmcompress.index.signscan import SignLUTScorer, table_scores
+from mmcompress.index.signscan import SignLUTScorer, sign_tables, table_scores
 
 FORMAT_VERSION = 2  # 2: item scales (optional array + manifest entry); version 1 indexes still load
 KIND = "cascade_index"
@@ -621,14 +621,11 @@ class CascadeIndex:
             stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             stats.seconds["coarse+fine"] = t1 - t0
         else:
-            S = None
+            QW = self._query_projection(Q)
+            probes, S = self._route(Q, p["nprobe"], QW)
             if p["compiled_coarse"]:
-                rows, scores, scanned, _ = self._compiled_scan(st, Q, p, fine=False)
-                if p["use_fine"] and self._cell_prior_applies:
-                    S = self._route(Q, p["nprobe"], self._query_projection(Q))[1]
+                rows, scores, scanned, _ = self._compiled_scan(st, Q, p, fine=False, QW=QW, probes=probes)
             else:
-                QW = self._query_projection(Q)
-                probes, S = self._route(Q, p["nprobe"], QW)
                 rows, scores, scanned = self._coarse(st, Q, p["s1"], p["nprobe"], p["excl"], QW=QW, probes=probes)
             t1 = time.perf_counter()
             stats.coarse_scanned = float(scanned.sum()) / nq if nq else 0.0
@@ -636,7 +633,7 @@ class CascadeIndex:
             stats.seconds["coarse"] = t1 - t0
             if p["use_fine"]:
                 keep = p["s2"] if p["exact"] else k
-                rows, scores = self._rescore(st, "fine", Q, rows, keep, cell_scores=S)
+                rows, scores = self._rescore(st, "fine", Q, rows, keep, cell_scores=S, QW=QW)
                 stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             t2 = time.perf_counter()
             stats.seconds["fine"] = t2 - t1
@@ -701,14 +698,18 @@ class CascadeIndex:
             return self.coarse_codec.encode(Q)
         return np.packbits(QW > self._coarse_sign[1], axis=1)
 
-    def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *,
-                       fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *, fine: bool,
+                       QW: np.ndarray | None = None, probes: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The compiled coarse popcount selection (the same rows and scores as :meth:`_coarse`),
         and with ``fine`` the sign-table scores of the shortlist in the same pass: rows, scores,
-        items scanned and kept by the coarse stage, per query."""
+        items scanned and kept by the coarse stage, per query. ``QW`` and ``probes``: as the
+        caller routed (the fine pass routes itself, for the cell scores)."""
         main, excl = st.main, p["excl"]
-        QW = self._query_projection(Q)
-        probes, S = self._route(Q, p["nprobe"], QW)
+        S = None
+        if probes is None:
+            QW = self._query_projection(Q)
+            probes, S = self._route(Q, p["nprobe"], QW)
         args = (self._query_codes(Q, QW), main.coarse, main.offsets, probes,
                 None if excl is None else excl[:main.n], p["s1"])
         if not fine:
@@ -837,12 +838,14 @@ class CascadeIndex:
         return rows, scores, scanned
 
     def _rescore(self, st: _State, stage: str, Q: np.ndarray, rows: np.ndarray, keep: int,
-                 count_bytes: bool = False, cell_scores: np.ndarray | None = None) -> tuple:
+                 count_bytes: bool = False, cell_scores: np.ndarray | None = None,
+                 QW: np.ndarray | None = None) -> tuple:
         """Score shortlisted rows with the fine codec or exact vectors; keep the best ``keep``.
-        ``cell_scores``: every cell's routing score per query, for the cell prior."""
+        ``cell_scores``: every cell's routing score per query, for the cell prior; ``QW``: the
+        queries' coarse projection where the caller has it."""
         valid = rows >= 0
         if stage == "fine" and self.config.fine.scoring == "adc":
-            return self._rescore_adc(st, Q, rows, valid, keep, cell_scores)
+            return self._rescore_adc(st, Q, rows, valid, keep, cell_scores, QW)
         if stage == "exact":
             nbytes = int(valid.sum()) * self.d_ * 4
             E = st.main.exact
@@ -894,14 +897,17 @@ class CascadeIndex:
         return self._sign_scorer
 
     def _rescore_adc(self, st: _State, Q: np.ndarray, rows: np.ndarray, valid: np.ndarray,
-                     keep: int, cell_scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     keep: int, cell_scores: np.ndarray | None = None,
+                     QW: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Asymmetric scores of each query's shortlist: sign look-up tables for binary codes
         (batched), else the fine codec's own ``search`` per query."""
         scorer = self.sign_scorer
         if scorer is not None:
             codes = np.zeros(rows.shape + (scorer.code_size,), dtype=np.uint8)
             codes[valid] = self._take(st, self._fine_attr, rows[valid])
-            lut, const = scorer.tables(Q)
+            shared = QW is not None and scorer.W is self._coarse_sign[0]
+            proj, const = scorer.projections(Q, QW if shared else None)
+            lut = sign_tables(proj)
             S = table_scores(lut, codes)
             if st.main.scales is not None:
                 lo, step = self._scale_map()
