@@ -397,8 +397,8 @@ def duel(candidates: dict[str, Any], faiss_fn, xq: np.ndarray, *, threads: int, 
     on the cores the next batch needs. Every cascade setting that
     meets the bar takes part (the grid's fastest may only have been measured in a fast spell);
     the one with the best median ratio is reported."""
-    for fn in (*candidates.values(), faiss_fn):
-        fn(xq[:8])
+    for fn in (*candidates.values(), faiss_fn):  # one whole batch each: the rows every round reads are cached
+        fn(xq)
     qps: dict[str, list[float]] = {name: [] for name in candidates}
     qf = []
     for _ in range(rounds):
