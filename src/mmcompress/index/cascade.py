@@ -18,10 +18,11 @@ the fine stage rescores the shortlist with a second codec, or with the coarse co
 when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up tables built from
 the codec's own projection, optionally times a one-byte item scale chosen by validation at
 build, plus a weighted routing score of the item's IVF cell where validation at build finds it
-ranks better: :mod:`mmcompress.index.cellprior`); the exact stage reads only the final shortlist's rows from disk. A fine codec whose score
-is one table entry per code byte plus a norm term (PQ, RQ, LSQ, their stacks, behind orthonormal
-transforms: ``Codec.search_tables``) is scored by gathers from per-query tables, with each item's
-norm decoded once per segment; other fine codecs go through their own ``search`` per shortlist.
+ranks better: :mod:`mmcompress.index.cellprior`); the exact stage reads only the final
+shortlist's rows from disk. A fine codec whose score is one table entry per code byte plus a
+norm term (PQ, RQ, LSQ, their stacks, behind orthonormal transforms: ``Codec.search_tables``) is
+scored by gathers from per-query tables, with each item's norm decoded once per segment; other
+fine codecs go through their own ``search`` per shortlist.
 Binary coarse codes with a sign-table fine stage run both first stages as one compiled pass
 (:mod:`mmcompress.index.kernels`, numba) that selects what the numpy path selects, at about
 twice its speed. Resident: codes, packed ids, packed modality masks, item scales and the codec /
