@@ -699,6 +699,13 @@ class CascadeIndex:
             return self.coarse_codec.encode(Q)
         return np.packbits(QW > self._coarse_sign[1], axis=1)
 
+    def _sign_projections(self, Q: np.ndarray, QW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The sign scorer's projections and constants, reusing ``QW`` where the scorer shares
+        the coarse codec's projection."""
+        scorer = self.sign_scorer
+        shared = QW is not None and scorer.W is self._coarse_sign[0]
+        return scorer.projections(Q, QW if shared else None)
+
     def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *, fine: bool,
                        QW: np.ndarray | None = None, probes: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -715,9 +722,7 @@ class CascadeIndex:
                 None if excl is None else excl[:main.n], p["s1"])
         if not fine:
             return kernels.coarse_scan(*args)
-        scorer = self.sign_scorer
-        shared = QW is not None and scorer.W is self._coarse_sign[0]
-        proj, const = scorer.projections(Q, QW if shared else None)
+        proj, const = self._sign_projections(Q, QW)
         scales = None if main.scales is None else (main.scales, *self._scale_map())
         return kernels.coarse_fine_scan(*args, getattr(main, self._fine_attr), proj, const,
                                         p["s2"] if p["exact"] else p["k"], ordered=not p["exact"],
@@ -906,8 +911,7 @@ class CascadeIndex:
         if scorer is not None:
             codes = np.zeros(rows.shape + (scorer.code_size,), dtype=np.uint8)
             codes[valid] = self._take(st, self._fine_attr, rows[valid])
-            shared = QW is not None and scorer.W is self._coarse_sign[0]
-            proj, const = scorer.projections(Q, QW if shared else None)
+            proj, const = self._sign_projections(Q, QW)
             lut = sign_tables(proj)
             S = table_scores(lut, codes)
             if st.main.scales is not None:

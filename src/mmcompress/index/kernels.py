@@ -164,17 +164,7 @@ def _best(score: np.ndarray, m: int, top: int, out: np.ndarray, counts: np.ndarr
     scale = np.float32(top_bin / (hi - lo)) if hi > lo else np.float32(0.0)
     for x in range(m):
         bins[x] = min(np.int32((score[x] - lo) * scale), top_bin)
-    counts[:, :] = 0
-    x = 0
-    while x + 4 <= m:
-        counts[0, bins[x]] += 1
-        counts[1, bins[x + 1]] += 1
-        counts[2, bins[x + 2]] += 1
-        counts[3, bins[x + 3]] += 1
-        x += 4
-    while x < m:
-        counts[0, bins[x]] += 1
-        x += 1
+    _histogram(bins, m, counts)
     tb = top_bin
     need = top
     while True:
