@@ -335,57 +335,69 @@ def _best_cells(S: np.ndarray, nprobe: int, out: np.ndarray) -> None:
                 n += 1
 
 
-def _exact_scores(E: np.ndarray, q: np.ndarray, rows: np.ndarray, m: int, l2: bool, out: np.ndarray) -> None:
-    """Scores of ``E[rows[:m]]`` against ``q`` (inner product, or negative squared distance),
-    eight rows at a time: eight independent reads in flight instead of one row after another
-    (the rerank is bound by fetching rows from the exact store, not by the arithmetic)."""
-    d = E.shape[1]
+def _line(E: np.ndarray, g: int, d: int, r: np.int64) -> np.ndarray:
+    """Stored row ``r`` of ``E`` holding ``g`` rows of ``d`` per line (a view)."""
+    if g == 1:  # a plain matrix: no division
+        return E[r, :d]
+    o = (r % g) * d
+    return E[r // g, o:o + d]
+
+
+def _exact_scores(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray, m: int, l2: bool,
+                  out: np.ndarray) -> None:
+    """Scores of stored rows ``rows[:m]`` against ``q`` (inner product, or negative squared
+    distance), eight rows at a time: eight independent reads in flight instead of one row
+    after another (the rerank is bound by fetching rows from the exact store, not by the
+    arithmetic). Row ``r`` is ``E[r // g, (r % g) * d:][:d]``: ``g`` rows per line of ``E``
+    (the page-aligned row file has several per 4 KiB page; a plain matrix has ``g = 1``)."""
     j = 0
     while j + 8 <= m:
-        r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
-        r4, r5, r6, r7 = rows[j + 4], rows[j + 5], rows[j + 6], rows[j + 7]
+        r0, r1, r2, r3 = _line(E, g, d, rows[j]), _line(E, g, d, rows[j + 1]), _line(E, g, d, rows[j + 2]), _line(
+            E, g, d, rows[j + 3])
+        r4, r5, r6, r7 = _line(E, g, d, rows[j + 4]), _line(E, g, d, rows[j + 5]), _line(E, g, d, rows[j + 6]), _line(
+            E, g, d, rows[j + 7])
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
         if l2:
             for c in range(d):
                 qc = q[c]
-                a0 += (qc - E[r0, c]) ** 2
-                a1 += (qc - E[r1, c]) ** 2
-                a2 += (qc - E[r2, c]) ** 2
-                a3 += (qc - E[r3, c]) ** 2
-                a4 += (qc - E[r4, c]) ** 2
-                a5 += (qc - E[r5, c]) ** 2
-                a6 += (qc - E[r6, c]) ** 2
-                a7 += (qc - E[r7, c]) ** 2
+                a0 += (qc - r0[c]) ** 2
+                a1 += (qc - r1[c]) ** 2
+                a2 += (qc - r2[c]) ** 2
+                a3 += (qc - r3[c]) ** 2
+                a4 += (qc - r4[c]) ** 2
+                a5 += (qc - r5[c]) ** 2
+                a6 += (qc - r6[c]) ** 2
+                a7 += (qc - r7[c]) ** 2
             a0, a1, a2, a3, a4, a5, a6, a7 = -a0, -a1, -a2, -a3, -a4, -a5, -a6, -a7
         else:
             for c in range(d):
                 qc = q[c]
-                a0 += qc * E[r0, c]
-                a1 += qc * E[r1, c]
-                a2 += qc * E[r2, c]
-                a3 += qc * E[r3, c]
-                a4 += qc * E[r4, c]
-                a5 += qc * E[r5, c]
-                a6 += qc * E[r6, c]
-                a7 += qc * E[r7, c]
+                a0 += qc * r0[c]
+                a1 += qc * r1[c]
+                a2 += qc * r2[c]
+                a3 += qc * r3[c]
+                a4 += qc * r4[c]
+                a5 += qc * r5[c]
+                a6 += qc * r6[c]
+                a7 += qc * r7[c]
         out[j], out[j + 1], out[j + 2], out[j + 3] = a0, a1, a2, a3
         out[j + 4], out[j + 5], out[j + 6], out[j + 7] = a4, a5, a6, a7
         j += 8
     while j < m:
-        r = rows[j]
+        r = _line(E, g, d, rows[j])
         a = np.float32(0.0)
         if l2:
             for c in range(d):
-                a += (q[c] - E[r, c]) ** 2
+                a += (q[c] - r[c]) ** 2
             a = -a
         else:
             for c in range(d):
-                a += q[c] * E[r, c]
+                a += q[c] * r[c]
         out[j] = a
         j += 1
 
 
-def _exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bool,
+def _exact_top(E: np.ndarray, g: int, d: int, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bool,
                out_rows: np.ndarray, out_scores: np.ndarray) -> None:
     nq, s = rows.shape
     r = np.empty(s, dtype=np.int64)
@@ -397,7 +409,7 @@ def _exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bo
                 r[m] = rows[i, j]
                 m += 1
         r[:m].sort()  # storage order: neighbouring rows share pages
-        _exact_scores(E, Q[i], r, m, l2, sc)
+        _exact_scores(E, g, d, Q[i], r, m, l2, sc)
         n = 0  # the best ``keep`` by insertion, best first; equal scores keep storage order
         for j in range(m):
             v = sc[j]
@@ -428,6 +440,7 @@ if AVAILABLE:
     _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
     _scan = numba.njit(cache=True, nogil=True)(_scan)
     _best_cells = numba.njit(cache=True, nogil=True)(_best_cells)
+    _line = numba.njit(cache=True, nogil=True, inline="always")(_line)
     # reassociation lets the eight row sums vectorise over dimensions; nothing else is relaxed
     _exact_scores = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores)
     _exact_top = numba.njit(cache=True, nogil=True)(_exact_top)
@@ -497,14 +510,17 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
     return out_rows, out_scores, scanned, kept
 
 
-def exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, metric: str
-              ) -> tuple[np.ndarray, np.ndarray]:
+def exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, metric: str, *,
+              rows_per_line: int = 1, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The exact rerank: each query's best ``keep`` of its ``rows`` (nq, s; -1 = none) of the
-    float32 store ``E`` (n, d; memory-mapped or not) by inner product (``ip``) or negative squared
-    distance (``l2``). Returns rows (nq, keep) and scores, best first, padded with -1 / -inf."""
+    float32 store ``E`` (memory-mapped or not) by inner product (``ip``) or negative squared
+    distance (``l2``). ``E`` is (n, d), or holds ``rows_per_line`` rows of ``d`` per line (the
+    page-aligned row file's pages: :class:`~mmcompress.index.rowstore.MemoryRowReader`).
+    Returns rows (nq, keep) and scores, best first, padded with -1 / -inf."""
     nq = len(Q)
+    d = E.shape[1] if d is None else int(d)
     out_rows = np.full((nq, keep), -1, dtype=np.int64)
     out_scores = np.full((nq, keep), -np.inf, dtype=np.float32)
-    _exact_top(E, np.ascontiguousarray(Q, dtype=np.float32), np.ascontiguousarray(rows, dtype=np.int64),
-               int(keep), metric == "l2", out_rows, out_scores)
+    _exact_top(E, int(rows_per_line), d, np.ascontiguousarray(Q, dtype=np.float32),
+               np.ascontiguousarray(rows, dtype=np.int64), int(keep), metric == "l2", out_rows, out_scores)
     return out_rows, out_scores

@@ -1,0 +1,762 @@
+"""The exact-vector row store: a page-aligned row file and the readers that fetch its rows.
+
+The exact rerank reads a few dozen float32 rows per query from a store far larger than RAM;
+what it costs is the 4 KiB pages those rows touch. This module owns that layer, apart from
+the index stages that use it: the cascade and any peer that reranks exactly call
+:meth:`RowReader.read` and read the counts from :meth:`RowReader.stats`.
+
+File format (``exact.rows``)::
+
+    page 0        b"MMROWS1\\n" + JSON layout (n, d, dtype, rows_per_group, group_bytes, ...)
+                  zero-padded to 4096 bytes
+    pages 1..     rows of d float32 (little-endian), packed so no row straddles a page:
+                  row_bytes <= 4096: 4096 // row_bytes rows per page, the rest of the page zero;
+                  row_bytes >  4096: each row starts on a page and spans ceil(row_bytes / 4096)
+
+A row is then one page read (or exactly its own pages), which an ``.npy`` (rows back to back
+after a 128-byte header) does not give: there a 1536-byte row straddles two pages one time in
+three. :class:`RowLayout` describes both, so older indexes with ``exact.npy`` stay readable.
+
+Readers (one interface, :class:`RowReader`):
+
+* :class:`DirectRowReader` - ``O_DIRECT`` reads (``os.preadv`` into page-aligned anonymous
+  memory) into an index-owned :class:`PagePool` bounded in bytes (CLOCK; 0 bytes: every page
+  from disk). Pages are deduplicated per call, adjacent pages coalesced into one read, and the
+  misses issued from a small thread pool (``reads_in_flight``), since random 4 KiB reads are
+  latency bound: one thread gets ~16k reads/s where 16 get ~58k on the reference machine.
+  Where the filesystem refuses ``O_DIRECT`` (``EINVAL``), it reads with ``pread`` and drops the
+  pages from the page cache after each read (``POSIX_FADV_DONTNEED``, readahead off); the mode
+  is in ``stats()["mode"]`` so a benchmark says which one ran.
+* :class:`MemoryRowReader` - rows memory-mapped (``mmap``: warm once the page cache has them)
+  or in RAM (``memory``), with the same page accounting (the distinct pages the rows touch).
+* :class:`StackedRowReader` - several stores read as one row range (main + delta segment).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mmcompress.artifacts import atomic_path
+from mmcompress.errors import ArtifactError
+
+PAGE_BYTES = 4096
+MAGIC = b"MMROWS1\n"
+PAGED = "paged_rows"
+NPY = "npy"
+READER_KINDS = ("mmap", "direct", "pread")
+_BATCH_PAGES = 8192  # pages per internal batch of one read call (32 MiB of frames)
+_MAX_RUN_PAGES = 64  # adjacent missing pages coalesced into one read, up to 256 KiB
+_COUNTERS = ("calls", "rows", "pages_read", "pool_hits", "pool_misses", "bytes_read", "reads")
+
+
+# ---- layout ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowLayout:
+    """Where row ``r`` of a float32 (n, d) store lies in its file.
+
+    Rows come in groups of ``rows_per_group`` laid out ``group_bytes`` apart from
+    ``data_offset``; inside a group rows are back to back. The page-aligned format has one
+    page per group (or one run of pages per long row); an ``.npy`` is one row per group with
+    ``group_bytes == row_bytes`` (rows may straddle pages).
+    """
+
+    n: int
+    d: int
+    data_offset: int
+    rows_per_group: int
+    group_bytes: int
+    format: str = PAGED
+
+    @classmethod
+    def paged(cls, n: int, d: int) -> RowLayout:
+        """The page-aligned layout of ``n`` rows of ``d`` float32 after a one-page header."""
+        row_bytes = 4 * int(d)
+        if row_bytes <= PAGE_BYTES:
+            return cls(int(n), int(d), PAGE_BYTES, PAGE_BYTES // row_bytes, PAGE_BYTES)
+        return cls(int(n), int(d), PAGE_BYTES, 1, -(-row_bytes // PAGE_BYTES) * PAGE_BYTES)
+
+    @classmethod
+    def npy(cls, n: int, d: int, data_offset: int) -> RowLayout:
+        """The layout of a C-ordered float32 ``.npy`` whose data starts at ``data_offset``."""
+        return cls(int(n), int(d), int(data_offset), 1, 4 * int(d), NPY)
+
+    @property
+    def row_bytes(self) -> int:
+        return 4 * self.d
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.n // self.rows_per_group)
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the file up to the end of the last row (the last group, when paged)."""
+        if self.format == NPY:
+            return self.data_offset + self.n * self.row_bytes
+        return self.data_offset + self.n_groups * self.group_bytes
+
+    @property
+    def max_pages_per_row(self) -> int:
+        """The most pages one row can touch: 1 for a paged row that fits in one."""
+        span = -(-self.row_bytes // PAGE_BYTES)
+        return span if self.format == PAGED else span + 1
+
+    def offsets(self, rows: np.ndarray) -> np.ndarray:
+        """Byte offset of each row in the file (int64)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        g = self.rows_per_group
+        if g == 1:
+            return self.data_offset + rows * self.group_bytes
+        return self.data_offset + (rows // g) * self.group_bytes + (rows % g) * self.row_bytes
+
+    def pages(self, rows: np.ndarray) -> np.ndarray:
+        """The distinct file pages (sorted, int64) that the rows touch."""
+        start = self.offsets(rows)
+        first = start // PAGE_BYTES
+        span = self.max_pages_per_row
+        if span == 1:
+            return _distinct(first)
+        last = (start + self.row_bytes - 1) // PAGE_BYTES
+        cand = first[:, None] + np.arange(span, dtype=np.int64)
+        return _distinct(cand[cand <= last[:, None]])
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n):
+            raise IndexError(f"row out of range [0, {self.n}): {int(rows.min())}..{int(rows.max())}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dtype": "float32", "page_bytes": PAGE_BYTES}
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> RowLayout:
+        if meta.get("dtype", "float32") != "float32" or meta.get("page_bytes", PAGE_BYTES) != PAGE_BYTES:
+            raise ArtifactError(f"unsupported row layout {meta}")
+        return cls(int(meta["n"]), int(meta["d"]), int(meta["data_offset"]), int(meta["rows_per_group"]),
+                   int(meta["group_bytes"]), str(meta.get("format", PAGED)))
+
+
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int64 array (a sort and a mask: cheaper than ``np.unique``)."""
+    s = np.sort(a, axis=None)
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)`` for int64 rows, by one stable argsort."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    new = np.empty(len(s), dtype=bool)
+    new[:1] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    inv = np.empty(len(a), dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return s[new], inv
+
+
+# ---- writing --------------------------------------------------------------------------------
+def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = None, *,
+               step: int = 65536, progress: Callable[[int], None] | None = None) -> RowLayout:
+    """Write ``source[order]`` (all rows when ``order`` is None) as a page-aligned row file.
+
+    ``source``: a float32 (n, d) array (memory-mapped or not) or a :class:`RowReader`. The file
+    is written beside ``path``, fsynced, renamed into place and its directory fsynced, so a
+    crash leaves the previous file or the complete new one. Returns the layout written."""
+    path = Path(path)
+    d = int(source.shape[1]) if hasattr(source, "shape") else int(source.d)
+    n_src = int(source.shape[0]) if hasattr(source, "shape") else int(source.n)
+    order = np.arange(n_src, dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
+    layout = RowLayout.paged(len(order), d)
+    g = layout.rows_per_group
+    step = max(g, step // g * g)  # each block starts a group
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(_header(layout))
+            for s in range(0, len(order), step):
+                idx = order[s:s + step]
+                f.write(_pack_groups(layout, _fetch_sorted(source, idx)).data)
+                if progress is not None:
+                    progress(len(idx))
+            f.flush()
+            os.fsync(f.fileno())
+    fsync_dir(path.parent)
+    return layout
+
+
+def copy_row_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a row file and fsync the copy (saving an index whose store is already on disk)."""
+    import shutil
+
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Persist a directory's entries (a rename into it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _header(layout: RowLayout) -> bytes:
+    meta = json.dumps({**layout.to_dict(), "version": 1}, sort_keys=True).encode() + b"\n"
+    head = MAGIC + meta
+    if len(head) > layout.data_offset:
+        raise ValueError("row file header exceeds its page")
+    return head + b"\0" * (layout.data_offset - len(head))
+
+
+def _pack_groups(layout: RowLayout, block: np.ndarray) -> np.ndarray:
+    """Rows (m, d) starting a group, as whole zero-padded groups: uint8 (groups, group_bytes)."""
+    g, d = layout.rows_per_group, layout.d
+    n_groups = -(-len(block) // g)
+    out = np.zeros((n_groups, layout.group_bytes), dtype=np.uint8)
+    rows = np.zeros((n_groups * g, d), dtype=np.float32)
+    rows[:len(block)] = block
+    out[:, :g * layout.row_bytes].view(np.float32).reshape(n_groups, g, d)[...] = rows.reshape(n_groups, g, d)
+    return out
+
+
+def _fetch_sorted(source: Any, idx: np.ndarray) -> np.ndarray:
+    """``source[idx]`` as float32, read in row order (sequential on disk), returned in ``idx`` order."""
+    srt = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), int(source.shape[1]) if hasattr(source, "shape") else source.d), np.float32)
+    got = source.read(idx[srt]) if hasattr(source, "read") else source[idx[srt]]
+    out[srt] = np.asarray(got, dtype=np.float32)
+    return out
+
+
+# ---- opening --------------------------------------------------------------------------------
+def read_layout(path: str | os.PathLike) -> RowLayout:
+    """The layout of a row file (page-aligned, from its header) or of a float32 ``.npy``."""
+    with open(path, "rb") as f:
+        head = f.read(PAGE_BYTES)
+        if head.startswith(MAGIC):
+            try:
+                layout = RowLayout.from_dict(json.loads(head[len(MAGIC):].split(b"\n", 1)[0]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ArtifactError(f"{path}: unreadable row file header: {e}") from e
+        elif head.startswith(b"\x93NUMPY"):
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            if len(shape) != 2 or fortran or dtype != np.dtype("<f4"):
+                raise ArtifactError(f"{path}: exact store must be a C-ordered float32 matrix; "
+                                    f"found {dtype} {shape}{' (Fortran order)' if fortran else ''}")
+            layout = RowLayout.npy(shape[0], shape[1], f.tell())
+        else:
+            raise ArtifactError(f"{path}: neither a row file nor an .npy")
+    size = os.path.getsize(path)
+    if size < layout.file_bytes:
+        raise ArtifactError(f"{path}: {size} bytes, the layout needs {layout.file_bytes} (truncated)")
+    return layout
+
+
+def open_row_store(path: str | os.PathLike, *, reader: str = "mmap", pool_bytes: int = 0,
+                   reads_in_flight: int = 16, in_memory: bool = False,
+                   layout: RowLayout | None = None) -> RowReader:
+    """Open a row file (or an ``.npy``) for reading.
+
+    ``reader``: ``"mmap"`` (memory-mapped, or read into RAM when ``in_memory``), ``"direct"``
+    (``O_DIRECT`` into a buffer pool of ``pool_bytes``, buffered reads that drop the page cache
+    where ``O_DIRECT`` is refused) or ``"pread"`` (that fallback, always). ``layout``: what the
+    caller expects (e.g. from a manifest); a file that disagrees is refused."""
+    found = read_layout(path)
+    if layout is not None and layout != found:
+        raise ArtifactError(f"{path}: layout {found} differs from the expected {layout}")
+    if reader == "mmap":
+        return MemoryRowReader.from_file(path, found, in_memory=in_memory)
+    if reader in ("direct", "pread"):
+        return DirectRowReader(path, found, pool_bytes=pool_bytes, reads_in_flight=reads_in_flight,
+                               io="auto" if reader == "direct" else "pread")
+    raise ValueError(f"reader must be one of {READER_KINDS}; found {reader!r}")
+
+
+# ---- the interface --------------------------------------------------------------------------
+@dataclass
+class ReadCounts:
+    """What one or more read calls cost: rows asked for, pages from below the pool, pool hits,
+    bytes and read calls issued."""
+
+    rows: int = 0
+    pages_read: int = 0
+    pool_hits: int = 0
+    bytes_read: int = 0
+    reads: int = 0
+
+    def add(self, other: ReadCounts) -> None:
+        self.rows += other.rows
+        self.pages_read += other.pages_read
+        self.pool_hits += other.pool_hits
+        self.bytes_read += other.bytes_read
+        self.reads += other.reads
+
+
+@runtime_checkable
+class RowReader(Protocol):
+    """Reads rows of a float32 (n, d) store and counts the 4 KiB pages it costs. Thread safe.
+
+    ``stats()`` counters (since the last ``reset_stats``): ``calls``, ``rows``, ``pages_read``
+    (pages fetched from below the index's pool: the disk, or the page cache for ``mmap``),
+    ``pool_hits`` / ``pool_misses`` (pages found / not found in the pool), ``bytes_read``,
+    ``reads`` (read calls issued); and ``mode``, ``pool_bytes``, ``pool_pages_held``."""
+
+    n: int
+    d: int
+
+    def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), d); what the call
+        cost is added to ``counts`` too when given (per-call figures under concurrency)."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def reset_stats(self) -> None: ...
+
+    def resident_bytes(self) -> int:
+        """Bytes this reader holds in RAM (its pool, or an in-RAM copy; not the page cache)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Counters:
+    """Thread-safe cumulative counters shared by the readers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._c = dict.fromkeys(_COUNTERS, 0)
+
+    def add(self, c: ReadCounts, counts: ReadCounts | None) -> None:
+        with self._lock:
+            self._c["calls"] += 1
+            self._c["rows"] += c.rows
+            self._c["pages_read"] += c.pages_read
+            self._c["pool_misses"] += c.pages_read
+            self._c["pool_hits"] += c.pool_hits
+            self._c["bytes_read"] += c.bytes_read
+            self._c["reads"] += c.reads
+        if counts is not None:
+            counts.add(c)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._c)
+        looked = out["pool_hits"] + out["pool_misses"]
+        out["pool_hit_rate"] = out["pool_hits"] / looked if looked else 0.0
+        return out
+
+
+# ---- in RAM / memory-mapped -----------------------------------------------------------------
+class MemoryRowReader:
+    """Rows of an in-RAM or memory-mapped store, with the page accounting of a disk reader.
+
+    ``groups``: the store as float32 (n_groups, group_floats), C-contiguous, row ``r`` at
+    ``groups[r // rows_per_group, (r % rows_per_group) * d:][:d]`` (a plain (n, d) matrix is
+    one row per group: ``rows_per_group=1``). The rerank scores rows in place from it (no
+    gather); ``layout`` says which file pages a row touches (for ``stats()``), and how rows are
+    grouped unless ``rows_per_group`` says otherwise (an in-RAM matrix accounted as the file)."""
+
+    def __init__(self, groups: np.ndarray, layout: RowLayout, *, mode: str = "memory",
+                 path: str | os.PathLike | None = None, rows_per_group: int | None = None) -> None:
+        assert groups.dtype == np.float32 and groups.ndim == 2 and groups.flags.c_contiguous
+        self.groups, self.layout, self.mode = groups, layout, mode
+        self.n, self.d = layout.n, layout.d
+        self.rows_per_group = layout.rows_per_group if rows_per_group is None else int(rows_per_group)
+        self.path = None if path is None else Path(path)
+        self._counters = _Counters()
+
+    @classmethod
+    def from_array(cls, X: np.ndarray) -> MemoryRowReader:
+        """An in-RAM store over ``X`` (n, d), accounted as the page-aligned file would be."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        return cls(X, RowLayout.paged(len(X), X.shape[1]), mode="memory", rows_per_group=1)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, layout: RowLayout | None = None, *,
+                  in_memory: bool = False) -> MemoryRowReader:
+        """The file memory-mapped (``mmap`` mode), or read into RAM when ``in_memory``."""
+        layout = read_layout(path) if layout is None else layout
+        shape = (layout.n_groups, layout.group_bytes // 4)
+        if in_memory:
+            with open(path, "rb") as f:
+                f.seek(layout.data_offset)
+                data = np.fromfile(f, dtype=np.float32, count=shape[0] * shape[1]).reshape(shape)
+            return cls(data, layout, mode="memory", path=path)
+        mm = np.memmap(path, dtype=np.float32, mode="r", offset=layout.data_offset, shape=shape)
+        return cls(np.asarray(mm), layout, mode="mmap", path=path)  # a plain view: no subclass wrap per read
+
+    def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        self.layout.check_rows(rows)
+        self.touch(rows, counts)
+        g = self.rows_per_group
+        if g == 1:
+            return self.groups[rows, :self.d]
+        cols = ((rows % g) * self.d)[:, None] + np.arange(self.d)
+        return self.groups[(rows // g)[:, None], cols]
+
+    def touch(self, rows: np.ndarray, counts: ReadCounts | None = None) -> None:
+        """Account a read of ``rows`` without copying them (the rerank scores them in place)."""
+        pages = len(self.layout.pages(rows)) if len(rows) else 0
+        self._counters.add(ReadCounts(rows=len(rows), pages_read=pages, bytes_read=pages * PAGE_BYTES), counts)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._counters.snapshot(), "mode": self.mode, "pool_bytes": 0, "pool_pages_held": 0}
+
+    def reset_stats(self) -> None:
+        self._counters.reset()
+
+    def resident_bytes(self) -> int:
+        return 0 if self.mode == "mmap" else int(self.groups.nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the store (its file's rows, padding included)."""
+        return int(self.groups.nbytes) if self.mode == "memory" and self.path is None else self.layout.file_bytes
+
+    def close(self) -> None:
+        """Nothing to release: the mapping goes with the last reference to it."""
+
+
+# ---- the buffer pool ------------------------------------------------------------------------
+class PagePool:
+    """An index-owned cache of 4 KiB file pages, bounded in bytes (CLOCK replacement).
+
+    ``capacity_bytes // 4096`` page frames in one anonymous mapping, allocated up front (the
+    kernel backs them as they fill); the page table and reference bits are the bookkeeping
+    on top (``resident_bytes``). Hits are copied out under the lock, so a page evicted by
+    another thread right after is never read half-overwritten."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        if capacity_bytes < 0:
+            raise ValueError(f"pool bytes must be >= 0; found {capacity_bytes}")
+        self.capacity_bytes = int(capacity_bytes)
+        self.slots = self.capacity_bytes // PAGE_BYTES
+        self._lock = threading.Lock()
+        self._mem = mmap.mmap(-1, max(self.slots, 1) * PAGE_BYTES)
+        self._frames = np.frombuffer(self._mem, dtype=np.uint8).reshape(-1, PAGE_BYTES)[:self.slots]
+        self._page_of = np.full(self.slots, -1, dtype=np.int64)
+        self._ref = np.zeros(self.slots, dtype=bool)
+        self._table: dict[int, int] = {}
+        self._hand = 0
+        self._filled = 0
+
+    def __len__(self) -> int:
+        """Pages held now."""
+        return len(self._table)
+
+    def lookup(self, pages: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Copy the pool's copy of each page into ``frames[i]``; returns a hit mask."""
+        if self.slots == 0:
+            return np.zeros(len(pages), dtype=bool)
+        with self._lock:
+            get = self._table.get
+            slot = np.fromiter((get(p, -1) for p in pages.tolist()), dtype=np.int64, count=len(pages))
+            hit = slot >= 0
+            if hit.any():
+                s = slot[hit]
+                frames[hit] = self._frames[s]
+                self._ref[s] = True
+        return hit
+
+    def insert(self, pages: np.ndarray, frames: np.ndarray) -> None:
+        """Hold ``frames[i]`` as the content of ``pages[i]``, evicting by CLOCK (at most as many
+        pages as the pool has frames; pages another thread inserted meanwhile are kept)."""
+        if self.slots == 0 or len(pages) == 0:
+            return
+        pages, frames = pages[:self.slots], frames[:self.slots]
+        with self._lock:
+            dst, src = [], []
+            for i, p in enumerate(pages.tolist()):
+                if p in self._table:
+                    continue
+                s = self._victim()
+                old = int(self._page_of[s])
+                if old >= 0:
+                    del self._table[old]
+                self._table[p] = s
+                self._page_of[s] = p
+                dst.append(s)
+                src.append(i)
+            if dst:
+                self._frames[dst] = frames[src]
+                self._ref[dst] = False  # a second touch makes a page worth keeping
+
+    def _victim(self) -> int:
+        if self._filled < self.slots:
+            self._filled += 1
+            return self._filled - 1
+        ref, n = self._ref, self.slots
+        while ref[self._hand]:
+            ref[self._hand] = False
+            self._hand = (self._hand + 1) % n
+        s = self._hand
+        self._hand = (s + 1) % n
+        return s
+
+    def clear(self) -> None:
+        with self._lock:
+            self._table.clear()
+            self._page_of[:] = -1
+            self._ref[:] = False
+            self._hand = self._filled = 0
+
+    def resident_bytes(self) -> int:
+        """Frames plus bookkeeping (page numbers, reference bits, about 100 bytes per table entry)."""
+        return self.slots * (PAGE_BYTES + 8 + 1) + 100 * len(self._table)
+
+
+# ---- the disk reader ------------------------------------------------------------------------
+class DirectRowReader:
+    """Rows read from disk the way a disk-resident index reads them: see the module docstring.
+
+    ``io``: ``"auto"`` (``O_DIRECT``; buffered + ``DONTNEED`` where refused), ``"direct"``
+    (``O_DIRECT`` or an error) or ``"pread"`` (buffered + ``DONTNEED``). ``stats()["mode"]``
+    is ``"o_direct"`` or ``"pread_dontneed"``."""
+
+    def __init__(self, path: str | os.PathLike, layout: RowLayout | None = None, *, pool_bytes: int = 0,
+                 reads_in_flight: int = 16, io: str = "auto") -> None:
+        if io not in ("auto", "direct", "pread"):
+            raise ValueError(f"io must be 'auto', 'direct' or 'pread'; found {io!r}")
+        if reads_in_flight < 1:
+            raise ValueError(f"reads_in_flight must be >= 1; found {reads_in_flight}")
+        self.path = Path(path)
+        self.layout = read_layout(path) if layout is None else layout
+        self.n, self.d = self.layout.n, self.layout.d
+        self.reads_in_flight = int(reads_in_flight)
+        self.pool = PagePool(pool_bytes)
+        self._counters = _Counters()
+        self._fd, self.mode = _open_for_reads(self.path, io)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _release, self._fd, [None])
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout.file_bytes
+
+    def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(rows) == 0:
+            return np.empty((0, self.d), dtype=np.float32)
+        if self._fd < 0:
+            raise ValueError(f"{self.path}: reader is closed")
+        self.layout.check_rows(rows)
+        uniq, inv = unique_inverse(rows)
+        X = np.empty((len(uniq), self.d), dtype=np.float32)
+        c = ReadCounts(rows=len(rows))
+        step = max(1, _BATCH_PAGES // self.layout.max_pages_per_row)
+        for a in range(0, len(uniq), step):
+            X[a:a + step] = self._read_unique(uniq[a:a + step], c)
+        self._counters.add(c, counts)
+        return X[inv]
+
+    def _read_unique(self, rows: np.ndarray, c: ReadCounts) -> np.ndarray:
+        """Sorted distinct rows: pool hits copied, misses read in parallel, rows cut out."""
+        start = self.layout.offsets(rows)
+        pages = self.layout.pages(rows)
+        mem = mmap.mmap(-1, len(pages) * PAGE_BYTES)  # page-aligned, as O_DIRECT needs
+        frames = np.frombuffer(mem, dtype=np.uint8).reshape(len(pages), PAGE_BYTES)
+        hit = self.pool.lookup(pages, frames)
+        miss = np.flatnonzero(~hit)
+        runs = _runs(pages, miss)
+        if runs:
+            c.bytes_read += self._read_runs(memoryview(mem), pages, runs)
+            self.pool.insert(pages[miss], frames[miss])
+        c.pages_read += len(miss)
+        c.pool_hits += len(pages) - len(miss)
+        c.reads += len(runs)
+        at = np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES + start % PAGE_BYTES
+        flat = frames.reshape(-1).view(np.float32)
+        X = flat[(at // 4)[:, None] + np.arange(self.d)]
+        del flat, frames
+        return X
+
+    def _read_runs(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
+        """Read each run of adjacent pages into its frames; runs spread over the read threads."""
+        def work(part: Sequence[tuple[int, int]]) -> int:
+            return sum(self._pread(mem[i * PAGE_BYTES:(i + k) * PAGE_BYTES], int(pages[i]) * PAGE_BYTES)
+                       for i, k in part)
+
+        lanes = min(self.reads_in_flight, len(runs))
+        if lanes == 1:
+            return work(runs)
+        parts = [runs[j::lanes] for j in range(lanes)]
+        futures = [self._pool_threads().submit(work, p) for p in parts[1:]]
+        total = work(parts[0])
+        return total + sum(f.result() for f in futures)
+
+    def _pread(self, buf: memoryview, offset: int) -> int:
+        got = os.preadv(self._fd, [buf], offset)
+        if got < len(buf) and offset + got < self.layout.file_bytes:
+            raise OSError(errno.EIO, f"{self.path}: short read of {got} bytes at {offset}")
+        if self.mode == "pread_dontneed":
+            os.posix_fadvise(self._fd, offset, len(buf), os.POSIX_FADV_DONTNEED)
+        return got
+
+    def _pool_threads(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.reads_in_flight - 1, thread_name_prefix="rowstore")
+                    self._finalizer.detach()
+                    self._finalizer = weakref.finalize(self, _release, self._fd, [self._executor])
+        return self._executor
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._counters.snapshot(), "mode": self.mode, "pool_bytes": self.pool.capacity_bytes,
+                "pool_pages_held": len(self.pool), "reads_in_flight": self.reads_in_flight}
+
+    def reset_stats(self) -> None:
+        self._counters.reset()
+
+    def resident_bytes(self) -> int:
+        return self.pool.resident_bytes()
+
+    def close(self) -> None:
+        """Close the file and stop the read threads; reads after this fail."""
+        self._fd = -1
+        self._finalizer()
+
+
+def _open_for_reads(path: Path, io: str) -> tuple[int, str]:
+    """A descriptor for ``O_DIRECT`` reads where the filesystem takes them (probed with one
+    aligned read), else for buffered reads with readahead off."""
+    if io != "pread" and hasattr(os, "O_DIRECT"):
+        fd = -1
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            probe = mmap.mmap(-1, PAGE_BYTES)
+            os.preadv(fd, [probe], 0)
+            probe.close()
+            return fd, "o_direct"
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            if io == "direct" or e.errno != errno.EINVAL:
+                raise
+    elif io == "direct":
+        raise OSError(errno.EINVAL, "O_DIRECT is not available on this platform")
+    fd = os.open(path, os.O_RDONLY)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd, "pread_dontneed"
+
+
+def _release(fd: int, executor: list[ThreadPoolExecutor | None]) -> None:
+    if executor[0] is not None:
+        executor[0].shutdown(wait=True)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _runs(pages: np.ndarray, miss: np.ndarray) -> list[tuple[int, int]]:
+    """(first index, count) of each run of missing pages adjacent both in the file and in the
+    frames, at most ``_MAX_RUN_PAGES`` long."""
+    if len(miss) == 0:
+        return []
+    brk = np.flatnonzero((np.diff(miss) != 1) | (np.diff(pages[miss]) != 1)) + 1
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [len(miss)]])
+    out = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        for a in range(s, e, _MAX_RUN_PAGES):
+            out.append((int(miss[a]), min(_MAX_RUN_PAGES, e - a)))
+    return out
+
+
+# ---- several stores as one ------------------------------------------------------------------
+class StackedRowReader:
+    """Stores read as one row range, part after part (the main segment, then the delta).
+
+    It does not own its parts: ``close`` leaves them open (the segments close their own)."""
+
+    def __init__(self, parts: Sequence[RowReader]) -> None:
+        self.parts = list(parts)
+        self.bounds = np.cumsum([0] + [p.n for p in self.parts])
+        self.n, self.d = int(self.bounds[-1]), self.parts[0].d
+
+    def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((len(rows), self.d), dtype=np.float32)
+        part = np.searchsorted(self.bounds, rows, side="right") - 1
+        for j, reader in enumerate(self.parts):
+            m = part == j
+            if m.any():
+                out[m] = reader.read(rows[m] - self.bounds[j], counts=counts)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        each = [p.stats() for p in self.parts]
+        out: dict[str, Any] = {k: sum(s[k] for s in each) for k in (*_COUNTERS, "pool_bytes", "pool_pages_held")}
+        looked = out["pool_hits"] + out["pool_misses"]
+        out["pool_hit_rate"] = out["pool_hits"] / looked if looked else 0.0
+        out["mode"] = "+".join(s["mode"] for s in each)
+        return out
+
+    def reset_stats(self) -> None:
+        for p in self.parts:
+            p.reset_stats()
+
+    def resident_bytes(self) -> int:
+        return sum(p.resident_bytes() for p in self.parts)
+
+    def close(self) -> None:
+        """The parts belong to their segments; nothing to close here."""
+
+
+class RowSubset:
+    """Rows ``rows`` of another store, renumbered from 0 (a compacted view, streamed to a new
+    row file on save without holding it in RAM). Does not own ``base``."""
+
+    def __init__(self, base: RowReader, rows: np.ndarray) -> None:
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+        self.n, self.d = len(self.rows), base.d
+
+    def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
+        return self.base.read(self.rows[np.asarray(rows, dtype=np.int64)], counts=counts)
+
+    def stats(self) -> dict[str, Any]:
+        return self.base.stats()
+
+    def reset_stats(self) -> None:
+        self.base.reset_stats()
+
+    def resident_bytes(self) -> int:
+        return int(self.rows.nbytes)
+
+    def close(self) -> None:
+        """``base`` belongs to its segment; nothing to close here."""
