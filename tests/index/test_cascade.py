@@ -148,7 +148,7 @@ def test_save_load_round_trip_is_memory_mapped(index, digits, tmp_path):
     loaded = CascadeIndex.load(tmp_path / "ix", mmap=True)
     assert time.perf_counter() - t < 5.0
     st = loaded._state.main
-    assert isinstance(st.coarse, np.memmap) and isinstance(st.exact, np.memmap)
+    assert isinstance(st.coarse, np.memmap) and loaded.memory_report()["exact_reader"] == "mmap"
     assert isinstance(st.fine, np.memmap) and isinstance(st.ids.data, np.memmap)
     for a, b in zip(index.search(digits["xq"], 10), loaded.search(digits["xq"], 10), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -184,7 +184,7 @@ def test_tampered_file_is_refused(index, tmp_path, target):
 def test_truncated_large_array_is_refused_without_hashing_it(index, tmp_path, monkeypatch):
     index.save(tmp_path / "ix")
     monkeypatch.setattr(index_store, "SMALL_FILE_BYTES", 0)  # every array takes the large-file path
-    path = tmp_path / "ix" / "exact.npy"
+    path = tmp_path / "ix" / "exact.rows"
     path.write_bytes(path.read_bytes()[:-64])
     with pytest.raises(ArtifactError, match="size"):
         CascadeIndex.load(tmp_path / "ix")
@@ -206,19 +206,23 @@ def test_large_array_tamper_caught_by_sampled_and_full_checks(index, tmp_path, m
 
 
 def test_exact_vectors_on_disk_and_memory_report(digits, fitted, tmp_path):
-    idx = build(digits, fitted, exact_path=tmp_path / "exact.npy")
+    idx = build(digits, fitted, exact_path=tmp_path / "exact.rows")
     report = idx.memory_report()
-    assert isinstance(idx._state.main.exact, np.memmap) and report["exact_on_disk"]
+    assert report["exact_reader"] == "mmap" and report["exact_on_disk"]
     n = len(digits["ids"])
     codes = fitted["BIN32"].code_size + fitted["PQ8x8"].code_size
     assert report["resident_bytes"]["coarse_codes"] + report["resident_bytes"]["fine_codes"] == n * codes
     assert report["resident_bytes"]["ids"] == 2 * n  # ids span < 65536 values: 2 bytes each
-    assert report["on_disk_bytes"]["exact_vectors"] == n * 64 * 4
+    assert report["resident_bytes"]["exact_buffer_pool"] == 0
+    # 16 rows of 256 bytes per 4 KiB page after a one-page header
+    assert report["on_disk_bytes"]["exact_vectors"] == 4096 * (1 + -(-n // 16))
     assert idx.bytes_per_item() == pytest.approx(report["resident_total"] / n)
     assert idx.bytes_per_item() > codes
-    idx.save(tmp_path / "ix")  # the memory-mapped exact store is copied into the saved index
+    idx.save(tmp_path / "ix")  # the exact store already on disk is copied into the saved index
     loaded = CascadeIndex.load(tmp_path / "ix")
-    np.testing.assert_array_equal(np.asarray(loaded._state.main.exact), np.asarray(idx._state.main.exact))
+    assert (tmp_path / "ix" / "exact.rows").read_bytes() == (tmp_path / "exact.rows").read_bytes()
+    rows = np.arange(n)
+    np.testing.assert_array_equal(loaded._state.main.exact.read(rows), idx._state.main.exact.read(rows))
 
 
 @pytest.mark.parametrize("bad, error", [

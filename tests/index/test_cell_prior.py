@@ -76,11 +76,11 @@ def test_choose_cell_weight_refuses_a_weight_that_does_not_help(digits, bin64):
     ix = CascadeIndex.build(bin64, bin64, digits["xb"], digits["ids"], config=_config(prior=False))
     st = ix._state
     kw = dict(nprobe=8, depth=30, metric="ip")
-    assert choose_cell_weight(ix.sign_scorer, ix.partition, np.asarray(st.main.exact), st.main.coarse,
-                              st.main.offsets, **kw) is not None
+    X = st.main.exact.read(np.arange(st.main.n))
+    assert choose_cell_weight(ix.sign_scorer, ix.partition, X, st.main.coarse, st.main.offsets, **kw) is not None
     # an impossible gain: no weight qualifies
-    assert choose_cell_weight(ix.sign_scorer, ix.partition, np.asarray(st.main.exact), st.main.coarse,
-                              st.main.offsets, min_gain=1.0, **kw) is None
+    assert choose_cell_weight(ix.sign_scorer, ix.partition, X, st.main.coarse, st.main.offsets,
+                              min_gain=1.0, **kw) is None
 
 
 def test_both_paths_score_the_prior_alike_with_pending_additions_and_after_reload(digits, bin64, tmp_path):

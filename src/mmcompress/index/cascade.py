@@ -1,5 +1,5 @@
 """Cascade index: a compact coarse code scanned for every candidate, a finer scoring of the
-coarse shortlist, and an optional exact rerank from float32 vectors memory-mapped on disk.
+coarse shortlist, and an optional exact rerank from float32 vectors in a row file on disk.
 
     codec = make_codec("BIN128")                   # sign codes: popcount scan ...
     index = CascadeIndex.build(codec, codec, X, ids,   # ... then their asymmetric sign-table scan
@@ -8,6 +8,7 @@ coarse shortlist, and an optional exact rerank from float32 vectors memory-mappe
     D, I = index.search_by_id(item_id, k=10)       # the item itself excluded
     index.add(X_new, ids_new); index.remove(ids_old); index.compact()
     index.save("artifacts/index"); CascadeIndex.load("artifacts/index", mmap=True)
+    CascadeIndex.load("artifacts/index", exact_reader="direct", exact_pool_bytes=64 << 20)
 
 Rows live in a *main* segment (sorted by coarse cell when IVF routing is on, memory-mapped when
 loaded) and a small *delta* segment that ``add`` appends to; ``remove`` sets tombstones. Neither
@@ -19,27 +20,31 @@ when the fine codec *is* the coarse codec (binary codes: per-byte sign look-up t
 the codec's own projection, optionally times a one-byte item scale chosen by validation at
 build, plus a weighted routing score of the item's IVF cell where validation at build finds it
 ranks better: :mod:`mmcompress.index.cellprior`); the exact stage reads only the final
-shortlist's rows from disk. A fine codec whose score is one table entry per code byte plus a
+shortlist's rows from disk, through a :class:`~mmcompress.index.rowstore.RowReader`
+(memory-mapped, or ``O_DIRECT`` into the index's own buffer pool: ``CascadeConfig.exact``),
+and scores them (:mod:`mmcompress.index.rerank`). A fine codec whose score is one table entry per code byte plus a
 norm term (PQ, RQ, LSQ, their stacks, behind orthonormal transforms: ``Codec.search_tables``) is
 scored by gathers from per-query tables, with each item's norm decoded once per segment; other
 fine codecs go through their own ``search`` per shortlist.
 Binary coarse codes with a sign-table fine stage run both first stages as one compiled pass
 (:mod:`mmcompress.index.kernels`, numba) that selects what the numpy path selects, at about
 twice its speed. Resident: codes, packed ids, packed modality masks, item scales and the codec /
-centroid tables; on disk: the exact store and the id lookup, touched only for the final
-candidates and for lookups by id.
+centroid tables (and the exact store's buffer pool, when it has one); on disk: the exact store
+and the id lookup, touched only for the final candidates and for lookups by id.
+
+This module is the orchestration. The rooms around it: :mod:`.segments` (the data),
+:mod:`.coarse`, :mod:`.signscan`, :mod:`.kernels` and :mod:`.rerank` (the stages),
+:mod:`.rowstore` (the exact store's format and readers) and :mod:`.store` (the saved format).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,194 +54,30 @@ from mmcompress.codecs.base import Codec, check_vectors
 from mmcompress.errors import CatalogError, CodecError
 from mmcompress.index import kernels
 from mmcompress.index.cellprior import choose_cell_weight
+from mmcompress.index.coarse import codec_shortlist, hamming_shortlist
 from mmcompress.index.config import CascadeConfig
-from mmcompress.index.hamming import hamming_distances
 from mmcompress.index.partition import CoarsePartition
+from mmcompress.index.rerank import exact_rerank
+from mmcompress.index.rowstore import (
+    MemoryRowReader,
+    ReadCounts,
+    RowReader,
+    RowSubset,
+    open_row_store,
+    write_rows,
+)
 from mmcompress.index.scales import choose_scale_weight, quantize_scales, scale_map
+from mmcompress.index.searchstats import SearchStats
+from mmcompress.index.segments import PackedIds, Segment, State, check_ids, pack_masks, unpack_mask
+from mmcompress.index.select import best_columns, smallest_counts, smallest_per_row
 from mmcompress.index.signscan import SignLUTScorer, sign_tables, table_scores
+from mmcompress.index.store import FORMAT_VERSION, KIND, SavedIndex, read_index, write_index
 
-FORMAT_VERSION = 2  # 2: item scales (optional array + manifest entry); version 1 indexes still load
-KIND = "cascade_index"
+__all__ = ["FORMAT_VERSION", "KIND", "CascadeIndex", "PackedIds", "SearchStats", "recommended_nlist",
+           "smallest_counts", "smallest_per_row"]
+
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
-_STATE_VERSIONS = itertools.count()
-_FEW_QUERIES = 4  # below this many queries per chunk, the coarse scan gathers cells per query
 POPULAR_KEEP = 10_000  # most popular ids kept with the index, for cache warming
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-@dataclass
-class SearchStats:
-    """Per-query means of what each stage touched (items) and bytes read from the exact store."""
-
-    n_queries: int = 0
-    coarse_scanned: float = 0.0
-    coarse_shortlist: float = 0.0
-    fine_shortlist: float = 0.0
-    exact_reranked: float = 0.0
-    disk_bytes: float = 0.0
-    seconds: dict[str, float] = field(default_factory=lambda: {"coarse": 0.0, "fine": 0.0, "exact": 0.0})
-
-    def merge(self, other: SearchStats) -> SearchStats:
-        n = self.n_queries + other.n_queries
-        if n == 0:
-            return SearchStats()
-
-        def mean(a: float, b: float) -> float:
-            return (a * self.n_queries + b * other.n_queries) / n
-
-        return SearchStats(
-            n_queries=n,
-            coarse_scanned=mean(self.coarse_scanned, other.coarse_scanned),
-            coarse_shortlist=mean(self.coarse_shortlist, other.coarse_shortlist),
-            fine_shortlist=mean(self.fine_shortlist, other.fine_shortlist),
-            exact_reranked=mean(self.exact_reranked, other.exact_reranked),
-            disk_bytes=mean(self.disk_bytes, other.disk_bytes),
-            seconds={k: self.seconds.get(k, 0.0) + other.seconds.get(k, 0.0)
-                     for k in set(self.seconds) | set(other.seconds)},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n_queries": self.n_queries, "coarse_scanned": self.coarse_scanned,
-                "coarse_shortlist": self.coarse_shortlist, "fine_shortlist": self.fine_shortlist,
-                "exact_reranked": self.exact_reranked, "disk_bytes_per_query": self.disk_bytes,
-                "seconds": dict(self.seconds)}
-
-
-@dataclass
-class _Segment:
-    """Row-aligned arrays of one segment. ``offsets`` bound the coarse cells (one cell if
-    unpartitioned); ``masks`` are packed little-endian bits, one row per modality."""
-
-    coarse: np.ndarray
-    fine: np.ndarray | None
-    ids: np.ndarray
-    exact: np.ndarray | None
-    masks: np.ndarray
-    offsets: np.ndarray
-    cells: np.ndarray | None = None  # delta only: the coarse cell of each row
-    fine_norms: np.ndarray | None = None  # the fine codec's norm term per row, computed on first use
-    scales: np.ndarray | None = None  # uint8 item scale of each row's sign-code estimate
-    id_sorted: np.ndarray | None = None
-    id_order: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-    def lookup(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.id_sorted is None or self.id_order is None:
-            ids = np.asarray(self.ids, dtype=np.int64)
-            order = np.argsort(ids, kind="stable").astype(np.int64)
-            self.id_sorted, self.id_order = ids[order], order
-        return self.id_sorted, self.id_order
-
-    def find(self, item_ids: np.ndarray) -> np.ndarray:
-        """Row of each id in this segment, -1 where absent."""
-        if self.n == 0:
-            return np.full(len(item_ids), -1, dtype=np.int64)
-        srt, order = self.lookup()
-        pos = np.searchsorted(srt, item_ids)
-        pos_c = np.minimum(pos, self.n - 1)
-        hit = np.asarray(srt[pos_c]) == item_ids
-        return np.where(hit, np.asarray(order[pos_c]), -1).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _State:
-    """An immutable snapshot; mutations build a new one, so searches never see a torn index."""
-
-    main: _Segment
-    delta: _Segment | None
-    dead: np.ndarray | None  # bool over main + delta rows
-    n_dead: int = 0
-    version: int = field(default_factory=lambda: next(_STATE_VERSIONS))
-
-    @property
-    def n_rows(self) -> int:
-        return self.main.n + (self.delta.n if self.delta is not None else 0)
-
-    @property
-    def n_alive(self) -> int:
-        return self.n_rows - self.n_dead
-
-
-def _pack_masks(masks: np.ndarray) -> np.ndarray:
-    """(n, n_mod) bool -> (n_mod, ceil(n/8)) uint8."""
-    if masks.shape[1] == 0:
-        return np.zeros((0, (len(masks) + 7) // 8), dtype=np.uint8)
-    return np.packbits(np.ascontiguousarray(masks.T), axis=1, bitorder="little")
-
-
-def _unpack_mask(packed_row: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Bits [a, b) of one packed mask row, as bool."""
-    bits = np.unpackbits(np.asarray(packed_row[a // 8:(b + 7) // 8]), bitorder="little")
-    return bits[a % 8:a % 8 + (b - a)].astype(bool)
-
-
-def _check_ids(ids: Any, n: int) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or len(ids) != n:
-        raise CatalogError("item ids must be a 1-D array with one id per vector", column="item_id",
-                           expected=f"shape ({n},)", found=f"shape {ids.shape}")
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise CatalogError("item ids must be integers", column="item_id", expected="int64",
-                           found=str(ids.dtype))
-    ids = ids.astype(np.int64)
-    if n:
-        srt = np.sort(ids)
-        dup = srt[1:][srt[1:] == srt[:-1]]
-        if len(dup):
-            raise CatalogError("duplicate item ids", column="item_id", expected="unique ids",
-                               found=f"{len(dup)} duplicates, first {int(dup[0])}")
-    return ids
-
-
-class PackedIds:
-    """Item ids stored as offsets from the smallest id in the fewest whole bytes (little-endian):
-    ids of a catalog spanning < 2**24 values cost 3 bytes instead of 8. Reads return int64."""
-
-    dtype = np.dtype(np.int64)
-
-    def __init__(self, data: np.ndarray, base: int) -> None:
-        assert data.dtype == np.uint8 and data.ndim == 2 and 1 <= data.shape[1] <= 8, (data.dtype, data.shape)
-        self.data, self.base, self.width = data, int(base), data.shape[1]
-        self._rows = np.asarray(data)  # a plain view: a memmap's indexing costs a subclass wrap per read
-        self._shifts = (8 * np.arange(self.width)).astype(np.uint64)
-
-    @classmethod
-    def pack(cls, ids: np.ndarray) -> PackedIds:
-        ids = np.asarray(ids, dtype=np.int64)
-        base = int(ids.min()) if len(ids) else 0
-        span = (ids - base).astype(np.uint64)
-        width = max(1, -(-int(span.max() if len(ids) else 0).bit_length() // 8))
-        data = ((span[:, None] >> (8 * np.arange(width, dtype=np.uint64))) & np.uint64(0xFF)).astype(np.uint8)
-        return cls(data, base)
-
-    def _unpack(self, d: np.ndarray) -> np.ndarray:
-        vals = (d.astype(np.uint64) << self._shifts).sum(axis=-1, dtype=np.uint64)
-        return vals.astype(np.int64) + self.base
-
-    def __getitem__(self, rows: Any) -> np.ndarray:
-        return self._unpack(self._rows[rows])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self._unpack(np.asarray(self.data))
-        return out if dtype is None else out.astype(dtype)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def shape(self) -> tuple[int]:
-        return (len(self.data),)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes)
-
-
-def _narrow_ids(ids: np.ndarray) -> PackedIds:
-    return PackedIds.pack(ids)
 
 
 def _codec_state_bytes(codec: Codec | None) -> int:
@@ -271,8 +112,9 @@ class CascadeIndex:
               progress: bool = False) -> CascadeIndex:
         """Encode ``vectors`` with both codecs (fitting them on a sample when unfitted).
 
-        ``exact_vectors_path``: where the float32 exact store is written (an .npy, memory-mapped
-        afterwards); None keeps it in memory until :meth:`save`. ``masks``: modality -> bool per
+        ``exact_vectors_path``: where the float32 exact store is written (a page-aligned row
+        file, :mod:`.rowstore`, then read as ``config.exact`` says); None keeps it in memory
+        until :meth:`save`. ``masks``: modality -> bool per
         item (for the modality filter). ``titles``: item id -> display title. ``popularity``:
         a score per item (e.g. rating counts); the most popular ids are kept for cache warming.
         """
@@ -281,7 +123,7 @@ class CascadeIndex:
         X = check_vectors(vectors, name="vectors")
         if len(X) == 0:
             raise CatalogError("cannot build an index from zero vectors", expected=">= 1 row", found=0)
-        ids = _check_ids(ids, len(X))
+        ids = check_ids(ids, len(X))
         mask_names, mask_matrix = self._check_masks(masks, len(X))
         rng = np.random.default_rng(cfg.seed)
         train = X if len(X) <= cfg.train_rows else X[np.sort(rng.choice(len(X), cfg.train_rows, replace=False))]
@@ -335,13 +177,11 @@ class CascadeIndex:
                 nprobe=cfg.coarse.nprobe, depth=cfg.fine.shortlist, metric=cfg.metric, seed=cfg.seed)
         exact = None
         if cfg.exact_rerank:
-            if exact_vectors_path is not None:
-                exact = _write_npy_rows(Path(exact_vectors_path), X, order)
-            else:
-                exact = X[order]
-        main = _Segment(coarse=coarse, fine=fine, ids=_narrow_ids(ids[order]), exact=exact,
-                        masks=_pack_masks(mask_matrix[order]), offsets=offsets, scales=scales)
-        self._init_runtime(_State(main=main, delta=None, dead=None))
+            exact = (self._write_exact(exact_vectors_path, X, order) if exact_vectors_path is not None
+                     else MemoryRowReader.from_array(X[order]))
+        main = Segment(coarse=coarse, fine=fine, ids=PackedIds.pack(ids[order]), exact=exact,
+                        masks=pack_masks(mask_matrix[order]), offsets=offsets, scales=scales)
+        self._init_runtime(State(main=main, delta=None, dead=None))
         return self
 
     @classmethod
@@ -426,13 +266,13 @@ class CascadeIndex:
     def _scale_map(self) -> tuple[np.float32, np.float32]:
         return scale_map(*self.scale_range_)
 
-    def _init_runtime(self, state: _State) -> None:
+    def _init_runtime(self, state: State) -> None:
         self._state = state
         self._lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self.total_stats = SearchStats()
         self._exclusion_cache: dict[tuple, np.ndarray | None] = {}
-        self._widest_cells: tuple[_Segment | None, np.ndarray] = (None, np.zeros(0, np.int64))
+        self._widest_cells: tuple[Segment | None, np.ndarray] = (None, np.zeros(0, np.int64))
 
     # ---- properties ------------------------------------------------------------------------
     @property
@@ -468,7 +308,7 @@ class CascadeIndex:
             raise KeyError(item_id)
         j = self._modality_index(modality)
         seg, r = (st.main, row) if row < st.main.n else (st.delta, row - st.main.n)
-        return bool(_unpack_mask(seg.masks[j], r, r + 1)[0])
+        return bool(unpack_mask(seg.masks[j], r, r + 1)[0])
 
     def _modality_index(self, modality: str) -> int:
         try:
@@ -477,7 +317,7 @@ class CascadeIndex:
             raise CatalogError(f"unknown modality {modality!r}", expected=self.modalities,
                                found=modality) from None
 
-    def _row_of(self, st: _State, item_ids: np.ndarray) -> np.ndarray:
+    def _row_of(self, st: State, item_ids: np.ndarray) -> np.ndarray:
         """Global row of each alive id, -1 where unknown or removed."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         rows = np.full(len(item_ids), -1, dtype=np.int64)
@@ -565,12 +405,12 @@ class CascadeIndex:
             raise KeyError(item_id)
         rows = np.array([row])
         if st.main.exact is not None:
-            return np.asarray(self._take(st, "exact", rows)[0], dtype=np.float32)
+            return st.exact().read(rows)[0]
         if self.fine_codec is not None:
             return self.fine_codec.decode(self._take(st, self._fine_attr, rows))[0]
         return self.coarse_codec.decode(self._take(st, "coarse", rows))[0]
 
-    def _scan_width(self, st: _State, nprobe: int) -> int:
+    def _scan_width(self, st: State, nprobe: int) -> int:
         nd = st.delta.n if st.delta is not None else 0
         if self.partition is None:
             return st.main.n + nd
@@ -580,7 +420,7 @@ class CascadeIndex:
             self._widest_cells = (st.main, widest)
         return int(widest[min(nprobe, len(widest)) - 1]) + nd
 
-    def _exclusions(self, st: _State, modality: str | None) -> np.ndarray | None:
+    def _exclusions(self, st: State, modality: str | None) -> np.ndarray | None:
         """Bool over all rows: tombstoned, or lacking ``modality``; None when nothing is excluded."""
         j = None if modality is None else self._modality_index(modality)
         key = (st.version, j)
@@ -589,28 +429,28 @@ class CascadeIndex:
             return cached  # type: ignore[return-value]
         excl = None if st.dead is None else st.dead.copy()
         if j is not None:
-            lacks = ~_unpack_mask(st.main.masks[j], 0, st.main.n)
+            lacks = ~unpack_mask(st.main.masks[j], 0, st.main.n)
             if st.delta is not None:
-                lacks = np.concatenate([lacks, ~_unpack_mask(st.delta.masks[j], 0, st.delta.n)])
+                lacks = np.concatenate([lacks, ~unpack_mask(st.delta.masks[j], 0, st.delta.n)])
             excl = lacks if excl is None else (excl | lacks)
         if len(self._exclusion_cache) > 16:
             self._exclusion_cache.clear()
         self._exclusion_cache[key] = excl
         return excl
 
-    def _compiled_coarse_applies(self, st: _State) -> bool:
+    def _compiled_coarse_applies(self, st: State) -> bool:
         """Whether the compiled kernel can run the coarse stage: binary coarse codes in whole
         64-bit words, within its 16-bit distance lanes, and no pending delta segment."""
         return (kernels.AVAILABLE and st.delta is None and getattr(self.coarse_codec, "is_binary", False)
                 and self.coarse_codec.code_size % 8 == 0 and 8 * self.coarse_codec.code_size <= kernels.MAX_BITS)
 
-    def _compiled_applies(self, st: _State, use_fine: bool) -> bool:
+    def _compiled_applies(self, st: State, use_fine: bool) -> bool:
         """Whether the compiled kernel can run both first stages: the coarse stage, then a
         sign-table fine stage."""
         return (use_fine and self._compiled_coarse_applies(st) and self.config.fine.scoring == "adc"
                 and self.sign_scorer is not None)
 
-    def _search_chunk(self, st: _State, Q: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+    def _search_chunk(self, st: State, Q: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         nq, k = len(Q), p["k"]
         stats = SearchStats(n_queries=nq)
         t0 = time.perf_counter()
@@ -634,17 +474,21 @@ class CascadeIndex:
             stats.seconds["coarse"] = t1 - t0
             if p["use_fine"]:
                 keep = p["s2"] if p["exact"] else k
-                rows, scores = self._rescore(st, "fine", Q, rows, keep, cell_scores=S, QW=QW)
+                rows, scores = self._rescore(st, Q, rows, keep, cell_scores=S, QW=QW)
                 stats.fine_shortlist = float(np.count_nonzero(rows >= 0)) / nq if nq else 0.0
             t2 = time.perf_counter()
             stats.seconds["fine"] = t2 - t1
         if p["exact"]:
-            rows, scores, nbytes = self._rescore(st, "exact", Q, rows, k, count_bytes=True)
+            counts = ReadCounts()
+            n_valid = int(np.count_nonzero(rows >= 0))
+            rows, scores = exact_rerank(st.exact(), Q, rows, k, self.config.metric, counts=counts)
             stats.exact_reranked = stats.fine_shortlist if p["use_fine"] else stats.coarse_shortlist
-            stats.disk_bytes = nbytes / max(nq, 1)
+            stats.disk_bytes = n_valid * self.d_ * 4 / max(nq, 1)
+            stats.exact_pages = counts.pages_read / max(nq, 1)
+            stats.exact_pool_hits = counts.pool_hits / max(nq, 1)
         stats.seconds["exact"] = time.perf_counter() - t2
         if not p["exact"] or rows.shape[1] != k:  # the exact stage returns its top k sorted
-            rows, scores = _top(rows, scores, k)
+            rows, scores = best_columns(rows, scores, k)
         ids = self._ids_of(st, rows)
         return scores.astype(np.float32, copy=False), ids, stats
 
@@ -670,7 +514,7 @@ class CascadeIndex:
             return None
         return np.float32(self.cell_weight_) * S[qi, cells].astype(np.float32)
 
-    def _cells_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+    def _cells_of(self, st: State, rows: np.ndarray) -> np.ndarray:
         """The IVF cell of each (valid) row, main or delta."""
         main = st.main
         out = np.searchsorted(main.offsets, rows, side="right") - 1
@@ -706,7 +550,7 @@ class CascadeIndex:
         shared = QW is not None and scorer.W is self._coarse_sign[0]
         return scorer.projections(Q, QW if shared else None)
 
-    def _compiled_scan(self, st: _State, Q: np.ndarray, p: dict[str, Any], *, fine: bool,
+    def _compiled_scan(self, st: State, Q: np.ndarray, p: dict[str, Any], *, fine: bool,
                        QW: np.ndarray | None = None, probes: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The compiled coarse popcount selection (the same rows and scores as :meth:`_coarse`),
@@ -728,139 +572,31 @@ class CascadeIndex:
                                         p["s2"] if p["exact"] else p["k"], ordered=not p["exact"],
                                         scales=scales, prior=self._cell_prior(S, np.arange(len(Q))[:, None], probes))
 
-    def _coarse(self, st: _State, Q: np.ndarray, s1: int, nprobe: int, excl: np.ndarray | None, *,
+    def _coarse(self, st: State, Q: np.ndarray, s1: int, nprobe: int, excl: np.ndarray | None, *,
                 QW: np.ndarray | None = None, probes: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coarse shortlist: global rows (nq, s1) padded with -1, scores (higher = closer),
-        and how many items each query scanned. ``QW`` and ``probes``: as the caller routed."""
-        main, delta = st.main, st.delta
-        nq = len(Q)
+        and how many items each query scanned (:mod:`.coarse`). ``QW`` and ``probes``: as the
+        caller routed."""
         if probes is None:
             QW = self._query_projection(Q)
             probes = self._probes(Q, nprobe, QW)
-        lens = main.offsets[probes + 1] - main.offsets[probes]  # one cell [0, n) when unpartitioned
-        nd = delta.n if delta is not None else 0
+        partitioned = self.partition is not None
         if not getattr(self.coarse_codec, "is_binary", False):
-            return self._coarse_generic(st, Q, probes, s1, excl)
-        qcodes = self._query_codes(Q, QW)
-        sentinel = 8 * self.coarse_codec.code_size + 1
-        starts = np.zeros_like(lens)
-        starts[:, 1:] = np.cumsum(lens, axis=1)[:, :-1]
-        starts += nd
-        width = nd + lens.sum(axis=1)
-        small = np.uint8 if sentinel <= 255 else np.int32  # narrower rows select faster
-        buf = np.full((nq, int(width.max()) if nq else 0), sentinel, dtype=small)
-        if nd:
-            blk = hamming_distances(qcodes, delta.coarse)
-            if excl is not None:
-                blk[:, excl[main.n:]] = sentinel
-            buf[:, :nd] = blk
-        offs = main.offsets
-        if self.partition is None:
-            if nd == 0 and small is np.int32:
-                hamming_distances(qcodes, main.coarse, out=buf)
-            else:
-                buf[:, nd:] = hamming_distances(qcodes, main.coarse)
-            if excl is not None:
-                buf[:, nd:][:, excl[:main.n]] = sentinel
-        elif nq <= _FEW_QUERIES:  # gather the probed cells per query: fewer calls than cell by cell
-            for i in range(nq):
-                cells = probes[i]
-                codes = np.concatenate([main.coarse[offs[c]:offs[c + 1]] for c in cells])
-                buf[i, nd:nd + len(codes)] = hamming_distances(qcodes[i:i + 1], codes)[0]
-                if excl is not None:
-                    ex = np.concatenate([excl[offs[c]:offs[c + 1]] for c in cells])
-                    buf[i, nd:nd + len(codes)][ex] = sentinel
-        else:  # cell-major: one kernel call per probed cell for all queries probing it
-            flat = probes.ravel()
-            order = np.argsort(flat, kind="stable")
-            cells = flat[order]
-            bounds = np.flatnonzero(np.diff(cells)) + 1
-            g_start = np.concatenate([[0], bounds])
-            g_end = np.concatenate([bounds, [len(cells)]])
-            for gs, ge in zip(g_start, g_end, strict=True):
-                c = int(cells[gs])
-                a, b = int(offs[c]), int(offs[c + 1])
-                if a == b:
-                    continue
-                pairs = order[gs:ge]
-                qi, pj = pairs // probes.shape[1], pairs % probes.shape[1]
-                blk = hamming_distances(qcodes[qi], main.coarse[a:b])
-                if excl is not None:
-                    ex = excl[a:b]
-                    if ex.any():
-                        blk[:, ex] = sentinel
-                dst = starts[qi, pj]
-                for r in range(len(qi)):
-                    buf[qi[r], dst[r]:dst[r] + (b - a)] = blk[r]
-        qi, slot = smallest_per_row(buf, s1, sentinel)
-        dist = buf[qi, slot]
-        counts = np.bincount(qi, minlength=nq)
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        pos = np.arange(len(qi)) - first[qi]
-        r = np.empty(len(qi), dtype=np.int64)
-        in_delta = slot < nd
-        r[in_delta] = main.n + slot[in_delta]
-        span = buf.shape[1] + 1
-        qm, sm = qi[~in_delta], slot[~in_delta]
-        flat_starts = (starts + (np.arange(nq, dtype=np.int64) * span)[:, None]).ravel()
-        key = qm * span + sm
-        jj = np.searchsorted(flat_starts, key, side="right") - 1
-        r[~in_delta] = offs[probes.ravel()[jj]] + (key - flat_starts[jj])
-        rows = np.full((nq, s1), -1, dtype=np.int64)
-        scores = np.full((nq, s1), -np.inf, dtype=np.float32)
-        rows[qi, pos] = r
-        scores[qi, pos] = -dist.astype(np.float32)  # not -dist: uint8 negation wraps
-        return rows, scores, width
+            return codec_shortlist(st, self.coarse_codec, lambda attr, rows: self._take(st, attr, rows), Q,
+                                   probes, s1, excl, partitioned=partitioned)
+        return hamming_shortlist(st, self._query_codes(Q, QW), probes, s1, excl,
+                                 8 * self.coarse_codec.code_size + 1, partitioned=partitioned)
 
-    def _coarse_generic(self, st: _State, Q: np.ndarray, probes: np.ndarray, s1: int,
-                        excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Coarse stage through ``codec.search`` (ADC or decode) for non-binary coarse codes."""
-        main, delta = st.main, st.delta
-        nq = len(Q)
-        rows = np.full((nq, s1), -1, dtype=np.int64)
-        scores = np.full((nq, s1), -np.inf, dtype=np.float32)
-        scanned = np.zeros(nq, dtype=np.int64)
-        delta_rows = np.arange(main.n, st.n_rows) if delta is not None else np.zeros(0, np.int64)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in range(nq):
-            groups.setdefault(tuple(probes[i]) if self.partition is not None else (), []).append(i)
-        for key, qs in groups.items():
-            if self.partition is None:
-                cand = np.arange(st.n_rows)
-            else:
-                cand = np.concatenate([np.arange(main.offsets[c], main.offsets[c + 1]) for c in key] + [delta_rows])
-            if excl is not None:
-                cand = cand[~excl[cand]]
-            scanned[qs] = len(cand)
-            if len(cand) == 0:
-                continue
-            codes = self._take(st, "coarse", cand)
-            dist, pos = self.coarse_codec.search(codes, Q[qs], min(s1, len(cand)))
-            valid = pos >= 0
-            r = np.where(valid, cand[np.maximum(pos, 0)], -1)
-            rows[qs, :r.shape[1]] = r
-            scores[qs, :r.shape[1]] = np.where(valid, dist, -np.inf)
-        return rows, scores, scanned
-
-    def _rescore(self, st: _State, stage: str, Q: np.ndarray, rows: np.ndarray, keep: int,
-                 count_bytes: bool = False, cell_scores: np.ndarray | None = None,
-                 QW: np.ndarray | None = None) -> tuple:
-        """Score shortlisted rows with the fine codec or exact vectors; keep the best ``keep``.
-        ``cell_scores``: every cell's routing score per query, for the cell prior; ``QW``: the
-        queries' coarse projection where the caller has it."""
+    def _rescore(self, st: State, Q: np.ndarray, rows: np.ndarray, keep: int,
+                 cell_scores: np.ndarray | None = None, QW: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Score shortlisted rows with the fine codec; keep the best ``keep``. ``cell_scores``:
+        every cell's routing score per query, for the cell prior; ``QW``: the queries' coarse
+        projection where the caller has it."""
         valid = rows >= 0
-        if stage == "fine" and self.config.fine.scoring == "adc":
+        if self.config.fine.scoring == "adc":
             return self._rescore_adc(st, Q, rows, valid, keep, cell_scores, QW)
-        if stage == "exact":
-            nbytes = int(valid.sum()) * self.d_ * 4
-            E = st.main.exact
-            if st.delta is None and E.dtype == np.float32 and E.flags.c_contiguous:
-                exact_top = kernels.exact_top if kernels.AVAILABLE else _exact_topk
-                rows, S = exact_top(E, Q, rows, keep, self.config.metric)
-            else:
-                rows, S = _top(*self._rescore_exact(st, Q, rows), keep)
-            return (rows, S, nbytes) if count_bytes else (rows, S)
         uniq, inv = np.unique(rows[valid], return_inverse=True)
         X = (self.fine_codec.decode(self._take(st, self._fine_attr, uniq)) if len(uniq)
              else np.zeros((0, self.d_), np.float32))
@@ -871,25 +607,7 @@ class CascadeIndex:
         if self.config.metric == "l2":
             S = 2 * S - (G * G).sum(axis=2) - (Q * Q).sum(axis=1)[:, None]
         S = np.where(valid, S, -np.inf).astype(np.float32)
-        return _top(rows, S, keep)
-
-    def _rescore_exact(self, st: _State, Q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores, query by query over its rows in storage order (sequential reads)."""
-        rows = np.sort(rows, axis=1)  # -1 padding first
-        S = np.full(rows.shape, -np.inf, dtype=np.float32)
-        src = st.main.exact if st.delta is None else None
-        l2 = self.config.metric == "l2"
-        for i in range(len(Q)):
-            r = rows[i]
-            a = int(np.searchsorted(r, 0))
-            if a == len(r):
-                continue
-            X = np.asarray(src[r[a:]] if src is not None else self._take(st, "exact", r[a:]), dtype=np.float32)
-            s = X @ Q[i]
-            if l2:
-                s = 2 * s - np.einsum("ij,ij->i", X, X) - float(Q[i] @ Q[i])
-            S[i, a:] = s
-        return rows, S
+        return best_columns(rows, S, keep)
 
     @property
     def sign_scorer(self) -> SignLUTScorer | None:
@@ -902,7 +620,7 @@ class CascadeIndex:
                                          if self.fine_codec is not None else None)
         return self._sign_scorer
 
-    def _rescore_adc(self, st: _State, Q: np.ndarray, rows: np.ndarray, valid: np.ndarray,
+    def _rescore_adc(self, st: State, Q: np.ndarray, rows: np.ndarray, valid: np.ndarray,
                      keep: int, cell_scores: np.ndarray | None = None,
                      QW: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Asymmetric scores of each query's shortlist: sign look-up tables for binary codes
@@ -922,7 +640,7 @@ class CascadeIndex:
                 qi = np.nonzero(valid)[0]
                 S[valid] += self._cell_prior(cell_scores, qi, self._cells_of(st, rows[valid]))
             S = np.where(valid, S, -np.inf).astype(np.float32)
-            return _top(rows, S, keep)
+            return best_columns(rows, S, keep)
         tables = self.fine_codec.search_tables(Q) if self._fine_norm_coef is not None else None
         if tables is not None:  # additive codes: gathers from per-query tables, stored norms
             lut, const, coef = tables
@@ -931,7 +649,7 @@ class CascadeIndex:
             S = table_scores(lut, codes) + const[:, None].astype(np.float32)
             if coef:
                 S[valid] -= np.float32(coef) * self._fine_norms_of(st, rows[valid])
-            return _top(rows, np.where(valid, S, -np.inf).astype(np.float32), keep)
+            return best_columns(rows, np.where(valid, S, -np.inf).astype(np.float32), keep)
         nq = len(Q)
         out_rows = np.full((nq, keep), -1, dtype=np.int64)
         out_scores = np.full((nq, keep), -np.inf, dtype=np.float32)
@@ -958,7 +676,7 @@ class CascadeIndex:
                     self._fine_coef = None if got is None else float(got[2])
         return self._fine_coef
 
-    def _segment_fine_norms(self, seg: _Segment) -> np.ndarray:
+    def _segment_fine_norms(self, seg: Segment) -> np.ndarray:
         """One segment's fine-code norms, decoded once and kept with the (immutable) segment."""
         if seg.fine_norms is None:
             with self._lock:
@@ -966,7 +684,7 @@ class CascadeIndex:
                     seg.fine_norms = self.fine_codec.scan_norms(np.asarray(getattr(seg, self._fine_attr)))
         return seg.fine_norms
 
-    def _fine_norms_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+    def _fine_norms_of(self, st: State, rows: np.ndarray) -> np.ndarray:
         for seg in (st.main, st.delta):
             if seg is not None:
                 self._segment_fine_norms(seg)
@@ -976,7 +694,7 @@ class CascadeIndex:
     def _fine_attr(self) -> str:
         return "coarse" if self.fine_shares_coarse else "fine"
 
-    def _take(self, st: _State, attr: str, rows: np.ndarray) -> np.ndarray:
+    def _take(self, st: State, attr: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one array across the main and delta segments (rows sorted for locality)."""
         main, delta = st.main, st.delta
         rows = np.asarray(rows, dtype=np.int64)
@@ -990,7 +708,7 @@ class CascadeIndex:
         out[~m] = dsrc[rows[~m] - main.n]
         return out
 
-    def _ids_of(self, st: _State, rows: np.ndarray) -> np.ndarray:
+    def _ids_of(self, st: State, rows: np.ndarray) -> np.ndarray:
         out = np.full(rows.shape, -1, dtype=np.int64)
         valid = rows >= 0
         if valid.any():
@@ -1003,7 +721,7 @@ class CascadeIndex:
         """Encode and append items with the fitted codecs (no retraining). Missing modality
         masks default to present. Ids already in the index are refused."""
         X = check_vectors(vectors, d=self.d_, name="vectors")
-        ids = _check_ids(ids, len(X))
+        ids = check_ids(ids, len(X))
         _, mask_matrix = self._check_masks(masks, len(X), self.modalities)
         with self._lock:
             st = self._state
@@ -1019,6 +737,7 @@ class CascadeIndex:
             cells = self.partition.assign(X) if self.partition is not None else np.zeros(len(X), np.int32)
             old = st.delta
             exact = X if st.main.exact is not None else None
+            old_exact = None if old is None or old.exact is None else old.exact.read(np.arange(old.n))
             if old is not None:
                 def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
                     return None if a is None or b is None else np.concatenate([np.asarray(a), b])
@@ -1026,18 +745,19 @@ class CascadeIndex:
                     if len(self.modalities) else np.zeros((old.n, 0), bool)
                 mask_matrix = np.concatenate([old_masks, mask_matrix])
                 coarse, fine = cat(old.coarse, coarse), cat(old.fine, fine)
-                exact, scales = cat(old.exact, exact), cat(old.scales, scales)
+                exact, scales = cat(old_exact, exact), cat(old.scales, scales)
                 cells = np.concatenate([old.cells, cells])
                 ids = np.concatenate([np.asarray(old.ids, np.int64), ids])
-            delta = _Segment(coarse=coarse, fine=fine, ids=ids, exact=exact,
-                             masks=_pack_masks(mask_matrix), offsets=np.array([0, len(ids)], np.int64),
+            delta = Segment(coarse=coarse, fine=fine, ids=ids,
+                            exact=None if exact is None else MemoryRowReader.from_array(exact),
+                             masks=pack_masks(mask_matrix), offsets=np.array([0, len(ids)], np.int64),
                              cells=cells.astype(np.int32), scales=scales)
             dead = st.dead
             if dead is not None:
                 dead = np.concatenate([dead[:st.main.n], np.zeros(delta.n, bool)])
                 if old is not None:
                     dead[st.main.n:st.main.n + old.n] = st.dead[st.main.n:]
-            self._state = _State(main=st.main, delta=delta, dead=dead, n_dead=st.n_dead)
+            self._state = State(main=st.main, delta=delta, dead=dead, n_dead=st.n_dead)
             if titles:
                 self.titles.update({int(a): str(b) for a, b in titles.items()})
 
@@ -1056,20 +776,24 @@ class CascadeIndex:
                 return 0
             dead = np.zeros(st.n_rows, bool) if st.dead is None else st.dead.copy()
             dead[rows] = True
-            self._state = _State(main=st.main, delta=st.delta, dead=dead, n_dead=int(dead.sum()))
+            self._state = State(main=st.main, delta=st.delta, dead=dead, n_dead=int(dead.sum()))
             return len(rows)
 
     def compact(self, exact_vectors_path: str | Path | None = None) -> None:
         """Fold the delta into the main segment and drop tombstoned rows (codecs unchanged).
 
-        The compacted exact store is written to ``exact_vectors_path`` when given, else kept in
-        memory until :meth:`save`."""
+        The compacted exact store is written to ``exact_vectors_path`` when given (and read as
+        ``config.exact`` says), else kept in memory until :meth:`save`."""
         with self._lock:
             main = self._compacted(self._state, exact_vectors_path)
-            self._state = _State(main=main, delta=None, dead=None)
+            self._state = State(main=main, delta=None, dead=None)
             self._exclusion_cache.clear()
 
-    def _compacted(self, st: _State, exact_vectors_path: str | Path | None = None) -> _Segment:
+    def _compacted(self, st: State, exact_vectors_path: str | Path | None = None, *,
+                   lazy_exact: bool = False) -> Segment:
+        """The state's alive rows as one segment sorted by cell. The exact store is written to
+        ``exact_vectors_path``, else read into memory, else (``lazy_exact``, for saving) a view
+        of the old store's rows that the writer streams."""
         if st.delta is None and st.dead is None:
             return st.main
         main, delta = st.main, st.delta
@@ -1083,20 +807,22 @@ class CascadeIndex:
         offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
         masks = np.zeros((len(order), len(self.modalities)), bool)
         for j in range(len(self.modalities)):
-            col = _unpack_mask(main.masks[j], 0, main.n)
+            col = unpack_mask(main.masks[j], 0, main.n)
             if delta is not None:
-                col = np.concatenate([col, _unpack_mask(delta.masks[j], 0, delta.n)])
+                col = np.concatenate([col, unpack_mask(delta.masks[j], 0, delta.n)])
             masks[:, j] = col[order]
-        exact = None
+        exact: RowReader | None = None
         if main.exact is not None:
             if exact_vectors_path is not None:
-                exact = _write_npy_rows(Path(exact_vectors_path), _RowSource(self, st), order)
+                exact = self._write_exact(exact_vectors_path, st.exact(), order)
+            elif lazy_exact:
+                exact = RowSubset(st.exact(), order)
             else:
-                exact = self._take(st, "exact", order).astype(np.float32)
-        return _Segment(coarse=self._take(st, "coarse", order),
+                exact = MemoryRowReader.from_array(st.exact().read(order))
+        return Segment(coarse=self._take(st, "coarse", order),
                         fine=None if main.fine is None else self._take(st, "fine", order),
-                        ids=_narrow_ids(self._take(st, "ids", order).astype(np.int64)),
-                        exact=exact, masks=_pack_masks(masks), offsets=offsets,
+                        ids=PackedIds.pack(self._take(st, "ids", order).astype(np.int64)),
+                        exact=exact, masks=pack_masks(masks), offsets=offsets,
                         scales=None if main.scales is None else self._take(st, "scales", order))
 
     # ---- memory ----------------------------------------------------------------------------
@@ -1118,6 +844,8 @@ class CascadeIndex:
                                  and self.sign_scorer is not None else 0),
             "item_scales": sum(s.scales.nbytes for s in segs if s.scales is not None),
             "fine_norms": (4 * st.n_rows if self.config.fine.scoring == "adc" and self._fine_norm_coef else 0),
+            "exact_buffer_pool": sum(s.exact.resident_bytes() for s in segs
+                                     if s.exact is not None and not isinstance(s.exact, MemoryRowReader)),
         }
         on_disk = {
             "exact_vectors": sum(s.exact.nbytes for s in segs if s.exact is not None),
@@ -1125,9 +853,10 @@ class CascadeIndex:
         }
         n = max(st.n_alive, 1)
         total = sum(resident.values())
+        mode = None if st.main.exact is None else st.main.exact.stats()["mode"]
         return {"n_items": st.n_alive, "resident_bytes": resident, "resident_total": total,
                 "resident_bytes_per_item": total / n, "on_disk_bytes": on_disk,
-                "exact_on_disk": isinstance(st.main.exact, np.memmap)}
+                "exact_on_disk": mode is not None and mode != "memory", "exact_reader": mode}
 
     def bytes_per_item(self) -> float:
         """All-in resident bytes per item: codes + ids + masks + tables amortised."""
@@ -1136,17 +865,83 @@ class CascadeIndex:
     # ---- persistence -----------------------------------------------------------------------
     def save(self, directory: str | Path, *, progress: bool = False) -> Path:
         """Write the index (compacted view) into ``directory`` atomically; see :mod:`.store`."""
-        from mmcompress.index.store import save_index
-
-        return save_index(self, directory, progress=progress)
+        st = self._state
+        return write_index(SavedIndex(
+            config=self.config, coarse_codec=self.coarse_codec, fine_codec=self.fine_codec,
+            fine_shares_coarse=self.fine_shares_coarse, d=self.d_, modalities=list(self.modalities),
+            main=self._compacted(st, lazy_exact=True),
+            partition=None if self.partition is None else self.partition.get_state(),
+            titles=self.titles, popular_item_ids=self.popular_item_ids,
+            item_scales=None if self.scale_gamma_ is None else (self.scale_gamma_, *self.scale_range_),
+            cell_weight=self.cell_weight_), directory)
 
     @classmethod
-    def load(cls, directory: str | Path, *, mmap: bool = True, verify: str = "quick") -> CascadeIndex:
+    def load(cls, directory: str | Path, *, mmap: bool = True, verify: str = "quick",
+             exact_reader: str | None = None, exact_pool_bytes: int | None = None,
+             reads_in_flight: int | None = None) -> CascadeIndex:
         """Open a saved index; code arrays are memory-mapped when ``mmap``. ``verify``: "quick"
-        checks small files fully and large arrays by size and sampled digest; "full" hashes all."""
-        from mmcompress.index.store import load_index
+        checks small files fully and large arrays by size and sampled digest; "full" hashes all.
+        ``exact_reader`` / ``exact_pool_bytes`` / ``reads_in_flight`` override the saved
+        ``config.exact`` (how the exact store is read: ``"mmap"``, ``"direct"``, ``"pread"``)."""
+        saved = read_index(directory, mmap=mmap, verify=verify, exact_reader=exact_reader,
+                           exact_pool_bytes=exact_pool_bytes, reads_in_flight=reads_in_flight)
+        index = cls(saved.config)
+        index.coarse_codec, index.fine_codec = saved.coarse_codec, saved.fine_codec
+        index.fine_shares_coarse, index.d_, index.modalities = saved.fine_shares_coarse, saved.d, saved.modalities
+        index.partition = None if saved.partition is None else CoarsePartition.from_state(
+            *saved.partition, projection=index._routing_projection())
+        index.titles, index.popular_item_ids = saved.titles, saved.popular_item_ids
+        index.cell_weight_ = saved.cell_weight
+        if saved.item_scales is not None:
+            index.scale_gamma_, index.scale_range_ = saved.item_scales[0], saved.item_scales[1:]
+        index._init_runtime(State(main=saved.main, delta=None, dead=None))
+        return index
 
-        return load_index(directory, mmap=mmap, verify=verify)
+    # ---- the exact store -------------------------------------------------------------------
+    def _write_exact(self, path: str | Path, source: Any, order: np.ndarray) -> RowReader:
+        """Write ``source[order]`` as a row file at ``path`` and open it as ``config.exact`` says."""
+        write_rows(path, source, order)
+        return self._open_exact(path)
+
+    def _open_exact(self, path: str | Path) -> RowReader:
+        ex = self.config.exact
+        return open_row_store(path, reader=ex.reader, pool_bytes=ex.pool_bytes, reads_in_flight=ex.reads_in_flight)
+
+    def reopen_exact(self, reader: str | None = None, *, pool_bytes: int | None = None,
+                     reads_in_flight: int | None = None) -> None:
+        """Read the on-disk exact store another way from now on (e.g. ``"direct"`` with a pool of
+        1% of the store), keeping the rest of the index; the settings go into ``config.exact``.
+        An exact store held only in memory has no file to reopen: it stays as it is."""
+        ex = self.config.exact
+        with self._lock:
+            ex.reader = ex.reader if reader is None else reader
+            ex.pool_bytes = ex.pool_bytes if pool_bytes is None else int(pool_bytes)
+            ex.reads_in_flight = ex.reads_in_flight if reads_in_flight is None else int(reads_in_flight)
+            self.config.validate()
+            st = self._state
+            path = None if st.main.exact is None else getattr(st.main.exact, "path", None)
+            if path is None:
+                return
+            main = Segment(**{**st.main.__dict__, "exact": self._open_exact(path)})
+            self._state = State(main=main, delta=st.delta, dead=st.dead, n_dead=st.n_dead)
+
+    def exact_store_stats(self) -> dict[str, Any]:
+        """The exact store reader's counters (``RowReader.stats``: pages read, pool hits and
+        hit rate, bytes, reads, mode); empty without an exact store. For /metrics."""
+        reader = self._state.exact()
+        return {} if reader is None else reader.stats()
+
+    def reset_exact_store_stats(self) -> None:
+        reader = self._state.exact()
+        if reader is not None:
+            reader.reset_stats()
+
+    def close(self) -> None:
+        """Release the exact store's file and read threads (searches needing it fail after)."""
+        st = self._state
+        for seg in (st.main, st.delta):
+            if seg is not None and seg.exact is not None:
+                seg.exact.close()
 
     def describe(self) -> dict[str, Any]:
         cfg = self.config
@@ -1161,106 +956,6 @@ class CascadeIndex:
 
     def __repr__(self) -> str:
         return f"CascadeIndex({json.dumps(self.describe())})"
-
-
-def smallest_per_row(buf: np.ndarray, s: int, sentinel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) of the ``s`` smallest values below ``sentinel`` in each row of a matrix of
-    small non-negative integers, ties broken by column, grouped by row in column order.
-
-    A counting selection row by row: the row's histogram gives its threshold value; everything
-    below it and the first ties at it are kept (several times faster than argpartition on the
-    heavily tied values of Hamming distances, and than the same counting done on the 2-D batch).
-    """
-    cols = [smallest_counts(line, s, sentinel) for line in buf]
-    if not cols:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    qi = np.repeat(np.arange(len(cols), dtype=np.int64), [len(c) for c in cols])
-    return qi, np.concatenate(cols).astype(np.int64)
-
-
-def smallest_counts(line: np.ndarray, s: int, sentinel: int) -> np.ndarray:
-    """Columns of the ``s`` smallest values below ``sentinel`` in one row, in column order."""
-    hist = np.bincount(line, minlength=sentinel + 1)[:sentinel]
-    cum = np.cumsum(hist)
-    if cum[-1] <= s:
-        return np.flatnonzero(line < sentinel)
-    thr = int(np.searchsorted(cum, s))
-    below = line < thr
-    at = np.flatnonzero(line == thr)[:s - int(cum[thr - 1] if thr > 0 else 0)]
-    below[at] = True
-    return np.flatnonzero(below)
-
-
-def _exact_topk(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int,
-                metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``keep`` of each query's rows of ``E`` by exact score, with faiss's by-index kernels
-    (rows read in storage order; -1 padding must trail, where the kernel stops)."""
-    import faiss
-
-    nq, s = rows.shape
-    big = _INT64_MAX
-    R = np.sort(np.where(rows < 0, big, rows), axis=1)
-    R[R == big] = -1
-    R = np.ascontiguousarray(R, dtype=np.int64)
-    Q = np.ascontiguousarray(Q, dtype=np.float32)
-    D = np.empty((nq, keep), dtype=np.float32)
-    out = np.empty((nq, keep), dtype=np.int64)
-    fn = faiss.knn_inner_products_by_idx if metric == "ip" else faiss.knn_L2sqr_by_idx
-    sp = faiss.swig_ptr
-    fn(sp(Q), sp(E), sp(R), Q.shape[1], nq, len(E), s, keep, sp(D), sp(out), s)
-    D = D if metric == "ip" else -D
-    D[out < 0] = -np.inf
-    return out, D
-
-
-def _top(rows: np.ndarray, scores: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``keep`` best columns of each row, sorted by score descending (padding -1 / -inf)."""
-    nq, s = rows.shape
-    if s > keep:
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        rows = np.take_along_axis(rows, part, axis=1)
-        scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    rows = np.take_along_axis(rows, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    if rows.shape[1] < keep:
-        pad = keep - rows.shape[1]
-        rows = np.concatenate([rows, np.full((nq, pad), -1, rows.dtype)], axis=1)
-        scores = np.concatenate([scores, np.full((nq, pad), -np.inf, scores.dtype)], axis=1)
-    rows = np.where(np.isfinite(scores), rows, -1)
-    return rows, scores
-
-
-class _RowSource:
-    """Exact vectors of a state's rows, readable by row index (for streaming compaction)."""
-
-    def __init__(self, index: CascadeIndex, st: _State) -> None:
-        self.index, self.st = index, st
-        self.shape = (st.n_rows, index.d_)
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        return self.index._take(self.st, "exact", rows)
-
-
-def _write_npy_rows(path: Path, source: Any, order: np.ndarray, step: int = 65536,
-                    progress: Callable[[int], None] | None = None) -> np.memmap:
-    """Write ``source[order]`` as a float32 .npy at ``path`` in chunks; return it memory-mapped."""
-    from mmcompress.artifacts import atomic_path
-
-    d = source.shape[1]
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), d))
-        for s in range(0, len(order), step):
-            idx = order[s:s + step]
-            srt = np.argsort(idx, kind="stable")
-            block = np.empty((len(idx), d), np.float32)
-            block[srt] = np.asarray(source[idx[srt]], dtype=np.float32)
-            out[s:s + step] = block
-            if progress is not None:
-                progress(len(idx))
-        out.flush()
-        del out
-    return np.load(path, mmap_mode="r")
 
 
 def recommended_nlist(n: int) -> int:

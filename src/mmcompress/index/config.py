@@ -54,12 +54,34 @@ class FineStageConfig:
 
 
 @dataclass
+class ExactStageConfig:
+    """Stage 3's store: how the float32 rows of the fine shortlist are read
+    (:mod:`mmcompress.index.rowstore`).
+
+    ``reader``: ``"mmap"`` memory-maps the row file (the page cache keeps what was read, so a
+    served index is warm after its first queries and its reads do not show as disk reads);
+    ``"direct"`` reads it as a disk-resident index does, with ``O_DIRECT`` into the index's own
+    buffer pool of ``pool_bytes`` (0: every page from disk), falling back to buffered reads that
+    drop the page cache where the filesystem refuses ``O_DIRECT``; ``"pread"`` forces that
+    fallback. ``reads_in_flight``: page reads one search issues at once (random 4 KiB reads
+    are latency bound: more in flight, more reads per second). Only a store on disk (built
+    with ``exact_vectors_path``, or loaded) is read this way; one built in memory stays there.
+    """
+
+    reader: str = "mmap"
+    pool_bytes: int = 0
+    reads_in_flight: int = 16
+
+
+@dataclass
 class CascadeConfig:
-    """All stages; ``exact_rerank`` rescores the fine shortlist with float32 vectors on disk."""
+    """All stages; ``exact_rerank`` rescores the fine shortlist with float32 vectors on disk,
+    read as ``exact`` says."""
 
     coarse: CoarseStageConfig = field(default_factory=CoarseStageConfig)
     fine: FineStageConfig = field(default_factory=FineStageConfig)
     exact_rerank: bool = True
+    exact: ExactStageConfig = field(default_factory=ExactStageConfig)
     metric: str = "ip"
     cache_bytes: int = 4_000_000
     cache_policy: str = "tinylfu"
@@ -73,6 +95,8 @@ class CascadeConfig:
             self.coarse = _from_mapping(CoarseStageConfig, self.coarse, "index.coarse")
         if isinstance(self.fine, Mapping):
             self.fine = _from_mapping(FineStageConfig, self.fine, "index.fine")
+        if isinstance(self.exact, Mapping):
+            self.exact = _from_mapping(ExactStageConfig, self.exact, "index.exact")
         self.validate()
 
     def validate(self) -> None:
@@ -89,6 +113,11 @@ class CascadeConfig:
             raise CodecError(f"index.coarse.routing must be 'code' or 'full'; found {self.coarse.routing!r}")
         if self.fine.scoring not in ("adc", "decode"):
             raise CodecError(f"index.fine.scoring must be 'adc' or 'decode'; found {self.fine.scoring!r}")
+        if self.exact.reader not in ("mmap", "direct", "pread"):
+            raise CodecError(f"index.exact.reader must be 'mmap', 'direct' or 'pread'; found {self.exact.reader!r}")
+        if self.exact.pool_bytes < 0 or self.exact.reads_in_flight < 1:
+            raise CodecError(f"index.exact needs pool_bytes >= 0 and reads_in_flight >= 1; found "
+                             f"pool_bytes={self.exact.pool_bytes}, reads_in_flight={self.exact.reads_in_flight}")
         if self.cache_bytes < 0:
             raise CodecError(f"index.cache_bytes must be >= 0; found {self.cache_bytes}")
         if self.cache_policy not in ("tinylfu", "lru"):

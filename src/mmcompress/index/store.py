@@ -1,15 +1,21 @@
-"""On-disk layout of a cascade index: plain .npy arrays (memory-mappable) + a JSON manifest.
+"""On-disk layout of a cascade index: plain .npy arrays (memory-mappable), the exact store's
+page-aligned row file and a JSON manifest.
 
     <dir>/manifest.json        kind, format_version, config, codec specs, per-file size + SHA-256
     <dir>/coarse.npy           uint8 (n, coarse_code_size), rows sorted by coarse cell
     <dir>/fine.npy             uint8 (n, fine_code_size)             (when a fine stage exists)
     <dir>/ids.npy              uint8 (n, w): item id - ids_base, little-endian in w bytes
-    <dir>/exact.npy            float32 (n, d) exact vectors          (when exact rerank is on)
+    <dir>/exact.rows           float32 (n, d) exact vectors, no row straddling a 4 KiB page
+                               (:mod:`.rowstore`; the manifest's ``exact_store`` names file and
+                               layout; format 3. Formats 1-2 kept an ``exact.npy``, still read)
     <dir>/id_sorted.npy, id_order.npy   sorted ids and their rows (binary-search lookup)
     <dir>/offsets.npy, masks.npy, centroids.npy   cell bounds, packed modality bits, IVF centroids
     <dir>/coarse_codec.json(.npz), fine_codec.json(.npz)   codecs, saved by ``codec.save``
     <dir>/titles.json          item id -> title                      (optional)
     <dir>/popular.npy          most popular item ids first (cache warming, optional)
+
+This module is the format only: :class:`SavedIndex` is what it writes and reads back, and the
+cascade assembles itself from it (no import of the cascade here).
 
 Opening checks every small file's SHA-256 and each large array's size, .npy header and a
 digest of its first and last MiB, so a large index opens in milliseconds yet a truncated or
@@ -21,24 +27,55 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mmcompress.artifacts import atomic_dir, sha256_file, write_json_atomic
+from mmcompress.codecs.base import Codec
 from mmcompress.errors import ArtifactError
 from mmcompress.index.config import CascadeConfig
+from mmcompress.index.rowstore import (
+    PAGED,
+    RowLayout,
+    RowReader,
+    copy_row_file,
+    open_row_store,
+    write_rows,
+)
+from mmcompress.index.segments import PackedIds, Segment
 
-if TYPE_CHECKING:
-    from mmcompress.index.cascade import CascadeIndex
-
+FORMAT_VERSION = 3  # 3: exact store in a page-aligned row file; 2: item scales; 1 still loads
+KIND = "cascade_index"
 MANIFEST = "manifest.json"
+EXACT_FILE = "exact.rows"
+LEGACY_EXACT_FILE = "exact.npy"
 SMALL_FILE_BYTES = 16 << 20
 SAMPLE_BYTES = 1 << 20
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
+
+
+@dataclass
+class SavedIndex:
+    """Everything a saved index holds: what the cascade hands to :func:`write_index` and
+    assembles itself from after :func:`read_index`. ``main``: the (compacted) segment;
+    ``partition``: the IVF partition's ``get_state()``; ``item_scales``: (gamma, lo, hi)."""
+
+    config: CascadeConfig
+    coarse_codec: Codec
+    fine_codec: Codec | None
+    fine_shares_coarse: bool
+    d: int
+    modalities: list[str]
+    main: Segment
+    partition: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+    titles: dict[int, str] = field(default_factory=dict)
+    popular_item_ids: list[int] = field(default_factory=list)
+    item_scales: tuple[float, float, float] | None = None
+    cell_weight: float | None = None
 
 
 def sampled_sha256(path: str | os.PathLike, size: int | None = None) -> str:
@@ -58,12 +95,10 @@ def manifest_digest(directory: str | os.PathLike) -> str:
     return sha256_file(Path(directory) / MANIFEST)
 
 
-def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = False) -> Path:
-    from mmcompress.index.cascade import FORMAT_VERSION, KIND, PackedIds, _write_npy_rows
-
+def write_index(saved: SavedIndex, directory: str | Path) -> Path:
+    """Write ``saved`` into ``directory`` atomically (a temporary sibling swapped into place)."""
     directory = Path(directory)
-    st = index._state
-    main = index._compacted(st)
+    main = saved.main
     with atomic_dir(directory) as tmp:
         ids = main.ids if isinstance(main.ids, PackedIds) else PackedIds.pack(np.asarray(main.ids))
         arrays: dict[str, np.ndarray] = {"coarse": main.coarse, "ids": ids.data,
@@ -74,59 +109,58 @@ def save_index(index: CascadeIndex, directory: str | Path, *, progress: bool = F
             arrays["scales"] = main.scales
         srt, order = main.lookup()
         arrays["id_sorted"], arrays["id_order"] = np.asarray(srt), np.asarray(order)
-        if index.partition is not None:
-            arrays["centroids"] = index.partition.centroids_
+        if saved.partition is not None:
+            arrays["centroids"] = saved.partition[1]["centroids"]
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-        if main.exact is not None:
-            src = getattr(main.exact, "filename", None)
-            if (src is not None and isinstance(main.exact, np.memmap) and main.exact.offset == _npy_offset(src)
-                    and main.exact.shape[0] == np.load(src, mmap_mode="r").shape[0]):
-                shutil.copyfile(src, tmp / "exact.npy")
-            else:
-                _write_npy_rows(tmp / "exact.npy", main.exact, np.arange(main.n))
-        index.coarse_codec.save(tmp / "coarse_codec.json")
-        if index.fine_codec is not None and not index.fine_shares_coarse:
-            index.fine_codec.save(tmp / "fine_codec.json")
-        if index.titles:
-            write_json_atomic(tmp / "titles.json", {str(k): v for k, v in sorted(index.titles.items())})
-        if index.popular_item_ids:
-            arrays["popular"] = np.asarray(index.popular_item_ids, dtype=np.int64)
+        exact_store = None if main.exact is None else _write_exact(main.exact, main.n, tmp / EXACT_FILE)
+        saved.coarse_codec.save(tmp / "coarse_codec.json")
+        if saved.fine_codec is not None and not saved.fine_shares_coarse:
+            saved.fine_codec.save(tmp / "fine_codec.json")
+        if saved.titles:
+            write_json_atomic(tmp / "titles.json", {str(k): v for k, v in sorted(saved.titles.items())})
+        if saved.popular_item_ids:
+            arrays["popular"] = np.asarray(saved.popular_item_ids, dtype=np.int64)
             np.save(tmp / "popular.npy", arrays["popular"], allow_pickle=False)
         files = {}
         for f in sorted(tmp.iterdir()):
             if f.is_file() and f.name != MANIFEST:
                 size = f.stat().st_size
                 files[f.name] = {"bytes": size, "sha256": sha256_file(f), "sample_sha256": sampled_sha256(f, size)}
+        scales = saved.item_scales
         manifest = {
             "kind": KIND, "format_version": FORMAT_VERSION, "created_unix": time.time(),
-            "n_items": main.n, "d": index.d_, "metric": index.config.metric, "ids_base": ids.base,
-            "config": index.config.to_dict(), "modalities": list(index.modalities),
-            "coarse_codec": {"spec": index.coarse_codec.spec, "file": "coarse_codec.json"},
-            "fine_codec": None if index.fine_codec is None else
-            {"spec": index.fine_codec.spec, "shared_with_coarse": True} if index.fine_shares_coarse else
-            {"spec": index.fine_codec.spec, "file": "fine_codec.json"},
-            "partition": None if index.partition is None else index.partition.get_state()[0],
-            "item_scales": None if main.scales is None else
-            {"gamma": index.scale_gamma_, "lo": index.scale_range_[0], "hi": index.scale_range_[1]},
-            "cell_weight": index.cell_weight_,
+            "n_items": main.n, "d": saved.d, "metric": saved.config.metric, "ids_base": ids.base,
+            "config": saved.config.to_dict(), "modalities": list(saved.modalities),
+            "coarse_codec": {"spec": saved.coarse_codec.spec, "file": "coarse_codec.json"},
+            "fine_codec": None if saved.fine_codec is None else
+            {"spec": saved.fine_codec.spec, "shared_with_coarse": True} if saved.fine_shares_coarse else
+            {"spec": saved.fine_codec.spec, "file": "fine_codec.json"},
+            "partition": None if saved.partition is None else saved.partition[0],
+            "item_scales": None if scales is None else {"gamma": scales[0], "lo": scales[1], "hi": scales[2]},
+            "cell_weight": saved.cell_weight,
             "exact": main.exact is not None,
+            "exact_store": exact_store,
             "arrays": {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)}
-                       for name, a in list(arrays.items()) + ([("exact", main.exact)] if main.exact is not None else [])},
+                       for name, a in arrays.items()},
             "files": files,
         }
+        if main.exact is not None:
+            manifest["arrays"]["exact"] = {"shape": [main.n, saved.d], "dtype": "float32"}
         write_json_atomic(tmp / MANIFEST, manifest)
     return directory
 
 
-def _npy_offset(path: str | os.PathLike) -> int:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            np.lib.format.read_array_header_1_0(f)
-        else:
-            np.lib.format.read_array_header_2_0(f)
-        return f.tell()
+def _write_exact(reader: RowReader, n: int, path: Path) -> dict[str, Any]:
+    """The exact store as a row file at ``path``: the reader's own file copied when it already
+    is one holding exactly these rows, else written row by row. Returns its manifest entry."""
+    src = getattr(reader, "path", None)
+    layout = getattr(reader, "layout", None)
+    if src is not None and layout is not None and layout.format == PAGED and layout.n == n and src.exists():
+        copy_row_file(src, path)
+    else:
+        layout = write_rows(path, reader)
+    return {"file": path.name, "layout": layout.to_dict()}
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -138,8 +172,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"not a saved index (no {MANIFEST}): {directory}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON: {e}") from e
-    from mmcompress.index.cascade import KIND
-
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise ArtifactError(f"{path}: expected kind {KIND!r}, found "
                             f"{manifest.get('kind') if isinstance(manifest, dict) else type(manifest).__name__!r}")
@@ -169,10 +201,13 @@ def verify_files(directory: str | Path, manifest: dict[str, Any], *, full: bool 
             raise ArtifactError(f"{path}: sampled digest mismatch (file tampered with)")
 
 
-def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick") -> CascadeIndex:
+def read_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick",
+               exact_reader: str | None = None, exact_pool_bytes: int | None = None,
+               reads_in_flight: int | None = None) -> SavedIndex:
+    """Read and check a saved index. Code arrays are memory-mapped when ``mmap``; the exact
+    store is opened as the saved config's ``exact`` section says, unless ``exact_reader``,
+    ``exact_pool_bytes`` or ``reads_in_flight`` override it (they are kept in the config)."""
     from mmcompress.codecs import load_codec
-    from mmcompress.index.cascade import CascadeIndex, PackedIds, _Segment, _State
-    from mmcompress.index.partition import CoarsePartition
 
     if verify not in ("quick", "full"):
         raise ValueError(f"verify must be 'quick' or 'full'; found {verify!r}")
@@ -197,38 +232,60 @@ def load_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
 
     try:
         config = CascadeConfig(**{k: v for k, v in manifest["config"].items()})
-        index = CascadeIndex(config)
-        index.coarse_codec = load_codec(directory / manifest["coarse_codec"]["file"])
+        for key, value in (("reader", exact_reader), ("pool_bytes", exact_pool_bytes),
+                           ("reads_in_flight", reads_in_flight)):
+            if value is not None:
+                setattr(config.exact, key, value)
+        config.validate()
+        coarse_codec = load_codec(directory / manifest["coarse_codec"]["file"])
         fine = manifest.get("fine_codec")
-        index.fine_shares_coarse = bool(fine and fine.get("shared_with_coarse"))
-        index.fine_codec = (None if fine is None else index.coarse_codec if index.fine_shares_coarse
-                            else load_codec(directory / fine["file"]))
-        index.d_ = int(manifest["d"])
-        index.modalities = list(manifest["modalities"])
+        shares = bool(fine and fine.get("shared_with_coarse"))
         part = manifest.get("partition")
-        index.partition = None if part is None else CoarsePartition.from_state(
-            part, {"centroids": arr("centroids")}, projection=index._routing_projection())
-        titles_path = directory / "titles.json"
-        index.titles = ({int(k): v for k, v in json.loads(titles_path.read_text()).items()}
-                        if titles_path.exists() else {})
         popular = arr("popular", required=False)
-        index.popular_item_ids = [] if popular is None else [int(i) for i in popular]
-        main = _Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None and not index.fine_shares_coarse),
-                        ids=PackedIds(arr("ids"), int(manifest["ids_base"])),
-                        exact=arr("exact", required=bool(manifest["exact"])),
-                        masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
-                        id_sorted=arr("id_sorted"), id_order=arr("id_order"),
-                        scales=arr("scales", required=manifest.get("item_scales") is not None))
-        weight = manifest.get("cell_weight")
-        index.cell_weight_ = None if weight is None else float(weight)
+        titles_path = directory / "titles.json"
         scales = manifest.get("item_scales")
-        if scales is not None:
-            index.scale_gamma_ = float(scales["gamma"])
-            index.scale_range_ = (float(scales["lo"]), float(scales["hi"]))
+        weight = manifest.get("cell_weight")
+        saved = SavedIndex(
+            config=config, coarse_codec=coarse_codec,
+            fine_codec=(None if fine is None else coarse_codec if shares else load_codec(directory / fine["file"])),
+            fine_shares_coarse=shares, d=int(manifest["d"]), modalities=list(manifest["modalities"]),
+            main=Segment(coarse=arr("coarse"), fine=arr("fine", required=fine is not None and not shares),
+                         ids=PackedIds(arr("ids"), int(manifest["ids_base"])),
+                         exact=_open_exact(directory, manifest, config, in_memory=not mmap),
+                         masks=np.array(arr("masks")), offsets=np.array(arr("offsets")),
+                         id_sorted=arr("id_sorted"), id_order=arr("id_order"),
+                         scales=arr("scales", required=scales is not None)),
+            partition=None if part is None else (part, {"centroids": arr("centroids")}),
+            titles=({int(k): v for k, v in json.loads(titles_path.read_text()).items()}
+                    if titles_path.exists() else {}),
+            popular_item_ids=[] if popular is None else [int(i) for i in popular],
+            item_scales=None if scales is None else (float(scales["gamma"]), float(scales["lo"]), float(scales["hi"])),
+            cell_weight=None if weight is None else float(weight))
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"{directory / MANIFEST}: malformed manifest ({e!r})") from e
-    n = int(manifest["n_items"])
-    if not (main.coarse.shape[0] == len(main.ids) == n and int(main.offsets[-1]) == n):
+    n, main = int(manifest["n_items"]), saved.main
+    if not (main.coarse.shape[0] == len(main.ids) == n and int(main.offsets[-1]) == n
+            and (main.exact is None or main.exact.n == n)):
         raise ArtifactError(f"{directory}: arrays disagree on the number of items (manifest {n})")
-    index._init_runtime(_State(main=main, delta=None, dead=None))
-    return index
+    return saved
+
+
+def _open_exact(directory: Path, manifest: dict[str, Any], config: CascadeConfig, *,
+                in_memory: bool) -> RowReader | None:
+    """The exact store with the configured reader: the row file the manifest names (format 3),
+    or the ``exact.npy`` of formats 1-2, read through the same readers."""
+    if not manifest["exact"]:
+        return None
+    entry = manifest.get("exact_store")
+    if entry is not None:
+        path, layout = directory / entry["file"], RowLayout.from_dict(entry["layout"])
+    else:
+        path, layout = directory / LEGACY_EXACT_FILE, None
+        if not path.exists():
+            raise ArtifactError(f"{path}: missing")
+    reader = open_row_store(path, reader=config.exact.reader, pool_bytes=config.exact.pool_bytes,
+                            reads_in_flight=config.exact.reads_in_flight, in_memory=in_memory, layout=layout)
+    want = manifest["arrays"].get("exact")
+    if want is not None and (want["shape"] != [reader.n, reader.d] or want["dtype"] != "float32"):
+        raise ArtifactError(f"{path}: store float32 {[reader.n, reader.d]} differs from the manifest {want}")
+    return reader
