@@ -568,10 +568,11 @@ class DirectRowReader:
 
     def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).ravel()
-        if len(rows) == 0:
-            return np.empty((0, self.d), dtype=np.float32)
         if self._fd < 0:
             raise ValueError(f"{self.path}: reader is closed")
+        if len(rows) == 0:
+            self._counters.add(ReadCounts(), counts)
+            return np.empty((0, self.d), dtype=np.float32)
         self.layout.check_rows(rows)
         uniq, inv = unique_inverse(rows)
         X = np.empty((len(uniq), self.d), dtype=np.float32)

@@ -1,0 +1,365 @@
+"""The exact store's row file and readers: layout, exact rows back, page and pool accounting,
+O_DIRECT (or its fallback), concurrency, and the cascade reading through them."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmcompress.artifacts import sha256_file
+from mmcompress.evaluation.metrics import recall_at_k
+from mmcompress.index import CascadeConfig, CascadeIndex, exact_rerank
+from mmcompress.index import store as index_store
+from mmcompress.index.rowstore import (
+    PAGE_BYTES,
+    DirectRowReader,
+    MemoryRowReader,
+    PagePool,
+    RowLayout,
+    open_row_store,
+    read_layout,
+    write_rows,
+)
+
+READERS = [("mmap", {}), ("memory", {}), ("direct", {"pool_bytes": 0}), ("direct", {"pool_bytes": 12 * PAGE_BYTES}),
+           ("pread", {"pool_bytes": 0}), ("pread", {"pool_bytes": 1 << 20})]
+
+
+def _open(path, kind, **kw):
+    if kind == "memory":
+        return open_row_store(path, reader="mmap", in_memory=True)
+    return open_row_store(path, reader=kind, reads_in_flight=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return np.random.default_rng(0).standard_normal((1000, 96)).astype(np.float32)  # 384-byte rows, 10 per page
+
+
+@pytest.fixture(scope="module")
+def row_file(matrix, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rows") / "exact.rows"
+    write_rows(path, matrix)
+    return path
+
+
+# ---- layout ---------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(d=st.integers(1, 3000), n=st.integers(1, 5000))
+def test_no_row_straddles_a_page(d, n):
+    layout = RowLayout.paged(n, d)
+    rows = np.arange(n)
+    start = layout.offsets(rows)
+    end = start + layout.row_bytes  # exclusive
+    assert layout.data_offset % PAGE_BYTES == 0 and layout.file_bytes % PAGE_BYTES == 0
+    assert np.all(start[1:] >= end[:-1]) and end[-1] <= layout.file_bytes  # rows do not overlap
+    if layout.row_bytes <= PAGE_BYTES:
+        assert layout.rows_per_group == PAGE_BYTES // layout.row_bytes
+        assert np.all(start // PAGE_BYTES == (end - 1) // PAGE_BYTES)  # one page each
+    else:  # each row starts a page and takes only the pages it needs
+        assert np.all(start % PAGE_BYTES == 0)
+        assert np.all((end - 1) // PAGE_BYTES - start // PAGE_BYTES + 1 == -(-layout.row_bytes // PAGE_BYTES))
+    pages = layout.pages(rows[: min(n, 50)])
+    assert len(pages) == len(np.unique(pages)) and np.all(np.diff(pages) > 0)
+
+
+def test_row_file_round_trip_and_header(matrix, row_file, tmp_path):
+    layout = read_layout(row_file)
+    assert layout == RowLayout.paged(*matrix.shape) and layout.rows_per_group == 10
+    assert os.path.getsize(row_file) == layout.file_bytes == PAGE_BYTES * (1 + 100)
+    head = row_file.read_bytes()[:PAGE_BYTES]
+    assert head.startswith(b"MMROWS1\n") and json.loads(head[8:].split(b"\n")[0])["n"] == 1000
+    order = np.random.default_rng(1).permutation(len(matrix))
+    write_rows(tmp_path / "perm.rows", matrix, order, step=37)  # blocks that do not align with pages
+    got = open_row_store(tmp_path / "perm.rows", in_memory=True).read(np.arange(len(matrix)))
+    np.testing.assert_array_equal(got, matrix[order])
+    assert [p.name for p in tmp_path.iterdir()] == ["perm.rows"]  # no temporary file left behind
+
+
+# ---- readers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, kw", READERS, ids=[f"{k}-{kw.get('pool_bytes', '')}" for k, kw in READERS])
+def test_reader_returns_exactly_the_rows(matrix, row_file, kind, kw):
+    reader = _open(row_file, kind, **kw)
+    rng = np.random.default_rng(2)
+    for size in (1, 7, 300, 2500):  # unsorted, with repeats (2500 > n)
+        rows = rng.integers(0, len(matrix), size)
+        got = reader.read(rows)
+        assert got.dtype == np.float32 and got.shape == (size, matrix.shape[1])
+        np.testing.assert_array_equal(got, matrix[rows])
+    assert reader.read(np.zeros(0, np.int64)).shape == (0, matrix.shape[1])
+    with pytest.raises(IndexError):
+        reader.read(np.array([len(matrix)]))
+    s = reader.stats()
+    assert s["calls"] == 5 and s["rows"] == 1 + 7 + 300 + 2500
+    assert s["mode"] == {"mmap": "mmap", "memory": "memory"}.get(kind, s["mode"])
+    reader.close()
+
+
+@pytest.mark.parametrize("d", [3, 1024, 1500])  # many rows per page, one, two pages per row
+def test_readers_agree_across_row_sizes(d, tmp_path):
+    X = np.random.default_rng(d).standard_normal((57, d)).astype(np.float32)
+    write_rows(tmp_path / "x.rows", X)
+    rows = np.array([56, 0, 3, 3, 40, 1, 55])
+    for kind in ("mmap", "memory", "direct", "pread"):
+        np.testing.assert_array_equal(_open(tmp_path / "x.rows", kind).read(rows), X[rows])
+    direct = DirectRowReader(tmp_path / "x.rows", io="pread")
+    direct.read(rows)
+    per_row = -(-4 * d // PAGE_BYTES)
+    want = len(np.unique(rows // max(1, PAGE_BYTES // (4 * d)))) * per_row
+    assert direct.stats()["pages_read"] == want
+
+
+def test_legacy_npy_store_reads_and_counts_straddling_rows(matrix, tmp_path):
+    np.save(tmp_path / "exact.npy", matrix)
+    layout = read_layout(tmp_path / "exact.npy")
+    assert layout.format == "npy" and layout.data_offset == 128
+    rows = np.array([9, 10, 11, 999])
+    for kind in ("mmap", "direct"):
+        reader = _open(tmp_path / "exact.npy", kind)
+        np.testing.assert_array_equal(reader.read(rows), matrix[rows])
+        # 384-byte rows from byte 128: row 10 spans bytes 3968-4351, two pages; 999 ends the file
+        assert reader.stats()["pages_read"] == len(layout.pages(rows)) == 3
+
+
+def test_pages_are_deduplicated_within_a_call(row_file):
+    reader = DirectRowReader(row_file, io="pread")
+    reader.read(np.array([0, 9, 5, 0, 9, 10]))  # rows 0-9 share a page, row 10 starts the next
+    s = reader.stats()
+    assert s["pages_read"] == 2 and s["reads"] == 1 and s["bytes_read"] == 2 * PAGE_BYTES  # adjacent: one read
+
+
+def test_pool_hits_and_misses_are_counted(row_file, matrix):
+    rows = np.arange(0, 200, 10)  # 20 rows on 20 pages
+    cold = DirectRowReader(row_file, pool_bytes=0, io="pread")
+    cold.read(rows), cold.read(rows)
+    assert cold.stats()["pages_read"] == 40 and cold.stats()["pool_hits"] == 0
+    pooled = DirectRowReader(row_file, pool_bytes=64 * PAGE_BYTES, io="pread")
+    np.testing.assert_array_equal(pooled.read(rows), matrix[rows])
+    assert pooled.stats()["pages_read"] == 20 and pooled.stats()["pool_hits"] == 0
+    np.testing.assert_array_equal(pooled.read(rows[::-1]), matrix[rows[::-1]])  # all from the pool
+    s = pooled.stats()
+    assert s["pages_read"] == 20 and s["pool_hits"] == 20 and s["pool_hit_rate"] == 0.5
+    assert s["pool_pages_held"] == 20
+    pooled.reset_stats()
+    assert pooled.stats()["pool_hits"] == 0 and pooled.stats()["pool_pages_held"] == 20
+
+
+def test_pool_never_holds_more_than_its_bytes(row_file, matrix):
+    budget = 5 * PAGE_BYTES + 100  # not a whole number of pages: 5 frames
+    reader = DirectRowReader(row_file, pool_bytes=budget, io="pread")
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        rows = rng.integers(0, len(matrix), rng.integers(1, 40))
+        np.testing.assert_array_equal(reader.read(rows), matrix[rows])
+        assert len(reader.pool) * PAGE_BYTES <= budget and reader.stats()["pool_pages_held"] <= 5
+    assert reader.pool.slots == 5 and reader.stats()["pool_bytes"] == budget
+    frames = reader.pool.resident_bytes() - 100 * len(reader.pool) - 5 * 9
+    assert frames == 5 * PAGE_BYTES <= budget
+
+
+def test_clock_keeps_pages_touched_twice():
+    pool = PagePool(3 * PAGE_BYTES)
+    frames = np.arange(5, dtype=np.uint8)[:, None].repeat(PAGE_BYTES, axis=1)
+    pool.insert(np.array([0, 1, 2]), frames[:3])
+    out = np.zeros((1, PAGE_BYTES), np.uint8)
+    assert pool.lookup(np.array([1]), out).all() and out[0, 0] == 1  # page 1 referenced
+    pool.insert(np.array([3, 4]), frames[3:])  # evicts 0 and 2, keeps 1
+    got = np.zeros((5, PAGE_BYTES), np.uint8)
+    hit = pool.lookup(np.arange(5), got)
+    assert hit.tolist() == [False, True, False, True, True] and got[hit, 0].tolist() == [1, 3, 4]
+
+
+def test_o_direct_reads_a_real_file(row_file, matrix):
+    try:
+        reader = DirectRowReader(row_file, io="direct")
+    except OSError as e:
+        pytest.skip(f"filesystem of {row_file.parent} refuses O_DIRECT ({e}); the pread fallback is tested apart")
+    assert reader.stats()["mode"] == "o_direct"
+    rows = np.random.default_rng(4).integers(0, len(matrix), 500)
+    np.testing.assert_array_equal(reader.read(rows), matrix[rows])
+    assert reader.stats()["pages_read"] == len(np.unique(rows // 10))
+    reader.close()
+    with pytest.raises(ValueError, match="closed"):
+        reader.read(rows)
+
+
+def test_fallback_reader_drops_the_page_cache_and_says_so(row_file, matrix):
+    reader = DirectRowReader(row_file, io="pread")
+    assert reader.stats()["mode"] == "pread_dontneed"
+    np.testing.assert_array_equal(reader.read(np.array([999, 0])), matrix[[999, 0]])
+    auto = open_row_store(row_file, reader="direct")  # O_DIRECT where the filesystem takes it
+    assert auto.stats()["mode"] in ("o_direct", "pread_dontneed")
+
+
+def test_concurrent_reads_share_one_pool(row_file, matrix):
+    reader = DirectRowReader(row_file, pool_bytes=16 * PAGE_BYTES, reads_in_flight=4, io="pread")
+
+    def work(seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        rows = [rng.integers(0, len(matrix), 64) for _ in range(30)]
+        return all(np.array_equal(reader.read(r), matrix[r]) for r in rows)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(work, range(6)))
+    assert len(reader.pool) <= 16
+    s = reader.stats()
+    assert s["calls"] == 180 and s["pool_hits"] + s["pool_misses"] >= 180
+
+
+def test_exact_rerank_is_the_same_through_every_reader(row_file, matrix):
+    rng = np.random.default_rng(5)
+    Q = rng.standard_normal((20, matrix.shape[1])).astype(np.float32)
+    rows = rng.integers(0, len(matrix), (20, 30))
+    rows[:, -5:] = -1
+    rows[3] = -1  # a query without candidates
+    results = {kind: exact_rerank(_open(row_file, kind), Q, rows, 10, "ip") for kind in ("mmap", "direct", "pread")}
+    for kind in ("direct", "pread"):
+        np.testing.assert_array_equal(results[kind][0], results["mmap"][0])
+        np.testing.assert_array_equal(results[kind][1], results["mmap"][1])
+    found, scores = results["mmap"]
+    assert (found[3] == -1).all() and np.isneginf(scores[3]).all()
+    i = 0
+    exact = matrix[rows[i][rows[i] >= 0]] @ Q[i]
+    np.testing.assert_allclose(scores[i], np.sort(exact)[::-1][:10], rtol=1e-5)
+
+
+# ---- the cascade through the readers ----------------------------------------------------------
+SECTION = {"coarse": {"codec": "BIN32", "shortlist": 150}, "fine": {"codec": "coarse", "shortlist": 40}}
+
+
+@pytest.fixture(scope="module")
+def saved(digits, tmp_path_factory):
+    idx = CascadeIndex.from_config(CascadeConfig.from_params(SECTION), digits["xb"], digits["ids"])
+    path = tmp_path_factory.mktemp("ix") / "ix"
+    idx.save(path)
+    return idx, path
+
+
+def test_cascade_ranks_the_same_through_disk_and_memory(saved, digits):
+    idx, path = saved
+    want = idx.search(digits["xq"], 10, return_stats=True)
+    assert want[2].exact_pages > 0 and want[2].exact_pool_hits == 0
+    for kw in ({"exact_reader": "mmap"}, {"exact_reader": "direct"},
+               {"exact_reader": "direct", "exact_pool_bytes": 1 << 20}, {"exact_reader": "pread"}):
+        loaded = CascadeIndex.load(path, **kw)
+        got = loaded.search(digits["xq"], 10, threads=2, return_stats=True)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[2].exact_pages + got[2].exact_pool_hits == pytest.approx(want[2].exact_pages)
+        np.testing.assert_array_equal(loaded.search_by_id(int(digits["ids"][5]), 5)[1],
+                                      idx.search_by_id(int(digits["ids"][5]), 5)[1])
+        loaded.close()
+
+
+def test_pool_serves_repeated_queries_and_is_reported(saved, digits):
+    _, path = saved
+    loaded = CascadeIndex.load(path, exact_reader="direct", exact_pool_bytes=1 << 20)
+    assert loaded.config.exact.reader == "direct" and loaded.config.exact.pool_bytes == 1 << 20
+    first = loaded.search(digits["xq"][:20], 10, return_stats=True)[2]
+    again = loaded.search(digits["xq"][:20], 10, return_stats=True)[2]
+    assert first.exact_pages > 0 and again.exact_pages == 0 and again.exact_pool_hits == first.exact_pages
+    s = loaded.exact_store_stats()
+    assert s["pool_hit_rate"] == pytest.approx(0.5) and s["mode"] in ("o_direct", "pread_dontneed")
+    report = loaded.memory_report()
+    assert report["exact_reader"] == s["mode"] and report["exact_on_disk"]
+    assert report["resident_bytes"]["exact_buffer_pool"] >= (1 << 20)
+    assert again.to_dict()["exact_pool_hits_per_query"] == again.exact_pool_hits
+    loaded.reopen_exact("mmap", pool_bytes=0)
+    assert loaded.exact_store_stats()["mode"] == "mmap" and loaded.config.exact.reader == "mmap"
+    assert loaded.memory_report()["resident_bytes"]["exact_buffer_pool"] == 0
+    loaded.reset_exact_store_stats()
+    assert loaded.exact_store_stats()["pages_read"] == 0
+
+
+def test_pending_changes_read_main_from_disk_and_delta_from_memory(saved, digits, tmp_path):
+    idx, path = saved
+    new_ids = np.arange(5) + 10**7
+    both = [CascadeIndex.load(path), CascadeIndex.load(path, exact_reader="direct", exact_pool_bytes=1 << 16)]
+    for ix in both:
+        ix.add(digits["xq"][:5], new_ids)
+        ix.remove(digits["ids"][:10])
+    a, b = (ix.search(digits["xq"], 10) for ix in both)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert (a[1][:5] == new_ids[:, None]).any(axis=1).sum() >= 4  # the added copies of the queries are found
+    both[1].compact(tmp_path / "compacted.rows")  # written, then read as configured
+    assert both[1].exact_store_stats()["mode"] != "mmap"
+    # compaction reorders rows, which only changes how ties at the shortlist edges break
+    assert recall_at_k(a[1], both[1].search(digits["xq"], 10)[1], 10) >= 0.97
+    both[1].save(tmp_path / "again")
+    again = CascadeIndex.load(tmp_path / "again").search(digits["xq"], 10)[1]
+    assert (again[:5] == new_ids[:, None]).any(axis=1).sum() >= 4
+
+
+def _to_format_2(path) -> None:
+    """Rewrite a saved index as format 2 wrote it: exact.npy, no exact_store, no config.exact."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    n, d = manifest["n_items"], manifest["d"]
+    X = open_row_store(path / "exact.rows", in_memory=True).read(np.arange(n))
+    np.save(path / "exact.npy", X)
+    os.unlink(path / "exact.rows")
+    del manifest["files"]["exact.rows"], manifest["exact_store"], manifest["config"]["exact"]
+    size = (path / "exact.npy").stat().st_size
+    manifest["files"]["exact.npy"] = {"bytes": size, "sha256": sha256_file(path / "exact.npy"),
+                                      "sample_sha256": index_store.sampled_sha256(path / "exact.npy", size)}
+    manifest["format_version"] = 2
+    assert manifest["arrays"]["exact"] == {"shape": [n, d], "dtype": "float32"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_format_2_index_with_exact_npy_still_loads_and_saves_as_rows(saved, digits, tmp_path):
+    import shutil
+
+    idx, path = saved
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    _to_format_2(old)
+    want = idx.search(digits["xq"], 10)
+    for kw in ({}, {"mmap": False}, {"exact_reader": "direct"}):
+        loaded = CascadeIndex.load(old, verify="full", **kw)
+        got = loaded.search(digits["xq"], 10)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+    assert CascadeIndex.load(old).config.exact.reader == "mmap"  # the default for configs without it
+    loaded.save(tmp_path / "new")  # converted on save
+    manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    assert manifest["format_version"] == 3 and manifest["exact_store"]["layout"]["format"] == "paged_rows"
+    assert not (tmp_path / "new" / "exact.npy").exists()
+    np.testing.assert_array_equal(CascadeIndex.load(tmp_path / "new").search(digits["xq"], 10)[1], want[1])
+
+
+def test_a_row_file_that_disagrees_with_the_manifest_is_refused(saved, tmp_path):
+    import shutil
+
+    from mmcompress.errors import ArtifactError
+
+    _, path = saved
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["exact_store"]["layout"]["rows_per_group"] += 1
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="layout"):
+        CascadeIndex.load(bad, verify="quick")
+
+
+def test_memory_reader_accounts_pages_like_the_file(matrix):
+    reader = MemoryRowReader.from_array(matrix)
+    assert reader.stats()["mode"] == "memory" and reader.resident_bytes() == matrix.nbytes
+    np.testing.assert_array_equal(reader.read(np.array([3, 2, 11])), matrix[[3, 2, 11]])
+    assert reader.stats()["pages_read"] == 2  # rows 2-3 on one page of the row file, 11 on the next
+
+
+def test_exact_reader_config_is_checked():
+    from mmcompress.errors import CodecError
+
+    with pytest.raises(CodecError, match="exact.reader"):
+        CascadeConfig.from_params({"exact": {"reader": "nfs"}})
+    with pytest.raises(CodecError, match="unknown keys"):
+        CascadeConfig.from_params({"exact": {"pool": 1}})
+    assert CascadeConfig.from_params({"exact": {"reader": "direct", "pool_bytes": 4096}}).exact.pool_bytes == 4096
