@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast lint venv lock bench bench-codecs bench-serve airflow serve clean
+.PHONY: demo test test-fast lint venv venv-peers lock bench bench-codecs bench-serve airflow serve clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+venv-peers:  ## the serving benchmark's peers (DiskANN, ScaNN, LanceDB, usearch) in a venv of their own
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q -r benchmarks/peers/requirements.txt
 
 demo: $(STAMP)  ## install, run the pipeline on the embedded MovieLens catalog, print the summary
 	@test -d .git || git init -q
