@@ -54,7 +54,8 @@ def retrain_needed(report: dict) -> bool:
     dag_id="mmcompress_drift",
     dag_display_name="mmcompress: daily drift check",
     description="Detect distribution shift in the newest catalog batch; trigger retraining on drift.",
-    schedule=CronTriggerTimetable("0 4 * * *", timezone="UTC"),
+    # unpausing waits for the next 04:00 (see WEEKLY in mmcompress_pipeline.py for why not False)
+    schedule=CronTriggerTimetable("0 4 * * *", timezone="UTC", run_immediately=timedelta(0)),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),

@@ -31,7 +31,11 @@ DEFAULT_ROOT = conf.get("mmcompress", "project_root", fallback="").strip() or st
     Path(__file__).resolve().parents[1]
 )
 TRACKING_URI = conf.get("mmcompress", "tracking_uri", fallback="").strip()
-WEEKLY = CronTriggerTimetable("0 3 * * 0", timezone="UTC")
+# run_immediately=timedelta(0): unpausing waits for the next Sunday 03:00. Airflow reads the
+# default (False) like None and starts the slot that passed within the last tenth of the
+# interval (16.8 h for a weekly cron), so an unpause on a Sunday launched a full default run
+# nobody asked for, and max_active_runs=1 queued the run the user then triggered behind it.
+WEEKLY = CronTriggerTimetable("0 3 * * 0", timezone="UTC", run_immediately=timedelta(0))
 
 DEFAULT_ARGS = {
     "owner": "mmcompress",

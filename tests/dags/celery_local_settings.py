@@ -1,7 +1,7 @@
 """``airflow_local_settings`` for the scale-out test's Celery workers (copied into
 ``$AIRFLOW_HOME/config``).
 
-A shard of the 400-item slice encodes in well under a second, so one worker could run all four
+A shard of the 400-item slice encodes in well under a second, so one worker could run every shard
 before the other takes its first, where real shards run for minutes and overlap. In the workers
 only, each shard waits before it runs until a second shard has started (or 60 s pass): with one
 slot per worker, that second shard can only be running on the other worker. Nothing else changes:

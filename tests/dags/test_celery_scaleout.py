@@ -28,7 +28,9 @@ from tests.dags.celery_local_settings import BARRIER_ENV
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 PG = {"host": "127.0.0.1", "port": 5432}
 REDIS = {"host": "127.0.0.1", "port": 6379}
-N_SHARDS = 4
+# two shards, one per worker: the barrier below makes each worker take one, which is all the
+# test needs to show; more shards only add task start-ups (~10 s each on 2 cores)
+N_SHARDS = 2
 WORKERS = ("worker-a", "worker-b")
 
 
@@ -87,7 +89,7 @@ def broker():
 class Cluster:
     """Airflow components as subprocesses sharing one environment; logs under ``home/logs``."""
 
-    def __init__(self, home: Path, db: str, broker_url: str):
+    def __init__(self, home: Path, db: str, broker_url: str, project_root: Path):
         self.home = home
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -117,6 +119,8 @@ class Cluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__MMCOMPRESS__HEAVY_EXECUTOR": "",
             "AIRFLOW__MMCOMPRESS__TRACKING_URI": "",
+            # the DAG's default root is this repository: nothing the cluster runs may write there
+            "AIRFLOW__MMCOMPRESS__PROJECT_ROOT": str(project_root),
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         })
         self.procs: dict[str, subprocess.Popen] = {}
@@ -186,7 +190,7 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
     shutil.copy2(Path(__file__).with_name("celery_local_settings.py"),
                  home / "config" / "airflow_local_settings.py")
     barrier = tmp_path / "shard-barrier"
-    cluster = Cluster(home, metadata_db, broker)
+    cluster = Cluster(home, metadata_db, broker, root)
     cluster.env[BARRIER_ENV] = str(barrier)
     cluster.airflow("db", "migrate")
     try:
@@ -225,8 +229,15 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
                       params={"limit": 100}).json()["task_instances"]
         summary = {(t["task_id"], t["map_index"]): (t["state"], t["hostname"]) for t in tis}
         assert state == "success", summary
+        # unpausing must not have started a default run of its own (the weekly slot): with
+        # max_active_runs=1 it would queue the triggered run behind a full-catalog run
+        runs = api.get("/dags/mmcompress_pipeline/dagRuns").json()["dag_runs"]
+        assert [r["dag_run_id"] for r in runs] == [run_id], runs
     finally:
         cluster.stop()
+    for t in sorted(tis, key=lambda t: t["start_date"] or ""):
+        print(f"{t['task_id']}[{t['map_index']}] {t['state']} on {t['hostname']}: "
+              f"{t['duration'] or 0:.1f} s")
 
     shards = {k: v for k, v in summary.items() if k[0] == "compress_shard"}
     assert sorted(i for _, i in shards) == list(range(N_SHARDS))

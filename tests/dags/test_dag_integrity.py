@@ -154,3 +154,28 @@ def test_dags_pass_ruff_airflow3_rules():
     p = subprocess.run([str(VENV_BIN / "ruff"), "check", "--select", "AIR3", str(DAGS)],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(("dag_id", "now", "first_run"), [
+    # minutes and hours after the slot: inside the tenth of the interval Airflow's default
+    # would start at once (16.8 h weekly, 2.4 h daily)
+    ("mmcompress_pipeline", "2026-12-06T03:05:00", "2026-12-13T03:00:00"),
+    ("mmcompress_pipeline", "2026-12-06T19:00:00", "2026-12-13T03:00:00"),
+    ("mmcompress_pipeline", "2026-12-09T12:00:00", "2026-12-13T03:00:00"),
+    ("mmcompress_drift", "2026-12-06T04:30:00", "2026-12-07T04:00:00"),
+])
+def test_unpausing_waits_for_the_next_slot(dagbag, monkeypatch, dag_id, now, first_run):
+    """A DAG with no runs yet, unpaused at any time of the week, first runs at its next slot."""
+    import airflow.timetables.trigger as trigger
+    import pendulum
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    # the scheduler's view of the timetable: the serialized (core) one
+    timetable = decode_timetable(encode_timetable(dagbag.dags[dag_id].timetable))
+    monkeypatch.setattr(trigger, "utcnow", lambda: pendulum.parse(now))
+    info = timetable.next_dagrun_info(last_automated_data_interval=None,
+                                      restriction=TimeRestriction(earliest=None, latest=None,
+                                                                  catchup=False))
+    assert info.run_after == pendulum.parse(first_run)
