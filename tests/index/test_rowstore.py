@@ -113,6 +113,10 @@ def test_readers_agree_across_row_sizes(d, tmp_path):
     per_row = -(-4 * d // PAGE_BYTES)
     want = len(np.unique(rows // max(1, PAGE_BYTES // (4 * d)))) * per_row
     assert direct.stats()["pages_read"] == want
+    pooled = DirectRowReader(tmp_path / "x.rows", pool_bytes=4 * PAGE_BYTES, io="pread")
+    for part in (rows[:3], rows, rows[::-1]):  # some pages held, some not, some evicted
+        np.testing.assert_array_equal(pooled.read(part), X[part])
+    assert pooled.stats()["pool_hits"] > 0 and len(pooled.pool) <= 4
 
 
 def test_legacy_npy_store_reads_and_counts_straddling_rows(matrix, tmp_path):

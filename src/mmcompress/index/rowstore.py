@@ -34,13 +34,15 @@ Readers (one interface, :class:`RowReader`):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import json
 import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,7 +58,8 @@ MAGIC = b"MMROWS1\n"
 PAGED = "paged_rows"
 NPY = "npy"
 READER_KINDS = ("mmap", "direct", "pread")
-_BATCH_PAGES = 8192  # pages per internal batch of one read call (32 MiB of frames)
+_BATCH_PAGES = 2048  # pages per internal batch of one read call (8 MiB of frames)
+_SPARE_SCRATCH = 8  # page-aligned scratch buffers kept for reuse (first touches fault, reuse does not)
 _MAX_RUN_PAGES = 64  # adjacent missing pages coalesced into one read, up to 256 KiB
 _COUNTERS = ("calls", "rows", "pages_read", "pool_hits", "pool_misses", "bytes_read", "reads")
 
@@ -131,6 +134,16 @@ class RowLayout:
         last = (start + self.row_bytes - 1) // PAGE_BYTES
         cand = first[:, None] + np.arange(span, dtype=np.int64)
         return _distinct(cand[cand <= last[:, None]])
+
+    def page_count(self, rows: np.ndarray) -> int:
+        """``len(self.pages(rows))``, computed without listing them where the layout allows
+        (the page-aligned file: a page per group, or whole pages per row)."""
+        if len(rows) == 0:
+            return 0
+        if self.format != PAGED:
+            return len(self.pages(rows))
+        g = np.sort(rows // self.rows_per_group if self.rows_per_group > 1 else rows, axis=None)
+        return (1 + int(np.count_nonzero(g[1:] != g[:-1]))) * self.max_pages_per_row
 
     def check_rows(self, rows: np.ndarray) -> None:
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n):
@@ -359,13 +372,14 @@ class _Counters:
 
     def add(self, c: ReadCounts, counts: ReadCounts | None) -> None:
         with self._lock:
-            self._c["calls"] += 1
-            self._c["rows"] += c.rows
-            self._c["pages_read"] += c.pages_read
-            self._c["pool_misses"] += c.pages_read
-            self._c["pool_hits"] += c.pool_hits
-            self._c["bytes_read"] += c.bytes_read
-            self._c["reads"] += c.reads
+            t = self._c
+            t["calls"] += 1
+            t["rows"] += c.rows
+            t["pages_read"] += c.pages_read
+            t["pool_misses"] += c.pages_read
+            t["pool_hits"] += c.pool_hits
+            t["bytes_read"] += c.bytes_read
+            t["reads"] += c.reads
         if counts is not None:
             counts.add(c)
 
@@ -428,7 +442,7 @@ class MemoryRowReader:
 
     def touch(self, rows: np.ndarray, counts: ReadCounts | None = None) -> None:
         """Account a read of ``rows`` without copying them (the rerank scores them in place)."""
-        pages = len(self.layout.pages(rows)) if len(rows) else 0
+        pages = self.layout.page_count(rows)
         self._counters.add(ReadCounts(rows=len(rows), pages_read=pages, bytes_read=pages * PAGE_BYTES), counts)
 
     def stats(self) -> dict[str, Any]:
@@ -455,8 +469,9 @@ class PagePool:
 
     ``capacity_bytes // 4096`` page frames in one anonymous mapping, allocated up front (the
     kernel backs them as they fill); the page table and reference bits are the bookkeeping
-    on top (``resident_bytes``). Hits are copied out under the lock, so a page evicted by
-    another thread right after is never read half-overwritten."""
+    on top (``resident_bytes``). Hits are copied out under the lock (whole pages, or only the
+    rows asked for), so a page evicted by another thread right after is never read
+    half-overwritten."""
 
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes < 0:
@@ -476,18 +491,31 @@ class PagePool:
         """Pages held now."""
         return len(self._table)
 
-    def lookup(self, pages: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Copy the pool's copy of each page into ``frames[i]``; returns a hit mask."""
+    def _slots(self, pages: np.ndarray) -> np.ndarray:
+        """The frame holding each page, -1 where none (under the lock)."""
+        found = list(map(self._table.get, pages.tolist(), itertools.repeat(-1, len(pages))))
+        return np.array(found, dtype=np.int64)
+
+    def lookup(self, pages: np.ndarray, frames: np.ndarray | None = None, *,
+               rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Copy what the pool holds of ``pages`` and return the hit mask over them: whole pages
+        into ``frames[i]``, or with ``rows = (page_of_row, at, out)`` only rows that lie in one
+        page each (row ``i``: ``out.shape[1]`` float32 from float ``at[i]`` of page
+        ``pages[page_of_row[i]]``), into ``out``."""
         if self.slots == 0:
             return np.zeros(len(pages), dtype=bool)
         with self._lock:
-            get = self._table.get
-            slot = np.fromiter((get(p, -1) for p in pages.tolist()), dtype=np.int64, count=len(pages))
+            slot = self._slots(pages)
             hit = slot >= 0
             if hit.any():
-                s = slot[hit]
-                frames[hit] = self._frames[s]
-                self._ref[s] = True
+                if rows is None:
+                    frames[hit] = self._frames[slot[hit]]
+                else:
+                    page_of_row, at, out = rows
+                    held = hit[page_of_row]
+                    out[held] = _windows(self._frames, out.shape[1])[slot[page_of_row[held]] * (PAGE_BYTES // 4)
+                                                                     + at[held]]
+                self._ref[slot[hit]] = True
         return hit
 
     def insert(self, pages: np.ndarray, frames: np.ndarray) -> None:
@@ -560,6 +588,8 @@ class DirectRowReader:
         self._fd, self.mode = _open_for_reads(self.path, io)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._spare: list[mmap.mmap] = []
+        self._scratch_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _release, self._fd, [None])
 
     @property
@@ -574,48 +604,88 @@ class DirectRowReader:
             self._counters.add(ReadCounts(), counts)
             return np.empty((0, self.d), dtype=np.float32)
         self.layout.check_rows(rows)
-        uniq, inv = unique_inverse(rows)
-        X = np.empty((len(uniq), self.d), dtype=np.float32)
+        distinct = bool(np.all(rows[1:] > rows[:-1]))  # already sorted and distinct (the rerank's ask)
+        uniq, inv = (rows, None) if distinct else unique_inverse(rows)
         c = ReadCounts(rows=len(rows))
         step = max(1, _BATCH_PAGES // self.layout.max_pages_per_row)
-        for a in range(0, len(uniq), step):
-            X[a:a + step] = self._read_unique(uniq[a:a + step], c)
+        parts = [self._read_unique(uniq[a:a + step], c) for a in range(0, len(uniq), step)]
+        X = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self._counters.add(c, counts)
-        return X[inv]
+        return X if inv is None else X[inv]
 
     def _read_unique(self, rows: np.ndarray, c: ReadCounts) -> np.ndarray:
-        """Sorted distinct rows: pool hits copied, misses read in parallel, rows cut out."""
+        """Sorted distinct rows: hits from the pool, misses read in parallel, rows cut out."""
         start = self.layout.offsets(rows)
-        pages = self.layout.pages(rows)
-        mem = mmap.mmap(-1, len(pages) * PAGE_BYTES)  # page-aligned, as O_DIRECT needs
-        frames = np.frombuffer(mem, dtype=np.uint8).reshape(len(pages), PAGE_BYTES)
-        hit = self.pool.lookup(pages, frames)
-        miss = np.flatnonzero(~hit)
-        runs = _runs(pages, miss)
-        if runs:
-            c.bytes_read += self._read_runs(memoryview(mem), pages, runs)
-            self.pool.insert(pages[miss], frames[miss])
-        c.pages_read += len(miss)
+        X = np.empty((len(rows), self.d), dtype=np.float32)
+        if self.layout.max_pages_per_row == 1:  # the page-aligned file with rows of <= 4 KiB
+            page, at = start // PAGE_BYTES, start % PAGE_BYTES // 4
+            pages = _distinct(page)
+            pidx = np.searchsorted(pages, page)
+            hit = self.pool.lookup(pages, rows=(pidx, at, X))
+            miss = np.flatnonzero(~hit)
+            if len(miss):
+                with self._missing(pages[miss], c) as frames:
+                    pos = np.empty(len(pages), dtype=np.int64)
+                    pos[miss] = np.arange(len(miss))
+                    todo = ~hit[pidx]
+                    X[todo] = _windows(frames, self.d)[pos[pidx[todo]] * (PAGE_BYTES // 4) + at[todo]]
+        else:  # rows over several pages: whole pages, then rows cut out
+            pages = self.layout.pages(rows)
+            frames = np.empty((len(pages), PAGE_BYTES), dtype=np.uint8)
+            hit = self.pool.lookup(pages, frames)
+            miss = np.flatnonzero(~hit)
+            if len(miss):
+                with self._missing(pages[miss], c) as read:
+                    frames[miss] = read
+            X[:] = _windows(frames, self.d)[(np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES
+                                             + start % PAGE_BYTES) // 4]
         c.pool_hits += len(pages) - len(miss)
-        c.reads += len(runs)
-        at = np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES + start % PAGE_BYTES
-        flat = frames.reshape(-1).view(np.float32)
-        X = flat[(at // 4)[:, None] + np.arange(self.d)]
-        del flat, frames
         return X
 
+    @contextlib.contextmanager
+    def _missing(self, pages: np.ndarray, c: ReadCounts) -> Iterator[np.ndarray]:
+        """Read ``pages`` (sorted, distinct) into page-aligned frames (yielded), put them in the
+        pool, and count the reads. Adjacent pages are read together."""
+        mem = self._scratch(len(pages))
+        try:
+            runs = _runs(pages, np.arange(len(pages)))
+            c.bytes_read += self._read_runs(memoryview(mem), pages, runs)
+            c.pages_read += len(pages)
+            c.reads += len(runs)
+            frames = np.frombuffer(mem, dtype=np.uint8, count=len(pages) * PAGE_BYTES).reshape(-1, PAGE_BYTES)
+            yield frames
+            self.pool.insert(pages, frames)
+            del frames
+        finally:
+            with self._scratch_lock:
+                if len(self._spare) < _SPARE_SCRATCH:
+                    self._spare.append(mem)
+
+    def _scratch(self, n_pages: int) -> mmap.mmap:
+        """A page-aligned buffer of at least ``n_pages`` pages (anonymous memory, as O_DIRECT
+        needs): a spare one when large enough, else a new one."""
+        with self._scratch_lock:
+            for j, mem in enumerate(self._spare):
+                if len(mem) >= n_pages * PAGE_BYTES:
+                    return self._spare.pop(j)
+        return mmap.mmap(-1, max(n_pages, 256) * PAGE_BYTES)
+
     def _read_runs(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
-        """Read each run of adjacent pages into its frames; runs spread over the read threads."""
-        def work(part: Sequence[tuple[int, int]]) -> int:
-            return sum(self._pread(mem[i * PAGE_BYTES:(i + k) * PAGE_BYTES], int(pages[i]) * PAGE_BYTES)
-                       for i, k in part)
+        """Read each run of adjacent pages into its frames, up to ``reads_in_flight`` at once:
+        the calling thread and the read threads take the next run as each finishes (a slow
+        read holds up one lane, not a fixed share of the runs)."""
+        take = itertools.count().__next__  # atomic under the GIL
+
+        def lane() -> int:
+            got = 0
+            while (j := take()) < len(runs):
+                i, k = runs[j]
+                got += self._pread(mem[i * PAGE_BYTES:(i + k) * PAGE_BYTES], int(pages[i]) * PAGE_BYTES)
+            return got
 
         lanes = min(self.reads_in_flight, len(runs))
-        if lanes == 1:
-            return work(runs)
-        parts = [runs[j::lanes] for j in range(lanes)]
-        futures = [self._pool_threads().submit(work, p) for p in parts[1:]]
-        total = work(parts[0])
+        futures = [self._pool_threads().submit(lane) for _ in range(lanes - 1)]
+        total = lane()
         return total + sum(f.result() for f in futures)
 
     def _pread(self, buf: memoryview, offset: int) -> int:
@@ -643,7 +713,11 @@ class DirectRowReader:
         self._counters.reset()
 
     def resident_bytes(self) -> int:
-        return self.pool.resident_bytes()
+        """The pool, plus the spare read buffers (at most 8 of up to 8 MiB, as large as the
+        largest calls made them)."""
+        with self._scratch_lock:
+            spare = sum(len(m) for m in self._spare)
+        return self.pool.resident_bytes() + spare
 
     def close(self) -> None:
         """Close the file and stop the read threads; reads after this fail."""
@@ -682,6 +756,14 @@ def _release(fd: int, executor: list[ThreadPoolExecutor | None]) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _windows(frames: np.ndarray, d: int) -> np.ndarray:
+    """Every run of ``d`` float32 in a block of page frames, as rows of a view: indexing it
+    with float offsets copies whole rows (faster than gathering element by element)."""
+    flat = frames.reshape(-1).view(np.float32)
+    return np.lib.stride_tricks.as_strided(flat, shape=(max(len(flat) - d + 1, 0), d),
+                                           strides=(4, 4), writeable=False)
 
 
 def _runs(pages: np.ndarray, miss: np.ndarray) -> list[tuple[int, int]]:
