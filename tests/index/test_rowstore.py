@@ -167,6 +167,19 @@ def test_pool_never_holds_more_than_its_bytes(row_file, matrix):
     assert frames == 5 * PAGE_BYTES <= budget
 
 
+def test_a_large_read_does_not_flush_the_pool(tmp_path):
+    X = np.random.default_rng(6).standard_normal((4000, 1024)).astype(np.float32)  # a page per row
+    write_rows(tmp_path / "big.rows", X)
+    reader = DirectRowReader(tmp_path / "big.rows", pool_bytes=100 * PAGE_BYTES, io="pread")
+    hot = np.arange(0, 3000, 100)  # 30 pages
+    reader.read(hot), reader.read(hot)  # held and referenced
+    reader.read(np.arange(4000))  # every page, in two parts: about 64 admitted in all (a random share)
+    assert reader.pool.admit_limit == 64 and 30 + 48 <= len(reader.pool) <= 100
+    reader.reset_stats()
+    np.testing.assert_array_equal(reader.read(hot), X[hot])
+    assert reader.stats()["pool_hits"] == 30
+
+
 def test_clock_keeps_pages_touched_twice():
     pool = PagePool(3 * PAGE_BYTES)
     frames = np.arange(5, dtype=np.uint8)[:, None].repeat(PAGE_BYTES, axis=1)

@@ -486,6 +486,7 @@ class PagePool:
         self._table: dict[int, int] = {}
         self._hand = 0
         self._filled = 0
+        self._rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
         """Pages held now."""
@@ -518,13 +519,25 @@ class PagePool:
                 self._ref[slot[hit]] = True
         return hit
 
-    def insert(self, pages: np.ndarray, frames: np.ndarray) -> None:
-        """Hold ``frames[i]`` as the content of ``pages[i]``, evicting by CLOCK (at most as many
-        pages as the pool has frames; pages another thread inserted meanwhile are kept)."""
+    @property
+    def admit_limit(self) -> int:
+        """The most pages one read admits: half the frames (64 in a smaller pool), so a large
+        batch cannot flush the pages that other reads keep hitting."""
+        return min(self.slots, max(64, self.slots // 2))
+
+    def insert(self, pages: np.ndarray, frames: np.ndarray, *, share: float = 1.0) -> None:
+        """Hold ``frames[i]`` as the content of ``pages[i]``, evicting by CLOCK: a random
+        ``share`` of them (a read that inserts in parts gives each part its share of
+        :attr:`admit_limit`), at most ``admit_limit``. Pages another thread inserted meanwhile
+        are kept as they are."""
         if self.slots == 0 or len(pages) == 0:
             return
-        pages, frames = pages[:self.slots], frames[:self.slots]
         with self._lock:
+            keep = len(pages) if share >= 1 else int(self._rng.binomial(len(pages), share))
+            keep = min(keep, self.admit_limit)
+            if keep < len(pages):
+                pick = np.sort(self._rng.choice(len(pages), keep, replace=False))
+                pages, frames = pages[pick], frames[pick]
             dst, src = [], []
             for i, p in enumerate(pages.tolist()):
                 if p in self._table:
@@ -608,12 +621,13 @@ class DirectRowReader:
         uniq, inv = (rows, None) if distinct else unique_inverse(rows)
         c = ReadCounts(rows=len(rows))
         step = max(1, _BATCH_PAGES // self.layout.max_pages_per_row)
-        parts = [self._read_unique(uniq[a:a + step], c) for a in range(0, len(uniq), step)]
+        share = min(1.0, self.pool.admit_limit / max(1, self.layout.page_count(uniq)))
+        parts = [self._read_unique(uniq[a:a + step], c, share) for a in range(0, len(uniq), step)]
         X = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self._counters.add(c, counts)
         return X if inv is None else X[inv]
 
-    def _read_unique(self, rows: np.ndarray, c: ReadCounts) -> np.ndarray:
+    def _read_unique(self, rows: np.ndarray, c: ReadCounts, share: float) -> np.ndarray:
         """Sorted distinct rows: hits from the pool, misses read in parallel, rows cut out."""
         start = self.layout.offsets(rows)
         X = np.empty((len(rows), self.d), dtype=np.float32)
@@ -624,7 +638,7 @@ class DirectRowReader:
             hit = self.pool.lookup(pages, rows=(pidx, at, X))
             miss = np.flatnonzero(~hit)
             if len(miss):
-                with self._missing(pages[miss], c) as frames:
+                with self._missing(pages[miss], c, share) as frames:
                     pos = np.empty(len(pages), dtype=np.int64)
                     pos[miss] = np.arange(len(miss))
                     todo = ~hit[pidx]
@@ -635,7 +649,7 @@ class DirectRowReader:
             hit = self.pool.lookup(pages, frames)
             miss = np.flatnonzero(~hit)
             if len(miss):
-                with self._missing(pages[miss], c) as read:
+                with self._missing(pages[miss], c, share) as read:
                     frames[miss] = read
             X[:] = _windows(frames, self.d)[(np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES
                                              + start % PAGE_BYTES) // 4]
@@ -643,9 +657,9 @@ class DirectRowReader:
         return X
 
     @contextlib.contextmanager
-    def _missing(self, pages: np.ndarray, c: ReadCounts) -> Iterator[np.ndarray]:
-        """Read ``pages`` (sorted, distinct) into page-aligned frames (yielded), put them in the
-        pool, and count the reads. Adjacent pages are read together."""
+    def _missing(self, pages: np.ndarray, c: ReadCounts, share: float) -> Iterator[np.ndarray]:
+        """Read ``pages`` (sorted, distinct) into page-aligned frames (yielded), put a ``share``
+        of them in the pool, and count the reads. Adjacent pages are read together."""
         mem = self._scratch(len(pages))
         try:
             runs = _runs(pages, np.arange(len(pages)))
@@ -654,7 +668,7 @@ class DirectRowReader:
             c.reads += len(runs)
             frames = np.frombuffer(mem, dtype=np.uint8, count=len(pages) * PAGE_BYTES).reshape(-1, PAGE_BYTES)
             yield frames
-            self.pool.insert(pages, frames)
+            self.pool.insert(pages, frames, share=share)
             del frames
         finally:
             with self._scratch_lock:
