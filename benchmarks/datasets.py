@@ -208,13 +208,51 @@ def debian_vectors(cache_dir: str | Path = DEFAULT_CACHE_DIR, *, tsv: str | Path
 
 
 # ---- MovieLens ---------------------------------------------------------------------------
+def load_real_vectors(root: Path = ROOT) -> tuple[np.ndarray, np.ndarray, str]:
+    """(vectors, movieIds, description): the pipeline's fused MovieLens vectors
+    (``artifacts/fused/vectors.npy``), or MovieLens features computed here without them."""
+    fused = root / "artifacts" / "fused" / "vectors.npy"
+    if fused.exists():
+        V = np.load(fused, allow_pickle=False).astype(np.float32)
+        ids_path = fused.with_name("item_ids.npy")
+        ids = np.load(ids_path, allow_pickle=False) if ids_path.exists() else np.arange(len(V))
+        return V, ids.astype(np.int64), f"artifacts/fused/vectors.npy ({V.shape[0]} x {V.shape[1]})"
+    return movielens_features(root)
+
+
+def movielens_features(root: Path = ROOT) -> tuple[np.ndarray, np.ndarray, str]:
+    """Rating-matrix SVD factors (64) + genre indicators + release year, L2-normalised."""
+    import pandas as pd
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    raw = root / "data" / "raw" / "movielens"
+    movies = pd.read_csv(raw / "movies.csv")
+    ratings = pd.read_csv(raw / "ratings.csv")
+    ids = movies["movieId"].to_numpy()
+    col = pd.Index(ids).get_indexer(ratings["movieId"])
+    users = pd.factorize(ratings["userId"])[0]
+    R = sp.csr_matrix(((ratings["rating"] - ratings["rating"].mean()).to_numpy(), (users, col)),
+                      shape=(users.max() + 1, len(ids)))
+    _, s, vt = svds(R, k=64, random_state=0)
+    collab = (vt.T * np.sqrt(s)).astype(np.float32)
+    collab /= np.maximum(np.linalg.norm(collab, axis=1, keepdims=True), 1e-6)
+    # copies: pandas 3 hands out read-only views
+    genres = movies["genres"].str.get_dummies("|").to_numpy(np.float32, copy=True)
+    genres /= np.maximum(np.linalg.norm(genres, axis=1, keepdims=True), 1e-6)
+    year = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].astype(float)
+    year = ((year - year.mean()) / year.std()).fillna(0).to_numpy(np.float32, copy=True)[:, None]
+    V = np.hstack([collab, 0.7 * genres, 0.3 * year]).astype(np.float32)
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    return V, ids.astype(np.int64), (f"MovieLens SVD64 + genres + year ({V.shape[0]} x {V.shape[1]}; "
+                                     "no fused vectors found)")
+
+
 def movielens_vectors() -> tuple[np.ndarray, dict[str, Any]]:
-    """(X float32 unit rows, meta): the vectors ``bench_serve`` loads (fused, or its fallback).
+    """(X float32 unit rows, meta): the fused MovieLens vectors (or the features fallback).
 
     ``meta``: ``data``, ``item_ids`` (movieIds, one per row) and ``source``.
     """
-    from benchmarks.bench_serve import load_real_vectors
-
     V, ids, source = load_real_vectors(ROOT)
     norms = np.linalg.norm(V, axis=1)
     keep = norms > 0

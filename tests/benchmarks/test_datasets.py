@@ -139,9 +139,6 @@ def test_project_encoder_matches_the_shared_float16_vectors():
     assert cos.min() >= 0.999, dict(zip(rows.tolist(), cos.round(5).tolist(), strict=True))
 
 
-@pytest.mark.xfail(not (D.ROOT / "artifacts" / "fused" / "vectors.npy").exists(), raises=ValueError,
-                   strict=True, reason="no fused vectors, and bench_serve.movielens_features (the "
-                   "fallback) writes into a read-only get_dummies array under pandas 3")
 def test_movielens_vectors_are_the_serving_benchmark_rows():
     X, meta = D.movielens_vectors()
     assert X.dtype == np.float32 and len(X) == len(meta["item_ids"]) > 9000

@@ -1,0 +1,204 @@
+"""The serving benchmark's contenders, each a saved index that a process opens and searches.
+
+* ``cascade``: mmcompress's cascade index (coarse codes -> fine tier -> exact rerank from its
+  own row store).
+* ``faiss+rerank``: a faiss first stage in RAM (IVF-RaBitQ, IVF-PQ fast-scan, HNSW over SQ8 /
+  PQ codes) whose top ``R`` ids are reranked by :func:`mmcompress.index.rerank.exact_rerank`
+  from one row store in base order, read the same way the cascade reads its own: so first
+  stages are compared, not storage tricks.
+* ``faiss``: HNSW32 over float32 vectors, all in RAM (efConstruction 200): the in-RAM anchor.
+
+A contender is described by a small JSON-able spec (kind, directory, build options) so the
+memory probe (:mod:`benchmarks.serve_memory`) can open exactly what the timed run opened in a
+fresh process. Every contender answers ``search(Q, setting, threads)`` with base row ids and
+counts the exact store's pages in :meth:`Contender.exact_counts`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+K = 10
+
+
+def set_threads(n: int) -> None:
+    """Threads for faiss (OpenMP) and BLAS."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(n)
+
+
+@dataclass
+class Built:
+    """A saved contender: what to open, how long building took, its own memory accounting."""
+
+    kind: str
+    name: str
+    directory: str
+    build_s: float
+    resident_bytes: float  # the index's own accounting of what it holds in RAM (exact store excluded)
+    grid: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "directory": self.directory, "build_s": self.build_s,
+                "resident_bytes": self.resident_bytes, "grid": self.grid, "extra": self.extra}
+
+
+# ---- building ----------------------------------------------------------------------------
+def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine: str, nlist: int,
+                  grid: list[dict[str, Any]], train_rows: int = 50_000) -> Built:
+    """Fit the codecs on a sample of the base, build, save (page-aligned exact row file)."""
+    from mmcompress.codecs import make_codec
+    from mmcompress.index import CascadeConfig, CascadeIndex
+
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    train = xb[np.sort(rng.choice(len(xb), min(len(xb), train_rows), replace=False))]
+    coarse_codec = make_codec(coarse).fit(train)
+    fine_codec = coarse_codec if fine == "coarse" else make_codec(fine).fit(train)
+    config = CascadeConfig.from_params({"coarse": {"codec": coarse, "shortlist": grid[0]["s1"], "nlist": nlist,
+                                                   "nprobe": grid[0].get("nprobe", 1)},
+                                        "fine": {"codec": fine, "shortlist": grid[0]["s2"]}})
+    directory = workdir / name
+    scratch = workdir / f"{name}.exact.rows"
+    index = CascadeIndex.build(coarse_codec, fine_codec, xb, np.arange(len(xb)), scratch, config=config)
+    index.save(directory)
+    build_s = time.perf_counter() - t
+    resident = index.memory_report()["resident_total"]
+    extra = {"cell_weight": index.cell_weight_, "item_scale_gamma": index.scale_gamma_}
+    del index
+    scratch.unlink(missing_ok=True)
+    return Built("cascade", name, str(directory), build_s, float(resident), grid, extra)
+
+
+def write_base_rows(xb: np.ndarray, workdir: Path) -> Path:
+    """The shared exact store of the faiss first stages: base rows in base order."""
+    from mmcompress.index.rowstore import write_rows
+
+    path = workdir / "base.rows"
+    if not path.exists():
+        write_rows(path, xb)
+    return path
+
+
+def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid: list[dict[str, Any]],
+                rerank: bool, ef_construction: int | None = None, train_rows: int = 100_000) -> Built:
+    """A faiss index from a factory string, saved with ``faiss.write_index``; ``rerank``: its
+    candidates go to the shared exact store."""
+    import faiss
+
+    t = time.perf_counter()
+    index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if ef_construction is not None:
+        faiss.downcast_index(index).hnsw.efConstruction = ef_construction
+    rng = np.random.default_rng(0)
+    index.train(xb[np.sort(rng.choice(len(xb), min(len(xb), train_rows), replace=False))])
+    index.add(xb)
+    build_s = time.perf_counter() - t
+    directory = workdir / name
+    directory.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(directory / "index.faiss"))
+    resident = float(faiss.serialize_index(index).nbytes)
+    rows = None
+    if rerank:
+        rows = str(write_base_rows(xb, workdir))
+    meta = {"factory": factory, "rerank": rerank, "rows": rows, "ef_construction": ef_construction}
+    (directory / "contender.json").write_text(json.dumps(meta))
+    kind = "faiss+rerank" if rerank else "faiss"
+    return Built(kind, name, str(directory), build_s, resident, grid, meta)
+
+
+# ---- opening and searching ---------------------------------------------------------------
+class Contender:
+    """An opened contender. ``reader``: how the exact store is read ("mmap": warm through the
+    page cache; "direct": O_DIRECT into a pool of ``pool_bytes``)."""
+
+    def __init__(self, built: dict[str, Any], *, reader: str = "mmap", pool_bytes: int = 0,
+                 reads_in_flight: int = 16) -> None:
+        self.kind, self.name = built["kind"], built["name"]
+        self.directory = Path(built["directory"])
+        self.reader_kind, self.pool_bytes = reader, pool_bytes
+        if self.kind == "cascade":
+            from mmcompress.index import CascadeIndex
+
+            self.index = CascadeIndex.load(self.directory, mmap=True, exact_reader=reader,
+                                           exact_pool_bytes=pool_bytes, reads_in_flight=reads_in_flight)
+            self.rows = None
+        else:
+            import faiss
+
+            meta = built["extra"]
+            self.index = faiss.read_index(str(self.directory / "index.faiss"))
+            self.rows = None
+            if meta["rerank"]:
+                from mmcompress.index.rowstore import open_row_store
+
+                self.rows = open_row_store(meta["rows"], reader=reader, pool_bytes=pool_bytes,
+                                           reads_in_flight=reads_in_flight)
+
+    def files(self) -> list[Path]:
+        """Files this contender reads while searching (for page-cache accounting)."""
+        out = [self.directory]
+        if self.rows is not None:
+            out.append(Path(self.rows_path))
+        return out
+
+    @property
+    def rows_path(self) -> str:
+        return json.loads((self.directory / "contender.json").read_text())["rows"]
+
+    def exact_stats(self) -> dict[str, Any]:
+        if self.kind == "cascade":
+            return self.index.exact_store_stats()
+        return self.rows.stats() if self.rows is not None else {}
+
+    def reset_exact_stats(self) -> None:
+        if self.kind == "cascade":
+            self.index.reset_exact_store_stats()
+        elif self.rows is not None:
+            self.rows.reset_stats()
+
+    def search(self, Q: np.ndarray, setting: dict[str, Any], threads: int = 1) -> np.ndarray:
+        """Base row ids (nq, 10) of the best matches, best first."""
+        if self.kind == "cascade":
+            kw = {"coarse_shortlist": setting["s1"], "fine_shortlist": setting["s2"]}
+            if "nprobe" in setting:
+                kw["nprobe"] = setting["nprobe"]
+            return self.index.search(Q, K, threads=threads, **kw)[1]
+        params = self._faiss_params(setting)
+        if self.rows is None:
+            return self.index.search(Q, K, params=params)[1]
+        from mmcompress.index.rerank import exact_rerank
+
+        cand = self.index.search(Q, setting["R"], params=params)[1]
+        return exact_rerank(self.rows, Q, cand, K, "ip")[0]
+
+    def _faiss_params(self, setting: dict[str, Any]):
+        import faiss
+
+        if "efSearch" in setting:
+            return faiss.SearchParametersHNSW(efSearch=setting["efSearch"])
+        if "qb" in setting:
+            return faiss.IVFRaBitQSearchParameters(nprobe=setting["nprobe"], qb=setting["qb"])
+        if "nprobe" in setting:
+            return faiss.SearchParametersIVF(nprobe=setting["nprobe"])
+        return None
+
+    def close(self) -> None:
+        if self.kind == "cascade":
+            self.index.close()
+        elif self.rows is not None:
+            self.rows.close()
+
+
+def describe_setting(setting: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items())
