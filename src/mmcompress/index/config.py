@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Integral
 from typing import Any
 
 from mmcompress.errors import CodecError
+from mmcompress.index.rowstore import READER_KINDS
 
 
 @dataclass
@@ -113,11 +115,8 @@ class CascadeConfig:
             raise CodecError(f"index.coarse.routing must be 'code' or 'full'; found {self.coarse.routing!r}")
         if self.fine.scoring not in ("adc", "decode"):
             raise CodecError(f"index.fine.scoring must be 'adc' or 'decode'; found {self.fine.scoring!r}")
-        if self.exact.reader not in ("mmap", "direct", "pread"):
-            raise CodecError(f"index.exact.reader must be 'mmap', 'direct' or 'pread'; found {self.exact.reader!r}")
-        if self.exact.pool_bytes < 0 or self.exact.reads_in_flight < 1:
-            raise CodecError(f"index.exact needs pool_bytes >= 0 and reads_in_flight >= 1; found "
-                             f"pool_bytes={self.exact.pool_bytes}, reads_in_flight={self.exact.reads_in_flight}")
+        check_exact_reader(self.exact.reader, self.exact.pool_bytes, self.exact.reads_in_flight,
+                           names=("index.exact.reader", "index.exact.pool_bytes", "index.exact.reads_in_flight"))
         if self.cache_bytes < 0:
             raise CodecError(f"index.cache_bytes must be >= 0; found {self.cache_bytes}")
         if self.cache_policy not in ("tinylfu", "lru"):
@@ -130,6 +129,23 @@ class CascadeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_exact_reader(reader: Any, pool_bytes: Any, reads_in_flight: Any, *,
+                       names: tuple[str, str, str], allow_none: bool = False) -> None:
+    """Refuse an exact-store reading setting that :func:`~mmcompress.index.rowstore.open_row_store`
+    would only fail on later (when the index loads in a service), naming the offending key.
+    ``names``: how the caller spells the three keys (``index.exact.*`` in params.yaml, or the
+    service's settings); ``allow_none``: None means "keep what the index has" and passes."""
+    if not (reader is None and allow_none) and reader not in READER_KINDS:
+        raise CodecError(f"{names[0]} must be one of {list(READER_KINDS)}; found {reader!r}")
+    for name, value, low in ((names[1], pool_bytes, 0), (names[2], reads_in_flight, 1)):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise CodecError(f"{name} must be an integer >= {low}; found {value!r} ({type(value).__name__})")
+        if value < low:
+            raise CodecError(f"{name} must be >= {low}; found {value}")
 
 
 def _from_mapping(cls: type, section: Mapping[str, Any], where: str) -> Any:

@@ -3,6 +3,11 @@
     app = create_app("artifacts/index")                  # or a loader function / IndexSource
     run_server(port=8000, model="champion")              # the MLflow champion, hot-reloaded
     run_server(port=8000, model="artifacts/index")       # a saved index directory
+    run_server(model="champion", settings=ServiceSettings(exact_reader="direct", exact_pool_bytes=256 << 20))
+                                                         # exact vectors read from disk through a 256 MiB pool
+
+/metrics exports, beside request latency and the result cache, the exact store's page reads
+and buffer pool (``mmcompress_exact_store_*``; docs/serving.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
     GET  /items/{item_id}/similar?k=10[&modality=text]   the item itself excluded
     POST /search   {"vector": [...], "k": 10}  or  {"item_id": 1, "k": 10, "modality": "text"}
     GET  /healthz  200 with the served index, 503 before one is loaded
-    GET  /metrics  Prometheus text (this app's own registry)
+    GET  /metrics  Prometheus text (this app's own registry); the exact store's counters are
+                   read from the served index at each scrape
 
 Bad input gets a 4xx with a message: unknown id 404; wrong vector length, NaN, unknown
 modality or k out of range 422; malformed JSON 400; a body over ``max_body_bytes`` 413.
@@ -192,6 +193,7 @@ def create_app(loader: Any, *, settings: ServiceSettings | None = None,
         cur = service.current
         if cur is not None:
             metrics.refresh_cache(cur.cache)
+            metrics.refresh_exact_store(cur.index)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)

@@ -20,6 +20,7 @@ import numpy as np
 
 from mmcompress.index.cache import LRUCache, TinyLFUCache, make_cache
 from mmcompress.index.cascade import SearchStats
+from mmcompress.index.config import check_exact_reader
 from mmcompress.serve.metrics import ServiceMetrics
 from mmcompress.serve.source import IndexBundle, IndexSource
 
@@ -28,7 +29,14 @@ log = logging.getLogger("mmcompress.serve")
 
 @dataclass
 class ServiceSettings:
-    """Limits and knobs of the service (``cache_bytes=None``: the index config's value)."""
+    """Limits and knobs of the service (``cache_bytes=None``: the index config's value).
+
+    ``exact_reader`` / ``exact_pool_bytes`` / ``exact_reads_in_flight``: how every index the
+    service loads (the first and each hot reload) reads its exact float32 store
+    (``index.exact`` of params.yaml: ``"mmap"``, ``"direct"`` with a buffer pool of
+    ``exact_pool_bytes``, or ``"pread"``). None keeps what the index was saved with, so the
+    pipeline's choice serves unless a replica says otherwise (e.g. a disk-resident replica
+    with a small pool where the build machine memory-mapped)."""
 
     max_k: int = 1000
     default_k: int = 10
@@ -37,6 +45,17 @@ class ServiceSettings:
     cache_bytes: int | None = None
     reload_interval_s: float | None = 10.0
     warm_items: int = 200
+    exact_reader: str | None = None
+    exact_pool_bytes: int | None = None
+    exact_reads_in_flight: int | None = None
+
+    def __post_init__(self) -> None:
+        check_exact_reader(self.exact_reader, self.exact_pool_bytes, self.exact_reads_in_flight,
+                           names=("exact_reader", "exact_pool_bytes", "exact_reads_in_flight"), allow_none=True)
+
+    @property
+    def overrides_exact_reader(self) -> bool:
+        return (self.exact_reader, self.exact_pool_bytes, self.exact_reads_in_flight) != (None, None, None)
 
 
 class ServiceError(Exception):
@@ -74,6 +93,12 @@ class SimilarItemsService:
 
     # ---- loading ---------------------------------------------------------------------------
     def _prepare(self, bundle: IndexBundle) -> Loaded:
+        """The new index read as the settings say, with its own cache, warmed (through the
+        chosen reader, so a buffer pool starts with the popular items' pages)."""
+        s = self.settings
+        if s.overrides_exact_reader:
+            bundle.index.reopen_exact(s.exact_reader, pool_bytes=s.exact_pool_bytes,
+                                      reads_in_flight=s.exact_reads_in_flight)
         cfg = bundle.index.config
         policy = self.settings.cache_policy or cfg.cache_policy
         nbytes = self.settings.cache_bytes if self.settings.cache_bytes is not None else cfg.cache_bytes
@@ -98,6 +123,8 @@ class SimilarItemsService:
                 return False
             old, self.current = self.current, loaded
             self.last_error = None
+            if old is not None and old.index is not loaded.index:
+                self.metrics.retire_exact_store(old.index)
             self.metrics.reloads.labels(result="ok").inc()
             self.metrics.describe_index(loaded.bundle)
             log.info("serving index %s from %s (%d items)", loaded.bundle.version,
