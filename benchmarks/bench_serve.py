@@ -119,13 +119,15 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
     m4 = min(64, d // 6 // 2 * 2)
     pq_prefix = "" if m4 * 6 == d else f"PCAR{m4 * 6},"
     built = []
-    bits = min(128, d // 8 * 8)  # ITQ sign codes: at most d bits
-    specs = [(f"cascade BIN{bits} -> sign tables", f"BIN{bits}", "coarse")]
-    for name, coarse, fine in specs:
+    # ITQ sign codes give at most d bits (the BIN_rr variant goes wider)
+    wide = "BIN256" if d >= 256 else f"BIN{min(256, 2 * d) // 8 * 8}_rr"
+    specs = [(f"cascade BIN{min(128, d // 8 * 8)} -> sign tables", f"BIN{min(128, d // 8 * 8)}", {}),
+             (f"cascade {wide} -> sign tables x item scales", wide, {"item_scales": True})]
+    for name, coarse, options in specs:
         print(f"  build {name}", flush=True)
         built.append(build_cascade(xb, workdir, name=name.replace(" ", "_").replace(">", ""), coarse=coarse,
-                                   fine=fine, nlist=0, grid=cascade_grid(n, quick)))
-        built[-1].extra.update({"coarse": coarse, "fine": fine, "label": name})
+                                   fine="coarse", nlist=0, grid=cascade_grid(n, quick), fine_options=options))
+        built[-1].extra.update({"coarse": coarse, "fine": "coarse", "fine_options": options, "label": name})
     faiss_specs = [
         (f"IVF{nlist},RaBitQ", [{"nprobe": p, "R": r} for p in probes for r in rs], None),
         (f"{pq_prefix}IVF{nlist},PQ{m4}x4fs", [{"nprobe": p, "R": r} for p in probes for r in rs], None),
@@ -444,10 +446,13 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{p0['p50_ms']:.2f} / {p0['p99_ms']:.2f} | {cells[0]} | {cells[1]} | "
                          f"{_bpi(c['memory'].get('cold'), n)} |")
         if cat.get("peers"):
-            lines += ["", "Peers (own processes, .venv-peers; same base, queries and threads, run after the above):", "",
-                      "| peer | setting | recall | q/s | p50 / p99 ms | build s | notes |", "|---|---|---|---|---|---|---|"]
+            lines += ["", "Peers (own processes in .venv-peers, same base, queries and threads, after the "
+                      "above; batch q/s; pages = bytes read per query / 4 KiB from /proc/self/io; "
+                      "B/item = RSS growth on loading the index, page cache not included):", "",
+                      "| peer | setting | recall | q/s | p50 / p99 ms | pages/query | RSS B/item | notes |",
+                      "|---|---|---|---|---|---|---|---|"]
             for peer, r in cat["peers"].items():
-                lines.append(_peer_line(peer, r))
+                lines.append(_peer_line(peer, r, n))
         lines.append("")
     for part in ("cache", "load"):
         if result.get(part):
@@ -455,17 +460,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _peer_line(peer: str, r: dict[str, Any]) -> str:
+def _peer_line(peer: str, r: dict[str, Any], n: int) -> str:
+    """One row per cache state of a peer's test run (``run_peer.py``'s summary)."""
     if "error" in r or "skipped" in r:
-        return f"| {peer} | - | - | - | - | - | {(r.get('error') or r.get('skipped'))[:120]!r} |"
-    runs = r.get("test_runs") or ([r["test"]] if "test" in r else [])
+        return f"| {peer} | - | - | - | - | - | - | {(r.get('error') or r.get('skipped'))[-160:]!r} |"
+    s = r["summary"]
+    setting = " ".join(f"{k}={v}" for k, v in s["chosen_setting"].items())
     out = []
-    for t in runs:
-        out.append(f"| {peer} {t.get('cache', '')} | {r.get('chosen', {}).get('setting', '')} | "
-                   f"{t.get('recall_at_10', float('nan')):.3f} | {t.get('qps', float('nan')):.0f} | "
-                   f"{t.get('p50_ms', float('nan')):.2f} / {t.get('p99_ms', float('nan')):.2f} | "
-                   f"{r.get('build_s', float('nan')):.0f} | |")
-    return "\n".join(out) or f"| {peer} | see serve.json | | | | | |"
+    for cache, qps in s["test_qps"].items():
+        lat = s["test_latency_ms"].get(cache, {})
+        read = s["read_bytes_per_query"].get(f"{cache}/batch")
+        pages = "-" if read is None else f"{read / 4096:.1f}"
+        out.append(f"| {peer} ({cache}) | {setting} | {s['test_recall_at_10']:.3f} | {qps:.0f} | "
+                   f"{lat.get('p50', float('nan')):.2f} / {lat.get('p99', float('nan')):.2f} | {pages} | "
+                   f"{s['rss_index_delta_mib'] * 2**20 / n:.1f} | build {s['build_s']:.0f} s; "
+                   f"tuning target met: {s['target_met_on_tuning']} |")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,7 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", action="store_true", help="also DiskANN, ScaNN, LanceDB, usearch (.venv-peers)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
     args = ap.parse_args(argv)
+    if args.render:
+        stem = "serve.quick" if args.quick else "serve"
+        result = json.loads((RESULTS / f"{stem}.json").read_text())
+        (RESULTS / f"{stem}.md").write_text(markdown(result) + "\n")
+        return 0
     if args.quick:
         args.tune, args.queries, args.single, args.rounds, args.cold_rounds = 200, 300, 50, 2, 1
         args.skip = ["cache", "load"]

@@ -55,7 +55,8 @@ class Built:
 
 # ---- building ----------------------------------------------------------------------------
 def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine: str, nlist: int,
-                  grid: list[dict[str, Any]], train_rows: int = 50_000) -> Built:
+                  grid: list[dict[str, Any]], train_rows: int = 50_000,
+                  fine_options: dict[str, Any] | None = None) -> Built:
     """Fit the codecs on a sample of the base, build, save (page-aligned exact row file)."""
     from mmcompress.codecs import make_codec
     from mmcompress.index import CascadeConfig, CascadeIndex
@@ -67,7 +68,8 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     fine_codec = coarse_codec if fine == "coarse" else make_codec(fine).fit(train)
     config = CascadeConfig.from_params({"coarse": {"codec": coarse, "shortlist": grid[0]["s1"], "nlist": nlist,
                                                    "nprobe": grid[0].get("nprobe", 1)},
-                                        "fine": {"codec": fine, "shortlist": grid[0]["s2"]}})
+                                        "fine": {"codec": fine, "shortlist": grid[0]["s2"],
+                                                 **(fine_options or {})}})
     directory = workdir / name
     scratch = workdir / f"{name}.exact.rows"
     index = CascadeIndex.build(coarse_codec, fine_codec, xb, np.arange(len(xb)), scratch, config=config)

@@ -38,7 +38,8 @@ def _warm_libraries(spec: dict) -> None:
         if built["kind"] == "cascade":
             grid = [{"s1": 64, "s2": 16}]
             tiny = build_cascade(X, Path(tmp), name="warm", coarse=built["extra"]["coarse"],
-                                 fine=built["extra"]["fine"], nlist=0, grid=grid, train_rows=2048)
+                                 fine=built["extra"]["fine"], nlist=0, grid=grid, train_rows=2048,
+                                 fine_options=built["extra"].get("fine_options"))
             c = Contender(tiny.to_dict(), reader=spec["reader"], pool_bytes=0)
             c.search(X[:4], grid[0], threads=spec["threads"])
             c.search(X[:1], grid[0], threads=1)
