@@ -26,10 +26,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmcompress.serve import run_server
+    from mmcompress.serve import ServiceSettings, run_server
 
+    settings = ServiceSettings(exact_reader=args.exact_reader, exact_pool_bytes=args.exact_pool_bytes,
+                               exact_reads_in_flight=args.exact_reads_in_flight)
     run_server(port=args.port, model=args.model, host=args.host, tracking_uri=args.tracking_uri,
-               model_name=args.model_name)
+               model_name=args.model_name, settings=settings)
     return 0
 
 
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="champion", help="'champion' (MLflow registry) or a saved index dir")
     s.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     s.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    s.add_argument("--exact-reader", choices=("mmap", "direct", "pread"), default=None,
+                   help="how the exact vectors are read (default: as the index was saved): mmap through "
+                        "the page cache, direct with O_DIRECT into the index's own buffer pool")
+    s.add_argument("--exact-pool-bytes", type=int, default=None, help="buffer pool of the direct reader")
+    s.add_argument("--exact-reads-in-flight", type=int, default=None, help="page reads one search issues at once")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("rollback", help="make the 'previous' model version champion again")

@@ -50,3 +50,15 @@ def test_prepare_bad_catalog_names_the_problem_and_writes_nothing(tmp_path):
     assert p.returncode == 1
     assert "items.parquet" in p.stderr and "image" in p.stderr and "row=7" in p.stderr, p.stderr
     assert not (tmp_path / "cat").exists()
+
+
+def test_serve_passes_the_exact_store_reader_to_the_service(monkeypatch):
+    import mmcompress.serve as serve
+    from mmcompress.cli import main
+
+    seen = {}
+    monkeypatch.setattr(serve, "run_server", lambda **kw: seen.update(kw))
+    assert main(["serve", "--model", "idx", "--exact-reader", "direct", "--exact-pool-bytes", "65536"]) == 0
+    s = seen["settings"]
+    assert (s.exact_reader, s.exact_pool_bytes, s.exact_reads_in_flight) == ("direct", 65536, None)
+    assert seen["model"] == "idx"
