@@ -129,7 +129,9 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
                                    fine="coarse", nlist=0, grid=cascade_grid(n, quick), fine_options=options))
         built[-1].extra.update({"coarse": coarse, "fine": "coarse", "fine_options": options, "label": name})
     faiss_specs = [
-        (f"IVF{nlist},RaBitQ", [{"nprobe": p, "R": r} for p in probes for r in rs], None),
+        # qb: bits of the query's own quantization in RaBitQ's estimator (the factory's 4, and 8)
+        (f"IVF{nlist},RaBitQ", [{"nprobe": p, "qb": qb, "R": r} for p in probes for qb in (4, 8) for r in rs],
+         None),
         (f"{pq_prefix}IVF{nlist},PQ{m4}x4fs", [{"nprobe": p, "R": r} for p in probes for r in rs], None),
         ("HNSW32,SQ8", [{"efSearch": e, "R": r} for e in efs for r in rs if e >= r // 2], 200),
     ]
