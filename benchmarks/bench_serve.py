@@ -495,11 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
+    out_dir: Path = args.out
     if args.render:
         stem = "serve.quick" if args.quick else "serve"
-        result = json.loads((RESULTS / f"{stem}.json").read_text())
-        (RESULTS / f"{stem}.md").write_text(markdown(result) + "\n")
+        result = json.loads((out_dir / f"{stem}.json").read_text())
+        (out_dir / f"{stem}.md").write_text(markdown(result) + "\n")
         return 0
     if args.quick:
         args.tune, args.queries, args.single, args.rounds, args.cold_rounds = 200, 300, 50, 2, 1
@@ -532,10 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     stem = "serve.quick" if args.quick else "serve"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(result) + "\n")
-    print(f"wrote {RESULTS / stem}.json and .md")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(result) + "\n")
+    print(f"wrote {out_dir / stem}.json and .md")
     return 0
 
 

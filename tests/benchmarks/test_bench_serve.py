@@ -1,0 +1,41 @@
+"""The serving benchmark's smoke run (``--quick``) measures what its tables claim to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_serve
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
+    assert bench_serve.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "serve.quick.json").read_text())
+    (cat,) = result["catalogs"]
+    assert cat["name"] == "movielens" and "held out" in cat["data"]
+    n = cat["n_items"]
+    contenders = cat["contenders"]
+    assert {c["kind"] for c in contenders.values()} == {"cascade", "faiss+rerank", "faiss"}
+    for c in contenders.values():
+        assert c["tuning"]["rows"], c["name"]  # every setting of the grid tried on tuning queries
+        for row in c["tuning"]["rows"]:
+            assert 0.0 <= row["recall"] <= 1.0
+        if c["warm"]:  # chosen on tuning, run on test: the figures come from the test run
+            assert c["warm"]["setting"] == c["picks"]["warm"]
+            assert c["warm"]["qps_median"] > 0 and len(c["warm"]["qps"]) == result["rounds"]
+    disk = [c for c in contenders.values() if c["cold"]]
+    assert disk, "no contender with an exact store on disk reached the recall target"
+    for c in disk:
+        pool0 = c["cold"]["pools"]["0.0"]
+        assert pool0["pages_per_query"] > 1 and pool0["hit_rate_median"] == 0.0
+        assert pool0["mode"] in ("o_direct", "pread_dontneed")
+        cold = c["memory"]["cold"]
+        # measured from the process, and close to the index's own accounting: the page cache holds
+        # at most the resident tier's memory-mapped codes, never the exact store read with O_DIRECT
+        assert cold["page_cache_bytes"] <= cold["own_accounting_bytes"] + (64 << 10)
+        assert 0.5 * cold["own_accounting_bytes"] <= cold["all_in_bytes"] <= 3 * cold["own_accounting_bytes"] + 64 * n
+    md = (tmp_path / "serve.quick.md").read_text()
+    assert "## movielens" in md and "pages/query" in md
