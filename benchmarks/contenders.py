@@ -54,6 +54,12 @@ class Built:
 
 
 # ---- building ----------------------------------------------------------------------------
+def training_sample(xb: np.ndarray, rows: int) -> np.ndarray:
+    """Up to ``rows`` base rows, drawn with a fixed seed, in base order."""
+    rng = np.random.default_rng(0)
+    return xb[np.sort(rng.choice(len(xb), min(len(xb), rows), replace=False))]
+
+
 def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine: str, nlist: int,
                   grid: list[dict[str, Any]], train_rows: int = 50_000,
                   fine_options: dict[str, Any] | None = None) -> Built:
@@ -62,8 +68,7 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     from mmcompress.index import CascadeConfig, CascadeIndex
 
     t = time.perf_counter()
-    rng = np.random.default_rng(0)
-    train = xb[np.sort(rng.choice(len(xb), min(len(xb), train_rows), replace=False))]
+    train = training_sample(xb, train_rows)
     coarse_codec = make_codec(coarse).fit(train)
     fine_codec = coarse_codec if fine == "coarse" else make_codec(fine).fit(train)
     config = CascadeConfig.from_params({"coarse": {"codec": coarse, "shortlist": grid[0]["s1"], "nlist": nlist,
@@ -102,8 +107,7 @@ def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid:
     index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if ef_construction is not None:
         faiss.downcast_index(index).hnsw.efConstruction = ef_construction
-    rng = np.random.default_rng(0)
-    index.train(xb[np.sort(rng.choice(len(xb), min(len(xb), train_rows), replace=False))])
+    index.train(training_sample(xb, train_rows))
     index.add(xb)
     build_s = time.perf_counter() - t
     directory = workdir / name
@@ -128,7 +132,7 @@ class Contender:
                  reads_in_flight: int = 16) -> None:
         self.kind, self.name = built["kind"], built["name"]
         self.directory = Path(built["directory"])
-        self.reader_kind, self.pool_bytes = reader, pool_bytes
+        self.rows_path: str | None = None  # the shared exact store of a faiss first stage
         if self.kind == "cascade":
             from mmcompress.index import CascadeIndex
 
@@ -144,19 +148,13 @@ class Contender:
             if meta["rerank"]:
                 from mmcompress.index.rowstore import open_row_store
 
-                self.rows = open_row_store(meta["rows"], reader=reader, pool_bytes=pool_bytes,
+                self.rows_path = meta["rows"]
+                self.rows = open_row_store(self.rows_path, reader=reader, pool_bytes=pool_bytes,
                                            reads_in_flight=reads_in_flight)
 
     def files(self) -> list[Path]:
         """Files this contender reads while searching (for page-cache accounting)."""
-        out = [self.directory]
-        if self.rows is not None:
-            out.append(Path(self.rows_path))
-        return out
-
-    @property
-    def rows_path(self) -> str:
-        return json.loads((self.directory / "contender.json").read_text())["rows"]
+        return [self.directory] + ([Path(self.rows_path)] if self.rows_path else [])
 
     def exact_stats(self) -> dict[str, Any]:
         if self.kind == "cascade":
