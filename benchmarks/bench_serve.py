@@ -288,7 +288,8 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                 p["pages"].append(pages)
                 p["hit_rate"].append(hit)
                 p.update({"recall": recall10(truth, found), "p50_ms": float(np.percentile(lat, 50)),
-                          "p99_ms": float(np.percentile(lat, 99)), "mode": c.exact_stats().get("mode")})
+                          "p99_ms": float(np.percentile(lat, 99)), "mode": c.exact_stats().get("mode"),
+                          "engine": c.exact_stats().get("engine")})
         for name, (c, _) in opened.items():
             p = out[name]["pools"][str(frac)]
             p.update({"qps_median": float(np.median(p["qps"])), "qps_min": float(min(p["qps"])),
@@ -296,7 +297,7 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                       "hit_rate_median": float(np.median(p["hit_rate"]))})
             print(f"    cold pool {frac:>5.0%} {name:<40} {p['qps_median']:7.0f} q/s  "
                   f"{p['pages_per_query']:.1f} pages/query  hit {p['hit_rate_median']:.2f}  "
-                  f"recall {p['recall']:.3f}  [{p['mode']}]", flush=True)
+                  f"recall {p['recall']:.3f}  [{p['mode']}, {p['engine']}]", flush=True)
             c.close()
     return out
 

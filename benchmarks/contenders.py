@@ -129,7 +129,7 @@ class Contender:
     page cache; "direct": O_DIRECT into a pool of ``pool_bytes``)."""
 
     def __init__(self, built: dict[str, Any], *, reader: str = "mmap", pool_bytes: int = 0,
-                 reads_in_flight: int = 16) -> None:
+                 reads_in_flight: int = 64) -> None:
         self.kind, self.name = built["kind"], built["name"]
         self.directory = Path(built["directory"])
         self.rows_path: str | None = None  # the shared exact store of a faiss first stage

@@ -206,6 +206,88 @@ def test_o_direct_reads_a_real_file(row_file, matrix):
         reader.read(rows)
 
 
+@pytest.fixture
+def aio_reader_kw(row_file):
+    from mmcompress.index import kernelaio
+
+    if not kernelaio.available():
+        pytest.skip("this kernel refuses AIO system calls; the thread engine is tested apart")
+    try:
+        DirectRowReader(row_file, io="direct").close()
+    except OSError as e:
+        pytest.skip(f"filesystem of {row_file.parent} refuses O_DIRECT ({e})")
+    return {"io": "direct", "engine": "kernel_aio"}
+
+
+@pytest.mark.parametrize("reads_in_flight", [1, 3, 64])
+def test_kernel_aio_reads_the_same_rows_as_threads(row_file, matrix, aio_reader_kw, reads_in_flight):
+    aio = DirectRowReader(row_file, reads_in_flight=reads_in_flight, **aio_reader_kw)
+    threads = DirectRowReader(row_file, reads_in_flight=4, io="direct", engine="threads")
+    assert (aio.stats()["engine"], threads.stats()["engine"]) == ("kernel_aio", "threads")
+    rng = np.random.default_rng(11)
+    for size in (1, 7, 300, 1000):  # more runs than slots: the window refills as reads finish
+        rows = rng.integers(0, len(matrix), size)
+        np.testing.assert_array_equal(aio.read(rows), matrix[rows])
+        np.testing.assert_array_equal(threads.read(rows), matrix[rows])
+    assert aio.stats()["pages_read"] == threads.stats()["pages_read"]
+    aio.close()
+    with pytest.raises(ValueError, match="closed"):
+        aio.read(np.array([0]))
+
+
+def test_kernel_aio_contexts_per_thread_under_concurrency(row_file, matrix, aio_reader_kw):
+    reader = DirectRowReader(row_file, pool_bytes=16 * PAGE_BYTES, reads_in_flight=8, **aio_reader_kw)
+
+    def work(seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        return all(np.array_equal(reader.read(r), matrix[r]) for r in (rng.integers(0, len(matrix), 64)
+                                                                         for _ in range(30)))
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(work, range(6)))
+    contexts = list(reader._aio_contexts)
+    assert 1 <= len(contexts) <= 6 and not any(c.closed for c in contexts)
+    reader.close()
+    assert all(c.closed for c in contexts)  # closing the reader destroys every thread's context
+
+
+def test_kernel_aio_reports_a_failed_read_and_keeps_serving(row_file, matrix, aio_reader_kw, tmp_path):
+    from mmcompress.index import kernelaio
+
+    ctx = kernelaio.AioContext(4)
+    buf = np.zeros(2 * PAGE_BYTES, np.uint8)
+    misaligned = np.array([buf.ctypes.data + 1], np.uint64)  # O_DIRECT needs aligned memory: EINVAL
+    aligned = np.array([(buf.ctypes.data + PAGE_BYTES - 1) // PAGE_BYTES * PAGE_BYTES], np.uint64)
+    fd = os.open(row_file, os.O_RDONLY | os.O_DIRECT)
+    try:
+        with pytest.raises(OSError, match="Invalid argument"):
+            ctx.read(fd, misaligned, np.array([0]), np.array([PAGE_BYTES]))
+        assert ctx.read(fd, aligned, np.array([PAGE_BYTES]), np.array([PAGE_BYTES])).tolist() == [PAGE_BYTES]
+    finally:
+        os.close(fd)
+    at = int(aligned[0] - buf.ctypes.data)
+    np.testing.assert_array_equal(buf[at:at + PAGE_BYTES].view(np.float32)[:96], matrix[0])  # page 1 = rows 0..9
+    ctx.close()
+    assert ctx.closed
+    with pytest.raises(OSError, match="closed"):
+        ctx.read(0, aligned, np.array([0]), np.array([PAGE_BYTES]))
+    trunc = tmp_path / "cut.rows"
+    trunc.write_bytes(row_file.read_bytes())
+    reader = DirectRowReader(trunc, **aio_reader_kw)
+    os.truncate(trunc, 3 * PAGE_BYTES)  # shrunk under an open reader: rows past it read short
+    with pytest.raises(OSError, match="short read"):
+        reader.read(np.array([len(matrix) - 1]))
+    np.testing.assert_array_equal(reader.read(np.array([0, 5])), matrix[[0, 5]])  # a new context serves on
+
+
+def test_an_engine_that_cannot_run_is_refused(row_file):
+    with pytest.raises(ValueError, match="engine must be one of"):
+        DirectRowReader(row_file, engine="uring")
+    with pytest.raises(OSError, match="need O_DIRECT"):
+        DirectRowReader(row_file, io="pread", engine="kernel_aio")
+    assert DirectRowReader(row_file, io="pread").stats()["engine"] == "threads"
+
+
 def test_fallback_reader_drops_the_page_cache_and_says_so(row_file, matrix):
     reader = DirectRowReader(row_file, io="pread")
     assert reader.stats()["mode"] == "pread_dontneed"

@@ -65,14 +65,15 @@ class ExactStageConfig:
     ``"direct"`` reads it as a disk-resident index does, with ``O_DIRECT`` into the index's own
     buffer pool of ``pool_bytes`` (0: every page from disk), falling back to buffered reads that
     drop the page cache where the filesystem refuses ``O_DIRECT``; ``"pread"`` forces that
-    fallback. ``reads_in_flight``: page reads one search issues at once (random 4 KiB reads
-    are latency bound: more in flight, more reads per second). Only a store on disk (built
+    fallback. ``reads_in_flight``: page reads one search keeps in flight (random 4 KiB reads
+    are latency bound: more in flight, more reads per second); ``O_DIRECT`` reads go through
+    kernel AIO where the kernel takes it, else through as many threads. Only a store on disk (built
     with ``exact_vectors_path``, or loaded) is read this way; one built in memory stays there.
     """
 
     reader: str = "mmap"
     pool_bytes: int = 0
-    reads_in_flight: int = 16
+    reads_in_flight: int = 64
 
 
 @dataclass
