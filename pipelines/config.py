@@ -10,30 +10,40 @@ from typing import Any
 
 import yaml
 
+from mmcompress.errors import ConfigError
+from pipelines.schema import validate_params
+
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> dict:
-    """Read the params file and apply dotted-key overrides such as ``{"compress.budget_bytes": 32}``."""
+    """Read the params file, apply dotted-key overrides such as ``{"compress.budget_bytes": 32}``
+    and validate the result against the schema (:mod:`pipelines.schema`): an unknown key, a
+    wrong type or an out-of-range value raises :class:`ConfigError` naming it."""
     path = Path(path)
     try:
         params = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise FileNotFoundError(f"params file not found: {path}") from e
     if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, found {type(params).__name__}")
-    return apply_overrides(params, overrides or {})
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(params).__name__}")
+    source = f"{path}" + (f" with overrides {sorted(overrides)}" if overrides else "")
+    return validate_params(apply_overrides(params, overrides or {}), source)
 
 
 def apply_overrides(params: dict, overrides: dict[str, Any]) -> dict:
+    """``params`` with dotted keys set; a key whose section or name params does not have is
+    refused (a misspelt override must not be ignored), as is a value the schema refuses."""
     params = copy.deepcopy(params)
     for dotted, value in overrides.items():
         keys = dotted.split(".")
         node = params
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             if not isinstance(node.get(key), dict):
-                raise KeyError(f"override {dotted!r}: {key!r} is not a section of params")
+                where = ".".join(keys[:depth]) or "params"
+                raise ConfigError(f"override {dotted!r}: {key!r} is not a section of {where}"
+                                  f" (sections: {', '.join(sorted(k for k, v in node.items() if isinstance(v, dict)))})")
             node = node[key]
         node[keys[-1]] = value
-    return params
+    return validate_params(params, f"overrides {sorted(overrides)}") if overrides else params
 
 
 def codec_slug(spec: str) -> str:

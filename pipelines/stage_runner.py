@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mmcompress.errors import MMCompressError
+from mmcompress.errors import ConfigError, MMCompressError
 from pipelines.config import load_params
 
 
@@ -33,7 +33,11 @@ def main(stage: Callable[[dict, Path], dict], argv: list[str] | None = None) -> 
         if not sep:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    params = load_params(args.params, overrides)
+    try:
+        params = load_params(args.params, overrides)
+    except ConfigError as e:  # refused before any work: nothing read, nothing written
+        print(f"[{stage.__name__}] refused: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         result = stage(params, Path(args.root))

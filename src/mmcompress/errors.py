@@ -43,3 +43,8 @@ class CodecError(MMCompressError, ValueError):
 
 class ArtifactError(MMCompressError, ValueError):
     """A saved artifact is missing, truncated, tampered with or of an unknown format version."""
+
+
+class ConfigError(MMCompressError, ValueError):
+    """A params file, an override or a setting is unknown, of the wrong type or out of range;
+    the message names each key with what was found and what is allowed."""
