@@ -101,12 +101,22 @@ PIPELINE_PARAMS = {
         {},
         type="object",
         title="Other params.yaml overrides",
-        description='Dotted keys, e.g. {"fusion.method": "contrastive", "index.fine.shortlist": 100}.',
+        description=('Dotted params.yaml keys, e.g. {"fusion.method": "contrastive", '
+                     '"index.fine.shortlist": 100}. An unknown key or a bad value fails the run at '
+                     '"Resolve params". Gate thresholds (promote.*) need an override reason.'),
+    ),
+    "override_reason": Param(
+        None,
+        type=["null", "string"],
+        title="Gate override reason",
+        description=("Why this run changes promote.* thresholds. Required for such overrides; "
+                     "recorded on the MLflow run, the registry version and the report."),
     ),
 }
 
 INDEX_PARAMS = {
-    key: PIPELINE_PARAMS[key] for key in ("project_root", "catalog_path", "max_items", "overrides")
+    key: PIPELINE_PARAMS[key] for key in ("project_root", "catalog_path", "max_items", "overrides",
+                                          "override_reason")
 }
 
 
@@ -134,16 +144,19 @@ def run_overrides(params: dict) -> dict:
         overrides["compress.auto"] = False
         overrides["compress.codecs"] = [spec]
         overrides["compress.challenger"] = spec
+    if (params.get("override_reason") or "").strip():
+        overrides["promote.override_reason"] = params["override_reason"].strip()
     return overrides
 
 
 @task(task_display_name="Resolve params", retries=0, execution_timeout=timedelta(minutes=2))
 def resolve_params(params: dict | None = None) -> dict:
     """Freeze this run's configuration: params.yaml plus the trigger form's overrides."""
-    from pipelines.config import load_params
+    from pipelines.config import load_params, require_gate_reason
 
     root = params["project_root"]
     overrides = run_overrides(params)
+    require_gate_reason(overrides)
     params_file = f"{root.rstrip('/')}/params.yaml" if "://" in root else Path(root) / "params.yaml"
     resolved = load_params(params_file, overrides)
     return {"root": root, "params": resolved, "overrides": overrides,

@@ -46,6 +46,17 @@ def apply_overrides(params: dict, overrides: dict[str, Any]) -> dict:
     return validate_params(params, f"overrides {sorted(overrides)}") if overrides else params
 
 
+def require_gate_reason(overrides: dict[str, Any]) -> None:
+    """Refuse a trigger's overrides that change the promotion gate (``promote.*``) without a
+    non-empty ``promote.override_reason``: loosening the gate must be said, and it is recorded
+    on the MLflow run, the registry version and the report."""
+    changed = sorted(k for k in overrides if k.startswith("promote.") and k != "promote.override_reason")
+    if changed and not str(overrides.get("promote.override_reason") or "").strip():
+        raise ConfigError(f"overrides {changed} change the promotion gate: give an override reason "
+                          "(form field 'override_reason'); it is recorded on the MLflow run, the "
+                          "registry version and the report")
+
+
 def codec_slug(spec: str) -> str:
     """A file-system name for a codec spec: ``"OPQ16,PQ16x8"`` → ``"OPQ16_PQ16x8"``."""
     return re.sub(r"[^A-Za-z0-9x]+", "_", spec).strip("_")

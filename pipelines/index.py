@@ -17,9 +17,22 @@ from mmcompress.data import ItemCatalog
 from pipelines.config import Layout
 from pipelines.stage_runner import main
 
+PROBE_QUERIES = 32
+
+
+def index_probe(index_dir: Path, index, X: np.ndarray, query_rows: np.ndarray) -> dict:
+    """What promote checks the registered copy against: the manifest digest of the index that
+    was measured, and the top-10 ids it answered for the first held-out queries."""
+    from mmcompress.index.store import manifest_digest
+
+    rows = query_rows[:PROBE_QUERIES]
+    _, found = index.search(X[rows], 10)
+    return {"manifest_sha256": manifest_digest(index_dir), "query_rows": rows.tolist(), "k": 10,
+            "ids": np.asarray(found).tolist()}
+
 
 def build_index(params: dict, root: Path) -> dict:
-    """Write artifacts/index and metrics/index.json."""
+    """Write artifacts/index, metrics/index.json and reports/index_probe.json."""
     from mmcompress.codecs import load_codec
     from mmcompress.evaluation.metrics import exact_topk, recall_at_k
     from mmcompress.index import CascadeConfig, CascadeIndex
@@ -67,6 +80,7 @@ def build_index(params: dict, root: Path) -> dict:
                "n_items": index.n_items, "build_seconds": round(build_s, 2),
                **{f"stage.{k}": v for k, v in stats.to_dict().items() if isinstance(v, int | float)}}
     write_json_atomic(L.metrics_dir / "index.json", metrics)
+    write_json_atomic(L.reports_dir / "index_probe.json", index_probe(L.index_dir, index, X, query_rows))
     return {"index_dir": str(L.index_dir), **metrics, "describe": index.describe()}
 
 

@@ -1,8 +1,11 @@
 """Stage ``promote``: record the run in MLflow and let the gate decide the new champion.
 
 One parent run per pipeline execution with a nested run per codec; the challenger is logged as
-a pyfunc model, registered, and gets the ``champion`` alias only if the gate passes. The decision
-and its reasons are written on the model version either way.
+a pyfunc model with the index the index stage measured, and registered. The decision and its
+reasons are written on the model version either way. A promoted version gets the ``champion``
+alias last: after its registered copy has been downloaded back, opened with every byte hashed
+and found to answer the probe queries as measured, and after the report is logged. An index
+that is missing, or that changed since it was measured, is refused before anything is logged.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from mmcompress.artifacts import sha256_file, write_json_atomic
+from mmcompress.errors import ArtifactError
 from mmcompress.promotion import GateThresholds, gate
 from pipelines.config import Layout
 from pipelines.stage_runner import main
@@ -61,6 +65,45 @@ def _numeric(m: dict) -> dict[str, float]:
     return {k.replace("/", "."): v for k, v in flatten_metrics(m).items()}
 
 
+def measured_index(L: Layout) -> dict:
+    """The index stage's probe of the index it measured, checked against ``artifacts/index``:
+    promote registers that index or nothing."""
+    from mmcompress.index.store import manifest_digest
+
+    probe_file = L.reports_dir / "index_probe.json"
+    if not (L.index_dir / "manifest.json").is_file():
+        raise ArtifactError(f"{L.index_dir}: no saved index to promote (run the index stage first)")
+    if not probe_file.is_file():
+        raise ArtifactError(f"{probe_file}: missing; the index stage writes it when it measures the index")
+    probe = json.loads(probe_file.read_text())
+    digest = manifest_digest(L.index_dir)
+    if digest != probe.get("manifest_sha256"):
+        raise ArtifactError(f"{L.index_dir}: manifest {digest[:12]} is not the index the index stage "
+                            f"measured ({str(probe.get('manifest_sha256'))[:12]}): it was rebuilt or "
+                            "changed since; rerun the index stage")
+    return probe
+
+
+def _verify_or_refuse(client, uri: str, model_name: str, version: str, probe: dict, L: Layout) -> dict:
+    """Verify the registered copy (see :func:`verify_registered_index`); on failure tag the
+    version, leave ``champion`` where it is and fail the stage."""
+    import tempfile
+
+    import numpy as np
+
+    from mmcompress.tracking.registry import verify_registered_index
+
+    queries = np.load(L.fused_dir / "vectors.npy", mmap_mode="r")[np.asarray(probe["query_rows"])]
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmc-verify-") as tmp:
+            checked = verify_registered_index(uri, model_name, version, probe, queries, Path(tmp))
+    except ArtifactError as e:
+        client.set_model_version_tag(model_name, version, "verification", f"failed: {e}"[:5000])
+        raise ArtifactError(f"not promoted: {e}") from e
+    client.set_model_version_tag(model_name, version, "verification", "passed")
+    return checked
+
+
 def promote(params: dict, root: Path) -> dict:
     """Log everything to MLflow, register the challenger, apply the gate, move aliases."""
     import mlflow
@@ -68,12 +111,18 @@ def promote(params: dict, root: Path) -> dict:
 
     from mmcompress.report import write_report
     from mmcompress.tracking.history import drift_history
-    from mmcompress.tracking.registry import champion_metrics, log_codec_model, record_decision
+    from mmcompress.tracking.registry import (
+        champion_metrics,
+        log_codec_model,
+        move_champion,
+        record_decision,
+    )
     from mmcompress.tracking.store import check_tracking_store, resolve_tracking_uri
 
     root = Path(root)
     L = Layout(root)
     tp, pp = params["tracking"], params["promote"]
+    probe = measured_index(L)
     uri = resolve_tracking_uri(tp["uri"], root)
     check_tracking_store(uri)
     report = json.loads((L.reports_dir / "evaluate.json").read_text())
@@ -123,22 +172,33 @@ def promote(params: dict, root: Path) -> dict:
                   L.reports_dir / "compress.json", L.plots_dir / "recall_vs_bytes.csv"):
             if f.exists():
                 mlflow.log_artifact(str(f), artifact_path="reports")
-        info = log_codec_model(L.codecs_dir / challenger_name,
-                               L.index_dir if L.index_dir.exists() else None,
-                               pp["model_name"], PIP_REQUIREMENTS)
+        reason = pp.get("override_reason")
+        if reason:
+            mlflow.set_tag("gate_override_reason", reason)
+        mlflow.set_tag("index_manifest_sha256", probe["manifest_sha256"])
+        info = log_codec_model(L.codecs_dir / challenger_name, L.index_dir, pp["model_name"], PIP_REQUIREMENTS)
         version = str(info.registered_model_version)
         note = decision.to_markdown(f"{pp['model_name']} v{version} ({spec})", champ_label)
+        if reason:
+            note += f"\n\n**Gate thresholds overridden for this run.** Reason given: {reason}\n"
         mlflow.log_text(note, "promotion.md")
         mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "rejected")
-        record_decision(client, pp["model_name"], version, decision, challenger, spec, note)
+        record_decision(client, pp["model_name"], version, decision, challenger, spec, note, reason)
+        client.set_model_version_tag(pp["model_name"], version, "index_manifest_sha256", probe["manifest_sha256"])
+        verified = None
+        if decision.promoted:
+            verified = _verify_or_refuse(client, uri, pp["model_name"], version, probe, L)
         result = {"promoted": decision.promoted, "reasons": decision.reasons, "checks": decision.checks,
                   "version": version, "run_id": run.info.run_id, "challenger": challenger_name,
                   "spec": spec, "champion_before": champ_label, "tracking_uri": uri,
-                  "challenger_metrics": challenger, "champion_metrics": champ_metrics}
+                  "challenger_metrics": challenger, "champion_metrics": champ_metrics,
+                  "override_reason": reason, "verified": verified}
         report_html = write_report(root, L.reports_dir / "report.html", promotion=result,
                                    champion_metrics=champ_metrics,
                                    drift_history=drift_history(uri, tp["experiment"]))
         mlflow.log_artifact(str(report_html), artifact_path="reports")
+        if decision.promoted:  # last: the version is verified and its report is on the run
+            move_champion(client, pp["model_name"], version)
     write_json_atomic(L.metrics_dir / "promote.json",
                       {"promoted": int(decision.promoted), "version": int(version)})
     write_json_atomic(L.reports_dir / "promote.json", result)

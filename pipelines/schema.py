@@ -124,6 +124,7 @@ class PromoteParams(_Section):
     champion_tolerance: Fraction = 0.01
     max_bytes_per_item: Annotated[float, Field(gt=0)] = 64
     latency_slo_ms: Annotated[float, Field(gt=0)] = 50
+    override_reason: str | None = None  # set by a trigger that changes the thresholds above
 
 
 class DriftParams(_Section):

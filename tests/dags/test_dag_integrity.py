@@ -179,3 +179,23 @@ def test_unpausing_waits_for_the_next_slot(dagbag, monkeypatch, dag_id, now, fir
                                       restriction=TimeRestriction(earliest=None, latest=None,
                                                                   catchup=False))
     assert info.run_after == pendulum.parse(first_run)
+
+
+def test_gate_thresholds_change_from_the_form_only_with_a_reason():
+    from mmcompress.errors import ConfigError
+    from pipelines.config import load_params, require_gate_reason
+
+    run_overrides = dag_module("mmcompress_pipeline").run_overrides
+    loosen = {"codec_spec": "auto", "overrides": {"promote.max_recall_drop": 1}}
+    with pytest.raises(ConfigError, match=r"\['promote.max_recall_drop'\] change the promotion gate"):
+        require_gate_reason(run_overrides(loosen))
+    with pytest.raises(ConfigError, match="override reason"):
+        require_gate_reason(run_overrides({**loosen, "override_reason": "   "}))
+    said = run_overrides({**loosen, "override_reason": " rebaselining after the 2026 catalog refresh "})
+    require_gate_reason(said)
+    params = load_params(REPO / "params.yaml", said)
+    assert params["promote"]["override_reason"] == "rebaselining after the 2026 catalog refresh"
+    assert params["promote"]["max_recall_drop"] == 1
+    require_gate_reason(run_overrides({"codec_spec": "auto", "overrides": {"fusion.epochs": 3}}))  # no gate key
+    with pytest.raises(ConfigError, match=r"promote\.max_recal_drop: unknown key in promote"):
+        load_params(REPO / "params.yaml", {"promote.max_recal_drop": 1})

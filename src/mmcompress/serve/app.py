@@ -18,11 +18,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,12 +34,16 @@ from mmcompress.serve.source import as_source
 log = logging.getLogger("mmcompress.serve")
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+ItemId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]  # ids are int64: anything else is a 422
+
+
 class SearchRequest(BaseModel):
     """Body of ``POST /search``: exactly one of ``vector`` and ``item_id``."""
 
     model_config = ConfigDict(extra="forbid")
     vector: list[float] | None = None
-    item_id: int | None = None
+    item_id: ItemId | None = None
     k: int = 10
     modality: str | None = None
 
@@ -158,7 +162,8 @@ def create_app(loader: Any, *, settings: ServiceSettings | None = None,
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     @app.get("/items/{item_id}/similar")
-    def similar(item_id: int, k: int = Query(settings.default_k), modality: str | None = Query(None)) -> dict:
+    def similar(item_id: int = Path(ge=INT64_MIN, le=INT64_MAX), k: int = Query(settings.default_k),
+                modality: str | None = Query(None)) -> dict:
         return service.similar(item_id, k, modality)
 
     @app.post("/search")

@@ -59,20 +59,64 @@ def log_codec_model(codec_dir: Path, index_dir: Path | None, model_name: str,
 
 
 def record_decision(client: MlflowClient, model_name: str, version: str, decision: GateDecision,
-                    challenger_metrics: dict, spec: str, note: str) -> None:
-    """Write the decision on the version and move aliases when it is promoted."""
+                    challenger_metrics: dict, spec: str, note: str,
+                    override_reason: str | None = None) -> None:
+    """Write the decision on the version (tags and description). The alias moves apart, in
+    :func:`move_champion`, once the registered copy is verified and the report logged."""
     client.set_model_version_tag(model_name, version, "gate_decision",
                                  "promoted" if decision.promoted else "rejected")
     client.set_model_version_tag(model_name, version, "gate_reasons", json.dumps(decision.reasons))
     client.set_model_version_tag(model_name, version, "gate_metrics",
                                  json.dumps({k: challenger_metrics.get(k) for k in GATE_METRICS}))
     client.set_model_version_tag(model_name, version, "codec_spec", spec)
+    if override_reason:
+        client.set_model_version_tag(model_name, version, "gate_override_reason", override_reason)
     client.update_model_version(model_name, version, description=note)
-    if decision.promoted:
-        old = champion_version(client, model_name)
-        if old is not None and old.version != version:
-            client.set_registered_model_alias(model_name, PREVIOUS, old.version)
-        client.set_registered_model_alias(model_name, CHAMPION, version)
+
+
+def move_champion(client: MlflowClient, model_name: str, version: str) -> None:
+    """Give ``version`` the ``champion`` alias, the replaced champion ``previous``."""
+    old = champion_version(client, model_name)
+    if old is not None and old.version != version:
+        client.set_registered_model_alias(model_name, PREVIOUS, old.version)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+
+
+def verify_registered_index(tracking_uri: str, model_name: str, version: str, probe: dict,
+                            queries: Any, dst: Path) -> dict:
+    """Download ``version`` back from the registry, open its index with every byte hashed, and
+    check it is the index that was measured (manifest digest) and answers the probe queries
+    with the ids recorded when it was measured. Returns what was checked; raises
+    :class:`ArtifactError` naming the first difference."""
+    import numpy as np
+
+    from mmcompress.errors import ArtifactError
+    from mmcompress.index import CascadeIndex
+    from mmcompress.index.store import manifest_digest
+
+    mlflow.set_tracking_uri(tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
+                                                     dst_path=str(dst)))
+    index_dir = local / "artifacts" / "index"
+    label = f"{model_name} v{version}"
+    if not index_dir.is_dir():
+        raise ArtifactError(f"{label}: the registered artifact has no index")
+    digest = manifest_digest(index_dir)
+    if digest != probe["manifest_sha256"]:
+        raise ArtifactError(f"{label}: registered index manifest {digest[:12]} differs from the "
+                            f"measured index {probe['manifest_sha256'][:12]}")
+    index = CascadeIndex.load(index_dir, verify="full")
+    try:
+        _, found = index.search(np.asarray(queries, dtype=np.float32), int(probe["k"]))
+    finally:
+        index.close()
+    expected = np.asarray(probe["ids"])
+    differ = np.flatnonzero((np.asarray(found) != expected).any(axis=1))
+    if len(differ):
+        raise ArtifactError(f"{label}: the registered index answers {len(differ)} of {len(expected)} "
+                            f"probe queries differently from the measured one (first: query row "
+                            f"{probe['query_rows'][differ[0]]})")
+    return {"manifest_sha256": digest, "probe_queries": len(expected), "verified": "full"}
 
 
 def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:

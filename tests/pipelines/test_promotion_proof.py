@@ -1,0 +1,137 @@
+"""Promote registers the index that was measured, proves the registered copy before the
+``champion`` alias moves, and moves it last; a missing, changed or damaged index is refused
+with the champion left where it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from mmcompress.errors import ArtifactError
+from mmcompress.tracking.registry import CHAMPION, champion_version
+from pipelines import compress, evaluate, index, prepare, promote, train, validate
+from pipelines.config import apply_overrides, load_params
+from tests.pipelines.conftest import make_project
+
+pytestmark = pytest.mark.slow
+SLICE = {"catalog": {"max_items": 300},
+         "compress": {"codecs": ["PCA32,SQ8"], "auto": False, "n_shards": 2, "budget_bytes": 32},
+         "evaluate": {"n_queries": 30, "faiss_baselines": ["SQ8"]}}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> tuple[Path, dict]:
+    """A project whose index was built and measured, with its own SQLite tracking store."""
+    root = make_project(tmp_path_factory.mktemp("proof"), SLICE)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    params = apply_overrides(load_params(root / "params.yaml"),
+                             {"tracking.uri": f"sqlite:///{root / 'mlruns.db'}"})
+    for stage in (prepare.prepare, validate.validate, train.train, compress.compress, index.build_index,
+                  evaluate.evaluate):
+        stage(params, root)
+    return root, params
+
+
+def _client(params) -> MlflowClient:
+    return MlflowClient(tracking_uri=params["tracking"]["uri"])
+
+
+def _versions(params) -> list:
+    return _client(params).search_model_versions(f"name='{params['promote']['model_name']}'")
+
+
+def test_missing_or_changed_index_is_refused_before_anything_is_logged(measured, tmp_path):
+    root, params = measured
+    before = len(_versions(params)) if _client(params).search_registered_models() else 0
+    manifest = root / "artifacts" / "index" / "manifest.json"
+    saved = manifest.read_bytes()
+    try:
+        manifest.write_bytes(saved + b" ")  # the index changed after the index stage measured it
+        with pytest.raises(ArtifactError, match="is not the index the index stage measured"):
+            promote.promote(params, root)
+        shutil.move(root / "artifacts" / "index", tmp_path / "index")
+        with pytest.raises(ArtifactError, match="no saved index to promote"):
+            promote.promote(params, root)
+    finally:
+        if (tmp_path / "index").exists():
+            shutil.move(tmp_path / "index", root / "artifacts" / "index")
+        manifest.write_bytes(saved)
+    after = len(_versions(params)) if _client(params).search_registered_models() else 0
+    assert after == before  # nothing registered
+
+
+def test_a_verified_version_becomes_champion_after_its_report(measured):
+    root, params = measured
+    result = promote.promote(params, root)
+    assert result["promoted"], result["reasons"]
+    client = _client(params)
+    mv = champion_version(client, params["promote"]["model_name"])
+    assert mv is not None and str(mv.version) == result["version"]
+    probe = json.loads((root / "reports" / "index_probe.json").read_text())
+    assert mv.tags["verification"] == "passed"
+    assert mv.tags["index_manifest_sha256"] == probe["manifest_sha256"]
+    assert result["verified"] == {"manifest_sha256": probe["manifest_sha256"],
+                                  "probe_queries": len(probe["ids"]), "verified": "full"}
+    artifacts = [a.path for a in client.list_artifacts(result["run_id"], "reports")]
+    assert "reports/report.html" in artifacts  # logged before the alias moved
+
+
+@pytest.mark.parametrize("damage", ["flip a byte in the middle of the exact store",
+                                    "probe answers that the index does not give"])
+def test_a_damaged_registered_copy_never_becomes_champion(measured, monkeypatch, damage):
+    root, params = measured
+    name = params["promote"]["model_name"]
+    champion_before = champion_version(_client(params), name)
+    probe_file = root / "reports" / "index_probe.json"
+    saved_probe = probe_file.read_text()
+    if damage.startswith("flip"):
+        real = mlflow.artifacts.download_artifacts
+
+        def download_and_damage(*args, **kwargs):
+            local = Path(real(*args, **kwargs))
+            rows = local / "artifacts" / "index" / "exact.rows"
+            data = bytearray(rows.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            rows.write_bytes(bytes(data))
+            return str(local)
+
+        monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download_and_damage)
+        expected = "SHA-256 mismatch"
+    else:
+        probe = json.loads(saved_probe)
+        probe["ids"][0] = list(reversed(probe["ids"][0]))
+        probe_file.write_text(json.dumps(probe))
+        expected = r"answers 1 of \d+ probe queries differently"
+    try:
+        with pytest.raises(ArtifactError, match=expected):
+            promote.promote(params, root)
+    finally:
+        probe_file.write_text(saved_probe)
+    client = _client(params)
+    newest = max(_versions(params), key=lambda v: int(v.version))
+    assert newest.tags["verification"].startswith("failed:")
+    champion_after = champion_version(client, name)
+    assert (champion_after.version if champion_after else None) == (
+        champion_before.version if champion_before else None)
+    assert np.isfinite(float(json.loads(newest.tags["gate_metrics"])["recall_at_10"]))
+
+
+def test_the_gate_override_reason_is_recorded(measured):
+    root, params = measured
+    said = apply_overrides(params, {"promote.max_recall_drop": 1.0,
+                                    "promote.override_reason": "re-baselining on the new catalog"})
+    result = promote.promote(said, root)
+    client = _client(params)
+    mv = client.get_model_version(params["promote"]["model_name"], result["version"])
+    assert mv.tags["gate_override_reason"] == "re-baselining on the new catalog"
+    assert "re-baselining on the new catalog" in mv.description
+    assert client.get_run(result["run_id"]).data.tags["gate_override_reason"] == "re-baselining on the new catalog"
+    assert result["override_reason"] == "re-baselining on the new catalog"
+    assert CHAMPION in (client.get_registered_model(params["promote"]["model_name"]).aliases or {})
