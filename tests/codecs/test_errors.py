@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from mmcompress.artifacts import arrays_path
 from mmcompress.codecs import load_codec, make_codec
 from mmcompress.errors import ArtifactError, CodecError
 
@@ -69,14 +70,14 @@ def saved(digits, tmp_path):
 
 
 def test_truncated_arrays_are_refused(saved):
-    npz = saved.with_name(saved.name + ".npz")
+    npz = arrays_path(saved, json.loads(saved.read_text()))
     npz.write_bytes(npz.read_bytes()[:-100])
     with pytest.raises(ArtifactError, match="checksum"):
         load_codec(saved)
 
 
 def test_tampered_arrays_are_refused(saved):
-    npz = saved.with_name(saved.name + ".npz")
+    npz = arrays_path(saved, json.loads(saved.read_text()))
     data = bytearray(npz.read_bytes())
     data[len(data) // 2] ^= 0x55
     npz.write_bytes(bytes(data))

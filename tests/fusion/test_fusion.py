@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmcompress.artifacts import arrays_path
 from mmcompress.data.catalog import ItemCatalog
 from mmcompress.errors import ArtifactError, CatalogError
 from mmcompress.fusion import (
@@ -134,8 +135,8 @@ def test_tampered_artifacts_are_refused(tmp_path, digits_catalog):
     model = fit_fusion(digits_catalog, FusionConfig(**{**FAST, "method": "contrastive", "epochs": 1}),
                        progress=False)
     model.save(tmp_path / "f")
-    npz = tmp_path / "f" / "fusion.json.npz"
     header = tmp_path / "f" / "fusion.json"
+    npz = arrays_path(header, json.loads(header.read_text()))
     good_npz, good_header = npz.read_bytes(), header.read_text()
     npz.write_bytes(good_npz[:-50])
     with pytest.raises(ArtifactError, match="checksum"):

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mmcompress.artifacts import arrays_path
 from mmcompress.errors import ArtifactError
 from mmcompress.report import render_report, write_report
 from tests.report.conftest import DIGITS_CHALLENGER, assert_shows, cells, one_cell, parse_page
@@ -255,7 +256,8 @@ def test_missing_or_corrupt_required_report_is_refused(digits_run, tmp_path):
 def test_tampered_codec_is_reported_in_the_page(digits_run, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(digits_run["root"], root)
-    npz = root / "artifacts" / "codecs" / DIGITS_CHALLENGER / "codec.json.npz"
+    header = root / "artifacts" / "codecs" / DIGITS_CHALLENGER / "codec.json"
+    npz = arrays_path(header, json.loads(header.read_text()))
     npz.write_bytes(npz.read_bytes()[:-100])
     page = parse_page(render_report(root))
     reasons = {c["data-unavailable"]: c["text"] for c in page.cells if "data-unavailable" in c}

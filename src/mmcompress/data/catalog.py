@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcompress.artifacts import atomic_dir, sha256_file
+from mmcompress.artifacts import atomic_dir, recover_replaced_dir, sha256_file
 from mmcompress.errors import CatalogError
 
 FORMAT_VERSION = 1
@@ -174,6 +174,7 @@ class ItemCatalog:
     @classmethod
     def load(cls, directory: str | Path, *, verify: bool = True) -> ItemCatalog:
         directory = Path(directory)
+        recover_replaced_dir(directory)  # a replace a crash interrupted: the old copy goes back
         schema_path = directory / "schema.json"
         parquet_path = directory / "catalog.parquet"
         try:

@@ -194,8 +194,9 @@ def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = 
     """Write ``source[order]`` (all rows when ``order`` is None) as a page-aligned row file.
 
     ``source``: a float32 (n, d) array (memory-mapped or not) or a :class:`RowReader`. The file
-    is written beside ``path``, fsynced, renamed into place and its directory fsynced, so a
-    crash leaves the previous file or the complete new one. Returns the layout written."""
+    is written beside ``path``, fsynced, renamed into place and its directory fsynced
+    (:func:`~mmcompress.artifacts.atomic_path`), so a crash leaves the previous file or the
+    complete new one. Returns the layout written."""
     path = Path(path)
     d = int(source.shape[1]) if hasattr(source, "shape") else int(source.d)
     n_src = int(source.shape[0]) if hasattr(source, "shape") else int(source.n)
@@ -211,10 +212,7 @@ def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = 
                 f.write(_pack_groups(layout, _fetch_sorted(source, idx)).data)
                 if progress is not None:
                     progress(len(idx))
-            f.flush()
-            os.fsync(f.fileno())
-    fsync_dir(path.parent)
-    return layout
+    return layout  # atomic_path fsynced the file and its directory
 
 
 def copy_row_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -225,20 +223,6 @@ def copy_row_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copyfileobj(fi, fo, 1 << 20)
         fo.flush()
         os.fsync(fo.fileno())
-
-
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """Persist a directory's entries (a rename into it); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _header(layout: RowLayout) -> bytes:

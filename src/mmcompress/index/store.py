@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress.artifacts import atomic_dir, sha256_file, write_json_atomic
+from mmcompress.artifacts import atomic_dir, recover_replaced_dir, sha256_file, write_json_atomic
 from mmcompress.codecs.base import Codec
 from mmcompress.errors import ArtifactError
 from mmcompress.index.config import CascadeConfig
@@ -212,6 +212,7 @@ def read_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
     if verify not in ("quick", "full"):
         raise ValueError(f"verify must be 'quick' or 'full'; found {verify!r}")
     directory = Path(directory)
+    recover_replaced_dir(directory)  # a replace a crash interrupted: the old copy goes back
     manifest = read_manifest(directory)
     verify_files(directory, manifest, full=verify == "full")
 
