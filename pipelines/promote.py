@@ -112,6 +112,7 @@ def promote(params: dict, root: Path) -> dict:
     from mmcompress.report import write_report
     from mmcompress.tracking.history import drift_history
     from mmcompress.tracking.registry import (
+        INDEX_DIGEST_TAG,
         champion_metrics,
         log_codec_model,
         move_champion,
@@ -184,7 +185,7 @@ def promote(params: dict, root: Path) -> dict:
         mlflow.log_text(note, "promotion.md")
         mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "rejected")
         record_decision(client, pp["model_name"], version, decision, challenger, spec, note, reason)
-        client.set_model_version_tag(pp["model_name"], version, "index_manifest_sha256", probe["manifest_sha256"])
+        client.set_model_version_tag(pp["model_name"], version, INDEX_DIGEST_TAG, probe["manifest_sha256"])
         verified = None
         if decision.promoted:
             verified = _verify_or_refuse(client, uri, pp["model_name"], version, probe, L)

@@ -144,9 +144,12 @@ def test_no_index_yet_is_503_then_served_after_reload(build):
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 503
         r = c.get("/items/4/similar")
-        assert r.status_code == 503 and "no champion yet" in r.json()["detail"]
+        assert r.status_code == 503 and r.json()["detail"] == "no index loaded yet"
+        assert "no champion yet" not in c.get("/healthz").text  # causes go to the log, not to clients
+        assert c.get("/healthz").json() == {"status": "unavailable", "last_reload": "failed", "failed_versions": 1}
         state["index"] = build()
-        assert app.state.service.reload()
+        assert not app.state.service.reload()  # v0 failed: it waits out its back-off
+        assert app.state.service.reload(force=True)
         assert c.get("/items/4/similar").status_code == 200
 
 

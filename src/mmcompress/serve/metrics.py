@@ -62,6 +62,8 @@ class ServiceMetrics:
         self.index_info = Gauge("mmcompress_index_info", "The served index (value 1)",
                                 ["version", "coarse", "fine"], registry=r)
         self.reloads = Counter("mmcompress_index_reloads", "Index (re)loads", ["result"], registry=r)
+        self.failed_versions = Gauge("mmcompress_index_failed_versions",
+                                     "Index versions that failed to load and wait out a back-off", registry=r)
         self.exact_store = {key: Counter(f"mmcompress_exact_store_{key}", text, registry=r)
                             for key, text in EXACT_STORE_COUNTERS.items()}
         self.exact_pool_hit_rate = Gauge("mmcompress_exact_store_pool_hit_rate",

@@ -2,7 +2,10 @@
 
 Requests read ``self.current`` once and use that snapshot to the end, and a reload builds the
 new index and its cache completely before one attribute assignment swaps them in, so a swap
-never fails or mixes two indexes within a request.
+never fails or mixes two indexes within a request. A version that failed to load (download,
+verification, opening) is remembered and tried again only after an exponential back-off
+(tenacity's policy), while the old index keeps answering; failures are counted on /metrics and
+logged with their cause, and clients see only the status.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from tenacity import wait_exponential
 
 from mmcompress.index.cache import LRUCache, TinyLFUCache, make_cache
 from mmcompress.index.cascade import SearchStats
@@ -44,6 +49,7 @@ class ServiceSettings:
     cache_policy: str | None = None
     cache_bytes: int | None = None
     reload_interval_s: float | None = 10.0
+    reload_backoff_max_s: float = 600.0
     warm_items: int = 200
     exact_reader: str | None = None
     exact_pool_bytes: int | None = None
@@ -88,6 +94,9 @@ class SimilarItemsService:
         self.current: Loaded | None = None
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()
+        self._failed: dict[str, tuple[int, float]] = {}  # version -> (failures, monotonic retry time)
+        base = self.settings.reload_interval_s or 10.0
+        self._backoff = wait_exponential(multiplier=base, min=base, max=self.settings.reload_backoff_max_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,17 +119,31 @@ class SimilarItemsService:
     def reload(self, *, force: bool = False) -> bool:
         """Load the source's index if its version changed (or ``force``); True if swapped."""
         with self._reload_lock:
+            version = None
             try:
                 version = self.source.version()
                 cur = self.current
                 if version is None or (not force and cur is not None and cur.bundle.version == version):
                     return False
+                failures, retry_at = self._failed.get(version, (0, 0.0))
+                if not force and time.monotonic() < retry_at:
+                    return False  # this version failed: wait out its back-off
                 loaded = self._prepare(self.source.load())
             except Exception as e:  # keep serving the old index
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.metrics.reloads.labels(result="failed").inc()
-                log.warning("index reload failed, keeping the current index: %s", self.last_error)
+                if version is not None:
+                    failures = self._failed.get(version, (0, 0.0))[0] + 1
+                    delay = self._backoff(SimpleNamespace(attempt_number=failures))
+                    self._failed[version] = (failures, time.monotonic() + delay)
+                    self.metrics.failed_versions.set(len(self._failed))
+                    log.warning("index %s failed to load (%d times), keeping the current index; next "
+                                "try in %.0f s: %s", version, failures, delay, self.last_error)
+                else:
+                    log.warning("index source unreachable, keeping the current index: %s", self.last_error)
                 return False
+            self._failed.pop(version, None)
+            self.metrics.failed_versions.set(len(self._failed))
             old, self.current = self.current, loaded
             self.last_error = None
             if old is not None and old.index is not loaded.index:
@@ -156,7 +179,7 @@ class SimilarItemsService:
     def _require(self) -> Loaded:
         cur = self.current
         if cur is None:
-            raise ServiceError(503, f"no index loaded yet{': ' + self.last_error if self.last_error else ''}")
+            raise ServiceError(503, "no index loaded yet")  # the cause is in the log, not for clients
         return cur
 
     # ---- queries ---------------------------------------------------------------------------
@@ -254,12 +277,12 @@ class SimilarItemsService:
 
     def health(self) -> dict[str, Any]:
         cur = self.current
+        failing = {"last_reload": "failed" if self.last_error else "ok", "failed_versions": len(self._failed)}
         if cur is None:
-            return {"status": "unavailable", "detail": self.last_error or "no index loaded"}
-        return {"status": "ok", "index_version": cur.bundle.version, "origin": cur.bundle.origin,
-                "n_items": cur.index.n_items, "loaded_at": cur.bundle.loaded_at,
-                "uptime_s": time.time() - cur.bundle.loaded_at, "last_reload_error": self.last_error,
-                "index": cur.index.describe()}
+            return {"status": "unavailable", **failing}
+        return {"status": "ok", "index_version": cur.bundle.version, "n_items": cur.index.n_items,
+                "loaded_at": cur.bundle.loaded_at, "uptime_s": time.time() - cur.bundle.loaded_at,
+                **failing, "index": cur.index.describe()}
 
 
 __all__ = ["Loaded", "ServiceError", "ServiceSettings", "SimilarItemsService", "SearchStats"]

@@ -78,20 +78,30 @@ class ChampionSource:
         return champion_marker(self.tracking_uri, self.model_name)
 
     def load(self) -> IndexBundle:
-        from mmcompress.tracking.registry import resolve_champion_index
+        """The champion version, downloaded and opened only if every byte matches the index
+        digest recorded at its promotion (:func:`open_verified_version`)."""
+        from mlflow import MlflowClient
 
-        version = self.version()
+        from mmcompress.tracking.registry import (
+            INDEX_DIGEST_TAG,
+            champion_version,
+            open_verified_version,
+        )
+
+        mv = champion_version(MlflowClient(tracking_uri=self.tracking_uri), self.model_name)
+        if mv is None:
+            raise LookupError(f"registered model {self.model_name!r} has no champion alias")
         if self.download_root is not None:
             self.download_root.mkdir(parents=True, exist_ok=True)
         dst = Path(tempfile.mkdtemp(prefix="champion-", dir=self.download_root))
         try:
-            path = resolve_champion_index(self.tracking_uri, self.model_name, dst)
-            index = CascadeIndex.load(path, mmap=True)
+            index = open_verified_version(self.tracking_uri, self.model_name, str(mv.version),
+                                          mv.tags.get(INDEX_DIGEST_TAG), dst)
         except BaseException:
             shutil.rmtree(dst, ignore_errors=True)
             raise
-        bundle = IndexBundle.of(index, version=version or manifest_digest(path),
-                                origin=f"models:/{self.model_name}@champion ({path})")
+        bundle = IndexBundle.of(index, version=f"{self.model_name}:{mv.version}",
+                                origin=f"models:/{self.model_name}/{mv.version}")
         bundle.cleanup_dir = dst
         return bundle
 

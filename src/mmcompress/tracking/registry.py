@@ -14,12 +14,14 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mmcompress.errors import ArtifactError
 from mmcompress.promotion import GateDecision
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_codec.py")
 GATE_METRICS = ("recall_at_10", "hr_at_10", "bytes_per_item", "latency_p50_ms")
+INDEX_DIGEST_TAG = "index_manifest_sha256"  # set at promotion; what the service verifies against
 
 
 def champion_version(client: MlflowClient, model_name: str):
@@ -90,22 +92,9 @@ def verify_registered_index(tracking_uri: str, model_name: str, version: str, pr
     :class:`ArtifactError` naming the first difference."""
     import numpy as np
 
-    from mmcompress.errors import ArtifactError
-    from mmcompress.index import CascadeIndex
-    from mmcompress.index.store import manifest_digest
-
-    mlflow.set_tracking_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
-                                                     dst_path=str(dst)))
-    index_dir = local / "artifacts" / "index"
     label = f"{model_name} v{version}"
-    if not index_dir.is_dir():
-        raise ArtifactError(f"{label}: the registered artifact has no index")
-    digest = manifest_digest(index_dir)
-    if digest != probe["manifest_sha256"]:
-        raise ArtifactError(f"{label}: registered index manifest {digest[:12]} differs from the "
-                            f"measured index {probe['manifest_sha256'][:12]}")
-    index = CascadeIndex.load(index_dir, verify="full")
+    index = open_verified_version(tracking_uri, model_name, version, probe["manifest_sha256"], dst)
+    digest = probe["manifest_sha256"]
     try:
         _, found = index.search(np.asarray(queries, dtype=np.float32), int(probe["k"]))
     finally:
@@ -134,19 +123,44 @@ def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
     return prev.version, (cur.version if cur else "")
 
 
-def resolve_champion_index(tracking_uri: str, model_name: str, dst: Path | None = None) -> Path:
-    """Download the champion's artifacts and return the local saved index directory."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mv = champion_version(client, model_name)
-    if mv is None:
-        raise LookupError(f"registered model {model_name!r} has no '{CHAMPION}' alias at {tracking_uri}")
+def download_version_index(tracking_uri: str, model_name: str, version: str, dst: Path | None = None) -> Path:
+    """Download a registered version's artifacts; return its saved index directory."""
     mlflow.set_tracking_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}",
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
                                                      dst_path=str(dst) if dst else None))
     index_dir = local / "artifacts" / "index"
-    if not index_dir.exists():
-        raise LookupError(f"champion {model_name} v{mv.version} has no index artifact")
+    if not index_dir.is_dir():
+        raise ArtifactError(f"{model_name} v{version}: the registered artifact has no index")
     return index_dir
+
+
+def resolve_champion_index(tracking_uri: str, model_name: str, dst: Path | None = None) -> Path:
+    """Download the champion's artifacts and return the local saved index directory."""
+    mv = champion_version(MlflowClient(tracking_uri=tracking_uri), model_name)
+    if mv is None:
+        raise LookupError(f"registered model {model_name!r} has no '{CHAMPION}' alias at {tracking_uri}")
+    return download_version_index(tracking_uri, model_name, str(mv.version), dst)
+
+
+def open_verified_version(tracking_uri: str, model_name: str, version: str, expected_digest: str | None,
+                          dst: Path) -> Any:
+    """Download ``version``, check its index manifest against ``expected_digest`` (the digest
+    recorded outside the artifact, at promotion) and open it with every file hashed against
+    that manifest: every byte served is the byte that was judged. Raises
+    :class:`ArtifactError` naming the first difference."""
+    from mmcompress.index import CascadeIndex
+    from mmcompress.index.store import manifest_digest
+
+    label = f"{model_name} v{version}"
+    if not expected_digest:
+        raise ArtifactError(f"{label}: no {INDEX_DIGEST_TAG} tag (it is set when promote verifies a "
+                            "version); re-run promote to serve it")
+    index_dir = download_version_index(tracking_uri, model_name, version, dst)
+    digest = manifest_digest(index_dir)
+    if digest != expected_digest:
+        raise ArtifactError(f"{label}: index manifest {digest[:12]} differs from the promoted "
+                            f"{expected_digest[:12]}")
+    return CascadeIndex.load(index_dir, mmap=True, verify="full")
 
 
 def champion_marker(tracking_uri: str, model_name: str) -> str | None:
