@@ -39,10 +39,10 @@ def resolve_params(params: dict | None = None) -> dict:
 @task(task_display_name="Detect drift", execution_timeout=timedelta(hours=1))
 def detect_drift(cfg: dict) -> dict:
     """Compare the newest catalog batch with the reference; returns ``retrain``, reasons, report."""
-    from pipelines.drift import drift
+    from pipelines.stage_runner import call_stage  # data errors fail at once, others retry
 
     root = cfg["root"]
-    return drift(cfg["params"], root if "://" in root else Path(root))
+    return call_stage("drift.drift", cfg["params"], root if "://" in root else Path(root))
 
 
 @task.short_circuit(task_display_name="Retrain needed?", retries=0)

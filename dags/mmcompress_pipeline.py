@@ -120,6 +120,14 @@ INDEX_PARAMS = {
 }
 
 
+def run_stage(target: str, *args, **kwargs):
+    """Call stage ``pipelines.<target>`` (imported here, not at parse time): data, config and
+    validation errors fail the task at once, others keep its retries (``call_stage``)."""
+    from pipelines.stage_runner import call_stage
+
+    return call_stage(target, *args, **kwargs)
+
+
 def stage_root(root: str) -> str | Path:
     """Hand stages a ``Path`` for local roots and the URL string unchanged for object storage."""
     return root if "://" in root else Path(root)
@@ -178,9 +186,7 @@ def choose_catalog_step(cfg: dict, params: dict | None = None) -> str:
 @task(task_display_name="Prepare catalog", executor=HEAVY_EXECUTOR,
       execution_timeout=timedelta(hours=4))
 def prepare(cfg: dict) -> dict:
-    from pipelines.prepare import prepare as prepare_stage
-
-    return prepare_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("prepare.prepare", cfg["params"], stage_root(cfg["root"]))
 
 
 @task(
@@ -191,17 +197,13 @@ def prepare(cfg: dict) -> dict:
 )
 def validate(cfg: dict) -> dict:
     """Data contract check; a failure is deterministic, so it is not retried."""
-    from pipelines.validate import validate as validate_stage
-
-    return validate_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("validate.validate", cfg["params"], stage_root(cfg["root"]))
 
 
 @task(task_display_name="Train fusion + codec", executor=HEAVY_EXECUTOR,
       execution_timeout=timedelta(hours=6))
 def train(cfg: dict) -> dict:
-    from pipelines.train import train as train_stage
-
-    return train_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("train.train", cfg["params"], stage_root(cfg["root"]))
 
 
 @task(task_display_name="Plan shards", retries=0)
@@ -217,41 +219,31 @@ def shard_numbers(cfg: dict) -> list[int]:
 )
 def compress_shard(cfg: dict, shard: int) -> str:
     """Encode one shard of the catalog with the trained codec; returns the shard's codes path."""
-    from pipelines.compress import compress_shard as compress_shard_stage
-
     get_current_context()["shard_label"] = f"{shard + 1}/{cfg['n_shards']}"
-    return str(compress_shard_stage(cfg["params"], stage_root(cfg["root"]), shard=shard,
-                                    n_shards=cfg["n_shards"]))
+    return str(run_stage("compress.compress_shard", cfg["params"], stage_root(cfg["root"]), shard=shard,
+                         n_shards=cfg["n_shards"]))
 
 
 @task(task_display_name="Merge shards", execution_timeout=timedelta(hours=1))
 def merge_shards(cfg: dict, shard_paths: list[str]) -> dict:
-    from pipelines.compress import merge_shards as merge_shards_stage
-
-    result = merge_shards_stage(cfg["params"], stage_root(cfg["root"]), n_shards=cfg["n_shards"])
+    result = run_stage("compress.merge_shards", cfg["params"], stage_root(cfg["root"]), n_shards=cfg["n_shards"])
     return {**result, "shards": list(shard_paths)}
 
 
 @task(task_display_name="Build index", execution_timeout=timedelta(hours=2))
 def build_index(cfg: dict) -> dict:
-    from pipelines.index import build_index as build_index_stage
-
-    return build_index_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("index.build_index", cfg["params"], stage_root(cfg["root"]))
 
 
 @task(task_display_name="Evaluate", execution_timeout=timedelta(hours=2))
 def evaluate(cfg: dict) -> dict:
-    from pipelines.evaluate import evaluate as evaluate_stage
-
-    return evaluate_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("evaluate.evaluate", cfg["params"], stage_root(cfg["root"]))
 
 
 @task(task_display_name="Promotion gate", retries=0, execution_timeout=timedelta(minutes=30))
 def promote(cfg: dict) -> dict:
     """Registers the candidate and moves the ``champion`` alias only when the gate passes."""
-    from pipelines.promote import promote as promote_stage
-
-    return promote_stage(cfg["params"], stage_root(cfg["root"]))
+    return run_stage("promote.promote", cfg["params"], stage_root(cfg["root"]))
 
 
 @dag(

@@ -22,6 +22,7 @@ from mmcompress.artifacts import (
     sha256_file,
     write_json_atomic,
 )
+from mmcompress.errors import ConfigError
 from pipelines.config import Layout
 from pipelines.stage_runner import main
 
@@ -38,7 +39,7 @@ def _shard_key(codec_dir: Path, vectors_path: Path, n_shards: int) -> str:
 
 def shard_bounds(n: int, shard: int, n_shards: int) -> tuple[int, int]:
     if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} out of range for n_shards={n_shards}")
+        raise ConfigError(f"shard {shard} out of range for n_shards={n_shards}")
     edges = np.linspace(0, n, n_shards + 1).astype(int)
     return int(edges[shard]), int(edges[shard + 1])
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmcompress.artifacts import atomic_dir, write_json_atomic
 from mmcompress.data import ItemCatalog
+from mmcompress.errors import CatalogError
 from pipelines.config import Layout
 from pipelines.stage_runner import main
 
@@ -61,7 +62,7 @@ def drift(params: dict, root: Path) -> dict:
         ref_rows, new_rows = temporal_split(catalog.attributes, dp["cutoff"])
         source = f"items first rated at or after {dp['cutoff']}"
     if len(ref_rows) < 10 or len(new_rows) < 10:
-        raise ValueError(f"drift needs >= 10 reference and batch items; found {len(ref_rows)} and {len(new_rows)}")
+        raise CatalogError(f"drift needs >= 10 reference and batch items; found {len(ref_rows)} and {len(new_rows)}")
     reports = catalog_drift(both, ref_rows, new_rows, **kwargs)
     reports["fused"] = drift_report(fused_all[ref_rows], fused_all[new_rows], codec=codec,
                                     modality="fused", **kwargs)
@@ -90,7 +91,7 @@ def _concat(a: ItemCatalog, b: ItemCatalog) -> ItemCatalog:
 
     missing = set(a.modality_names) ^ set(b.modality_names)
     if missing:
-        raise ValueError(f"batch catalog modalities {b.modality_names} differ from the reference {a.modality_names}")
+        raise CatalogError(f"batch catalog modalities {b.modality_names} differ from the reference {a.modality_names}")
     return ItemCatalog(
         np.concatenate([a.item_ids, b.item_ids]),
         {m: np.concatenate([a.modalities[m], b.modalities[m]]) for m in a.modality_names},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmcompress.data import ItemCatalog
+from mmcompress.errors import CatalogError, ConfigError
 from pipelines.config import Layout
 from pipelines.stage_runner import main
 
@@ -28,9 +29,12 @@ def build_catalog(params: dict, root: Path, *, progress: bool = True) -> ItemCat
         from mmcompress.data.readers import read_catalog
 
         if not cat_p.get("path"):
-            raise ValueError("catalog.source is 'parquet' but catalog.path is empty")
-        return read_catalog(L.resolve(cat_p["path"]))
-    raise ValueError(f"catalog.source must be 'movielens' or 'parquet'; found {cat_p['source']!r}")
+            raise ConfigError("catalog.source is 'parquet' but catalog.path is empty")
+        path = L.resolve(cat_p["path"])
+        if not path.exists():
+            raise CatalogError("catalog file not found (catalog.path)", file=str(path))
+        return read_catalog(path)
+    raise ConfigError(f"catalog.source must be 'movielens' or 'parquet'; found {cat_p['source']!r}")
 
 
 def prepare(params: dict, root: Path) -> dict:

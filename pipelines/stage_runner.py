@@ -12,8 +12,27 @@ from pathlib import Path
 
 import yaml
 
-from mmcompress.errors import ConfigError, MMCompressError
+from mmcompress.errors import ConfigError, MMCompressError, TransientError
 from pipelines.config import load_params
+
+
+def call_stage(target: str, *args, **kwargs):
+    """Call ``pipelines.<module>.<function>`` from an Airflow task. A data, config or
+    validation error (``MMCompressError``) fails the task at once with its message on the task
+    log: no retry can fix it. A ``TransientError`` (tracking store unreachable) and any other
+    error (a worker lost) propagate and keep the task's retries."""
+    import importlib
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    module, _, name = target.rpartition(".")
+    stage = getattr(importlib.import_module(f"pipelines.{module}"), name)
+    try:
+        return stage(*args, **kwargs)
+    except TransientError:
+        raise
+    except MMCompressError as e:
+        raise AirflowFailException(f"{type(e).__name__}: {e}") from e
 
 
 def main(stage: Callable[[dict, Path], dict], argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from mmcompress.artifacts import atomic_dir, write_json_atomic
 from mmcompress.data import ItemCatalog
+from mmcompress.errors import ConfigError
 from pipelines.config import Layout, codec_slug
 from pipelines.stage_runner import main
 
@@ -102,12 +103,12 @@ def choose_challenger(codecs: dict[str, dict], params: dict) -> str:
     if wanted:
         slug = codec_slug(wanted)
         if slug not in codecs:
-            raise ValueError(f"compress.challenger {wanted!r} is not among the fitted codecs {sorted(codecs)}")
+            raise ConfigError(f"compress.challenger {wanted!r} is not among the fitted codecs {sorted(codecs)}")
         return slug
     budget = params["compress"]["budget_bytes"]
     fitting = {n: c for n, c in codecs.items() if c["code_size"] <= budget}
     if not fitting:
-        raise ValueError(f"no fitted codec fits compress.budget_bytes={budget}: "
+        raise ConfigError(f"no fitted codec fits compress.budget_bytes={budget}: "
                          f"{ {n: c['code_size'] for n, c in codecs.items()} }")
     return max(fitting, key=lambda n: fitting[n]["code_size"])
 

@@ -48,3 +48,8 @@ class ArtifactError(MMCompressError, ValueError):
 class ConfigError(MMCompressError, ValueError):
     """A params file, an override or a setting is unknown, of the wrong type or out of range;
     the message names each key with what was found and what is allowed."""
+
+
+class TransientError(MMCompressError):
+    """A failure that may heal by itself (a service unreachable): orchestrators retry it with
+    back-off, where they fail every other ``MMCompressError`` at once."""

@@ -199,3 +199,21 @@ def test_gate_thresholds_change_from_the_form_only_with_a_reason():
     require_gate_reason(run_overrides({"codec_spec": "auto", "overrides": {"fusion.epochs": 3}}))  # no gate key
     with pytest.raises(ConfigError, match=r"promote\.max_recal_drop: unknown key in promote"):
         load_params(REPO / "params.yaml", {"promote.max_recal_drop": 1})
+
+
+def test_airflow_tasks_fail_data_errors_at_once_and_retry_transient_ones(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mmcompress.tracking.store import TrackingUnavailable
+    from pipelines.config import apply_overrides, load_params
+    from pipelines.stage_runner import call_stage
+
+    params = load_params(REPO / "params.yaml", {"catalog.source": "parquet",
+                                                "catalog.path": str(tmp_path / "missing.parquet")})
+    with pytest.raises(AirflowFailException, match=r"CatalogError: catalog file not found .*missing\.parquet"):
+        call_stage("prepare.prepare", params, tmp_path)
+    with pytest.raises(AirflowFailException, match="catalog.path is empty"):
+        call_stage("prepare.prepare", apply_overrides(params, {"catalog.path": None}), tmp_path)
+    unreachable = apply_overrides(params, {"tracking.uri": "http://127.0.0.1:9"})
+    with pytest.raises(TrackingUnavailable):  # not AirflowFailException: the task's retries apply
+        call_stage("train.train", unreachable, tmp_path)

@@ -81,3 +81,4 @@ def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "[train] refused" in out.stderr and "compress.budjet_bytes: unknown key in compress" in out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing read or written
+

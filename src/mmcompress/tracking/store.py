@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mmcompress.errors import MMCompressError
+from mmcompress.errors import TransientError
 
 
-class TrackingUnavailable(MMCompressError):
+class TrackingUnavailable(TransientError):
     """The MLflow tracking store cannot be reached; raised before any work is done."""
 
 
