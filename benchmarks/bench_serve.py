@@ -513,12 +513,14 @@ def main(argv: list[str] | None = None) -> int:
                    f"{os.getloadavg()[0]:.1f} at start", "threads": args.threads, "quick": args.quick,
         "rounds": args.rounds, "cold_rounds": args.cold_rounds, "target_recall": TARGET_RECALL,
         "budget_bytes_per_item": BUDGET_BYTES, "pages_budget": PAGES_BUDGET, "catalogs": []}
+    stem = "serve.quick" if args.quick else "serve"
     workroot = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     try:
         for cat in catalogs(args):
             if args.only and cat["name"] not in args.only:
                 continue
             result["catalogs"].append(bench_catalog(cat, args, workroot))
+            _write(out_dir, stem, result, partial=True)  # a later failure keeps what was measured
         if "cache" not in args.skip or "load" not in args.skip:
             from benchmarks.datasets import load_real_vectors
             from benchmarks.serve_service import bench_cache, bench_load
@@ -534,12 +536,22 @@ def main(argv: list[str] | None = None) -> int:
                 result["load"] = bench_load(workroot / "movielens_index", movie_ids, V, rate=30.0, seconds=60.0)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
-    stem = "serve.quick" if args.quick else "serve"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(result) + "\n")
+    _write(out_dir, stem, result, partial=False)
     print(f"wrote {out_dir / stem}.json and .md")
     return 0
+
+
+def _write(out_dir: Path, stem: str, result: dict[str, Any], *, partial: bool) -> None:
+    """The results so far (``<stem>.partial.json``) or the finished run (``<stem>.json`` and
+    ``.md``, the partial file removed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2, default=float) + "\n"
+    if partial:
+        (out_dir / f"{stem}.partial.json").write_text(text)
+        return
+    (out_dir / f"{stem}.json").write_text(text)
+    (out_dir / f"{stem}.md").write_text(markdown(result) + "\n")
+    (out_dir / f"{stem}.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

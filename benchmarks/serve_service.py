@@ -31,7 +31,8 @@ def bench_cache(V: np.ndarray, movie_ids: np.ndarray, *, n_requests: int, workdi
 
     ratings = pd.read_csv(ROOT / "data" / "raw" / "movielens" / "ratings.csv", usecols=["movieId"])
     counts = ratings["movieId"].value_counts().reindex(movie_ids, fill_value=0).to_numpy().astype(float)
-    config = CascadeConfig.from_params({"coarse": {"codec": "BIN128", "shortlist": 600},
+    coarse = "BIN128" if V.shape[1] >= 128 else "BIN128_rr"  # ITQ gives at most d bits
+    config = CascadeConfig.from_params({"coarse": {"codec": coarse, "shortlist": 600},
                                         "fine": {"codec": "coarse", "shortlist": 100}})
     index = CascadeIndex.from_config(config, V, movie_ids, exact_vectors_path=workdir / "ml_exact.npy",
                                      popularity=counts)

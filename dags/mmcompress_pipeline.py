@@ -173,14 +173,16 @@ def resolve_params(params: dict | None = None) -> dict:
 
 @task.branch(task_display_name="Catalog ready?", retries=0)
 def choose_catalog_step(cfg: dict, params: dict | None = None) -> str:
-    """Skip ``prepare`` when a prepared catalog exists and no refresh was asked for."""
-    from pipelines.config import Layout
+    """Skip ``prepare`` only when the prepared catalog was built from exactly this run's
+    inputs (catalog and encoder settings, input file digests) and no refresh was asked for:
+    a form field that changes the catalog (file, slice) always takes effect."""
+    from pipelines.prepare import catalog_identity, prepared_identity
 
     root = cfg["root"]
-    present = "://" not in root and Layout(Path(root)).catalog_dir.is_dir()
-    if params.get("refresh_catalog") or not present:
+    if params.get("refresh_catalog") or "://" in root:
         return "prepare"
-    return "validate"
+    wanted = catalog_identity(cfg["params"], Path(root))["sha256"]
+    return "validate" if prepared_identity(cfg["params"], Path(root)) == wanted else "prepare"
 
 
 @task(task_display_name="Prepare catalog", executor=HEAVY_EXECUTOR,

@@ -39,6 +39,12 @@ def dataset_version(root: Path, params: dict) -> dict:
     schema = L.catalog_dir / "schema.json"
     if schema.exists():
         version["catalog_sha256"] = json.loads(schema.read_text()).get("parquet_sha256", "")
+    inputs = L.catalog_dir / "inputs.json"  # what the catalog was built from (prepare records it)
+    if inputs.exists():
+        ident = json.loads(inputs.read_text())
+        version["catalog_inputs_sha256"] = ident.get("sha256", "")
+        version["catalog_source"] = str(ident.get("catalog", {}).get("path") or ident.get("catalog", {}).get("source"))
+        version["catalog_max_items"] = str(ident.get("catalog", {}).get("max_items"))
     vec = L.fused_dir / "vectors.npy"
     if vec.exists():
         version["fused_vectors_sha256"] = sha256_file(vec)
@@ -63,6 +69,42 @@ def _numeric(m: dict) -> dict[str, float]:
     from mmcompress.evaluation.metrics import flatten_metrics
 
     return {k.replace("/", "."): v for k, v in flatten_metrics(m).items()}
+
+
+MODEL_DESCRIPTION = (
+    "Compact codes of the item catalog's fused multimodal embeddings, served by the cascade "
+    "index (resident codes, exact rerank from disk). Each version: the codec and the index the "
+    "pipeline measured, with the gate's decision, the figures behind it and the data lineage in "
+    "its description and tags. Alias `champion`: the version the service answers with (verified "
+    "byte for byte against `index_manifest_sha256`); `previous`: the champion it replaced "
+    "(`mmcompress rollback`).")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:,.1f}" if isinstance(v, float) else str(v))
+
+
+def review_markdown(codec: dict, index: dict, champion: dict | None, lineage: dict, run_id: str) -> str:
+    """The figures a reviewer decides from, side by side: the codec alone, the served index,
+    and the champion's recorded gate figures; then the data lineage and the report's place."""
+    champ = champion or {}
+    rows = [("recall@10", codec.get("recall_at_10"), index.get("recall_at_10"), champ.get("recall_at_10")),
+            ("nDCG@10", codec.get("ndcg_at_10"), None, None),
+            ("downstream HR@10", codec.get("hr_at_10"), index.get("hr_at_10"), champ.get("hr_at_10")),
+            ("stored bytes/item (codes)", codec.get("stored_bytes_per_item") or codec.get("bytes_per_item"), None,
+             champ.get("bytes_per_item")),
+            ("resident bytes/item", None, index.get("resident_bytes_per_item"),
+             champ.get("index_resident_bytes_per_item")),
+            ("exact store on disk (bytes)", None, index.get("exact_bytes_on_disk"), None),
+            ("latency p50 / p99 ms", None, f"{_fmt(index.get('latency_p50_ms'))} / {_fmt(index.get('latency_p99_ms'))}"
+             if index.get("latency_p50_ms") is not None else None, champ.get("latency_p50_ms"))]
+    lines = ["", "#### Figures", "", "| figure | codec alone | index (served) | champion |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |" for name, a, b, c in rows]
+    lines += ["", "#### Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
+    lines += ["", f"Report: `runs:/{run_id}/reports/report.html` (MLflow run `{run_id}`, artifacts → reports)", ""]
+    return "\n".join(lines)
 
 
 def measured_index(L: Layout) -> dict:
@@ -156,7 +198,9 @@ def promote(params: dict, root: Path) -> dict:
 
     with mlflow.start_run(experiment_id=exp_id, run_name="pipeline") as run:
         mlflow.log_params({k: v[:6000] for k, v in _flat_params(params).items()})
-        mlflow.set_tags({f"data.{k}": v for k, v in dataset_version(root, params).items()})
+        lineage = dataset_version(root, params)
+        mlflow.set_tags({f"data.{k}": v for k, v in lineage.items()})
+        mlflow.set_tag("index_recall_at_10", str(index_metrics.get("recall_at_10")))
         mlflow.set_tag("challenger", challenger_name)
         mlflow.set_tag("challenger_spec", spec)
         mlflow.log_metrics({f"baseline.{k}": v for k, v in _numeric(report["baseline"]).items()})
@@ -180,6 +224,9 @@ def promote(params: dict, root: Path) -> dict:
         info = log_codec_model(L.codecs_dir / challenger_name, L.index_dir, pp["model_name"], PIP_REQUIREMENTS)
         version = str(info.registered_model_version)
         note = decision.to_markdown(f"{pp['model_name']} v{version} ({spec})", champ_label)
+        note += review_markdown(ch, {**index_metrics, "hr_at_10": (report.get("index") or {}).get("hr_at_10")},
+                                champ_metrics, lineage, run.info.run_id)
+        client.update_registered_model(pp["model_name"], description=MODEL_DESCRIPTION)
         if reason:
             note += f"\n\n**Gate thresholds overridden for this run.** Reason given: {reason}\n"
         mlflow.log_text(note, "promotion.md")

@@ -96,7 +96,9 @@ def fit_codecs(params: dict, root: Path, *, progress: bool = True) -> dict:
 
 def choose_challenger(codecs: dict[str, dict], params: dict) -> str:
     """The codec the index is built on and the gate judges: ``auto`` when fitted, else
-    ``compress.challenger``, else the largest code within the byte budget."""
+    ``compress.challenger``, else the largest code within the byte budget. The budget bounds
+    every challenger: a named one over it is refused with both sizes."""
+    budget = params["compress"]["budget_bytes"]
     if "auto" in codecs:
         return "auto"
     wanted = params["compress"].get("challenger")
@@ -104,8 +106,10 @@ def choose_challenger(codecs: dict[str, dict], params: dict) -> str:
         slug = codec_slug(wanted)
         if slug not in codecs:
             raise ConfigError(f"compress.challenger {wanted!r} is not among the fitted codecs {sorted(codecs)}")
+        if codecs[slug]["code_size"] > budget:
+            raise ConfigError(f"compress.challenger {wanted!r} codes take {codecs[slug]['code_size']} bytes "
+                              f"per item, over compress.budget_bytes={budget}")
         return slug
-    budget = params["compress"]["budget_bytes"]
     fitting = {n: c for n, c in codecs.items() if c["code_size"] <= budget}
     if not fitting:
         raise ConfigError(f"no fitted codec fits compress.budget_bytes={budget}: "

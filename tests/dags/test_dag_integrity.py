@@ -217,3 +217,35 @@ def test_airflow_tasks_fail_data_errors_at_once_and_retry_transient_ones(tmp_pat
     unreachable = apply_overrides(params, {"tracking.uri": "http://127.0.0.1:9"})
     with pytest.raises(TrackingUnavailable):  # not AirflowFailException: the task's retries apply
         call_stage("train.train", unreachable, tmp_path)
+
+
+def test_a_form_field_that_changes_the_catalog_reruns_prepare(tmp_path):
+    """The catalog step is skipped only for a catalog built from this run's exact inputs."""
+    import shutil
+
+    import pandas as pd
+
+    from pipelines.config import load_params
+    from pipelines.prepare import IDENTITY_FILE, catalog_identity
+
+    choose = dag_module("mmcompress_pipeline").choose_catalog_step.function
+    root = tmp_path / "proj"
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    pd.DataFrame({"item_id": [1, 2], "text": [[0.1, 0.2], [0.3, 0.4]]}).to_parquet(raw / "a.parquet")
+    shutil.copy(raw / "a.parquet", raw / "b.parquet")
+    base = {"catalog.source": "parquet", "catalog.path": "data/raw/a.parquet"}
+    params = load_params(REPO / "params.yaml", base)
+    cfg = {"root": str(root), "params": params}
+    assert choose(cfg, {"refresh_catalog": False}) == "prepare"  # nothing prepared yet
+    (root / "data" / "catalog").mkdir(parents=True)
+    assert choose(cfg, {"refresh_catalog": False}) == "prepare"  # a catalog of unknown inputs
+    (root / "data" / "catalog" / IDENTITY_FILE).write_text(json.dumps(catalog_identity(params, root)))
+    assert choose(cfg, {"refresh_catalog": False}) == "validate"
+    assert choose(cfg, {"refresh_catalog": True}) == "prepare"
+    for change in ({"catalog.path": "data/raw/b.parquet"}, {"catalog.max_items": 1},
+                   {"encoders.text.max_tags": 5}):
+        other = load_params(REPO / "params.yaml", {**base, **change})
+        assert choose({"root": str(root), "params": other}, {"refresh_catalog": False}) == "prepare", change
+    (raw / "a.parquet").write_bytes((raw / "a.parquet").read_bytes() + b"\0")  # same path, new bytes
+    assert choose(cfg, {"refresh_catalog": False}) == "prepare"

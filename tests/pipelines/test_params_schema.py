@@ -82,3 +82,15 @@ def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
     assert "[train] refused" in out.stderr and "compress.budjet_bytes: unknown key in compress" in out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing read or written
 
+
+
+def test_the_byte_budget_bounds_a_named_challenger():
+    from pipelines.train import choose_challenger
+
+    codecs = {"PCA64_SQ4": {"code_size": 32}, "PCA64_PQ8x8": {"code_size": 8}}
+    with pytest.raises(ConfigError, match=r"'PCA64,SQ4' codes take 32 bytes per item, over compress.budget_bytes=16"):
+        choose_challenger(codecs, {"compress": {"budget_bytes": 16, "challenger": "PCA64,SQ4"}})
+    assert choose_challenger(codecs, {"compress": {"budget_bytes": 16, "challenger": None}}) == "PCA64_PQ8x8"
+    assert choose_challenger(codecs, {"compress": {"budget_bytes": 32, "challenger": "PCA64,SQ4"}}) == "PCA64_SQ4"
+    with pytest.raises(ConfigError, match="no fitted codec fits compress.budget_bytes=4"):
+        choose_challenger(codecs, {"compress": {"budget_bytes": 4, "challenger": None}})

@@ -65,3 +65,6 @@ def test_gate_and_rollback_on_postgres(dvc_project, tmp_path, pg_uri):
     new, old = rollback(pg_uri, "mmcompress-codec")
     assert (str(new), str(old)) == (first["version"], third["version"])
     assert str(client.get_model_version_by_alias("mmcompress-codec", "champion").version) == first["version"]
+    assert rollback(pg_uri, "mmcompress-codec") == (new, old)  # idempotent: never swaps back
+    assert str(client.get_model_version_by_alias("mmcompress-codec", "champion").version) == first["version"]
+    assert client.get_model_version("mmcompress-codec", third["version"]).tags["rolled_back"] == "true"

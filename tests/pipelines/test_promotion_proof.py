@@ -81,6 +81,14 @@ def test_a_verified_version_becomes_champion_after_its_report(measured):
                                   "probe_queries": len(probe["ids"]), "verified": "full"}
     artifacts = [a.path for a in client.list_artifacts(result["run_id"], "reports")]
     assert "reports/report.html" in artifacts  # logged before the alias moved
+    # a reviewer's page: the codec's and the index's figures side by side, lineage, the report
+    note = mv.description
+    index_metrics = json.loads((root / "metrics" / "index.json").read_text())
+    assert "| figure | codec alone | index (served) | champion |" in note
+    row = next(line for line in note.splitlines() if line.startswith("| recall@10 |"))
+    assert f"{index_metrics['recall_at_10']:.4f}" in row
+    assert "catalog_inputs_sha256" in note and f"runs:/{result['run_id']}/reports/report.html" in note
+    assert "champion" in client.get_registered_model(params["promote"]["model_name"]).description
 
 
 @pytest.mark.parametrize("damage", ["flip a byte in the middle of the exact store",
@@ -135,3 +143,30 @@ def test_the_gate_override_reason_is_recorded(measured):
     assert client.get_run(result["run_id"]).data.tags["gate_override_reason"] == "re-baselining on the new catalog"
     assert result["override_reason"] == "re-baselining on the new catalog"
     assert CHAMPION in (client.get_registered_model(params["promote"]["model_name"]).aliases or {})
+
+
+def test_rollback_checks_its_target_first_and_is_idempotent(measured, monkeypatch):
+    from mmcompress.tracking.registry import PREVIOUS, rollback
+
+    root, params = measured
+    name, uri = params["promote"]["model_name"], params["tracking"]["uri"]
+    client = _client(params)
+    before = str(champion_version(client, name).version)
+    target = str(client.get_model_version_by_alias(name, PREVIOUS).version)
+    real = mlflow.artifacts.download_artifacts
+
+    def damaged(*args, **kwargs):
+        local = Path(real(*args, **kwargs))
+        (local / "artifacts" / "index" / "ids.npy").unlink()
+        return str(local)
+
+    with monkeypatch.context() as m:
+        m.setattr(mlflow.artifacts, "download_artifacts", damaged)
+        with pytest.raises(ArtifactError, match="ids.npy: listed in the manifest but missing"):
+            rollback(uri, name)
+    assert str(champion_version(client, name).version) == before  # nothing moved
+    assert rollback(uri, name) == (target, before)
+    assert str(champion_version(client, name).version) == target
+    assert rollback(uri, name) == (target, before)  # a second call does not swap back
+    assert str(champion_version(client, name).version) == target
+    assert client.get_model_version(name, before).tags["rolled_back"] == "true"

@@ -20,7 +20,7 @@ from mmcompress.promotion import GateDecision
 CHAMPION = "champion"
 PREVIOUS = "previous"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_codec.py")
-GATE_METRICS = ("recall_at_10", "hr_at_10", "bytes_per_item", "latency_p50_ms")
+GATE_METRICS = ("recall_at_10", "hr_at_10", "bytes_per_item", "latency_p50_ms", "index_resident_bytes_per_item")
 INDEX_DIGEST_TAG = "index_manifest_sha256"  # set at promotion; what the service verifies against
 
 
@@ -109,18 +109,38 @@ def verify_registered_index(tracking_uri: str, model_name: str, version: str, pr
 
 
 def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
-    """Swap ``champion`` and ``previous``; return (new champion version, demoted version)."""
+    """Make the ``previous`` version champion again; return (champion now, demoted version).
+
+    The target is checked first: downloaded and opened with every byte verified against its
+    promotion digest (a target that fails stays unserved and nothing moves). The move is one
+    alias assignment; then ``previous`` is removed and both versions are tagged. Idempotent: a
+    second call (or one after a crash between the steps) finds the target already champion and
+    only finishes the bookkeeping, so it never swaps back."""
+    import tempfile
+
     client = MlflowClient(tracking_uri=tracking_uri)
     cur = champion_version(client, model_name)
     try:
         prev = client.get_model_version_by_alias(model_name, PREVIOUS)
-    except MlflowException as e:
-        raise RuntimeError(f"no '{PREVIOUS}' version of {model_name} to roll back to") from e
-    client.set_registered_model_alias(model_name, CHAMPION, prev.version)
-    if cur is not None:
-        client.set_registered_model_alias(model_name, PREVIOUS, cur.version)
-        client.set_model_version_tag(model_name, cur.version, "rolled_back", "true")
-    return prev.version, (cur.version if cur else "")
+    except MlflowException:
+        prev = None
+    if prev is None:
+        if cur is not None and cur.tags.get("restored_by_rollback") == "true":
+            return str(cur.version), cur.tags.get("rolled_back_from", "")  # already done
+        raise LookupError(f"no '{PREVIOUS}' version of {model_name} to roll back to")
+    target = str(prev.version)
+    if cur is None or str(cur.version) != target:
+        with tempfile.TemporaryDirectory(prefix="mmc-rollback-") as tmp:
+            index = open_verified_version(tracking_uri, model_name, target, prev.tags.get(INDEX_DIGEST_TAG), Path(tmp))
+            index.close()
+        client.set_model_version_tag(model_name, target, "rolled_back_from", str(cur.version) if cur else "")
+        client.set_registered_model_alias(model_name, CHAMPION, target)  # the one move
+    demoted = client.get_model_version(model_name, target).tags.get("rolled_back_from", "")
+    client.set_model_version_tag(model_name, target, "restored_by_rollback", "true")
+    if demoted:
+        client.set_model_version_tag(model_name, demoted, "rolled_back", "true")
+    client.delete_registered_model_alias(model_name, PREVIOUS)
+    return target, demoted
 
 
 def download_version_index(tracking_uri: str, model_name: str, version: str, dst: Path | None = None) -> Path:
