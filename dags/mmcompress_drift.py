@@ -65,6 +65,9 @@ def retrain_needed(report: dict) -> bool:
         "project_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Project root"),
         "max_items": Param(None, type=["null", "integer"], minimum=1, title="Max items"),
         "overrides": Param({}, type="object", title="params.yaml overrides (dotted keys)"),
+        "override_reason": Param(None, type=["null", "string"], title="Gate override reason",
+                                 description="Passed to the retraining run: required there when the "
+                                             "overrides change promote.* thresholds."),
     },
     tags=["mmcompress", "monitoring"],
     doc_md=__doc__,
@@ -80,6 +83,7 @@ def mmcompress_drift():
             "project_root": "{{ params.project_root }}",
             "max_items": "{{ params.max_items }}",
             "overrides": "{{ params.overrides }}",
+            "override_reason": "{{ params.override_reason }}",
             "refresh_catalog": False,
             "drift_reasons": "{{ ti.xcom_pull(task_ids='detect_drift')['reasons'] }}",
             "drift_report": "{{ ti.xcom_pull(task_ids='detect_drift')['report'] }}",

@@ -2,7 +2,8 @@
 # Local Airflow for mmcompress (`make airflow`): `airflow standalone` with SQLite + LocalExecutor.
 # State lives in <repo>/airflow_home (git-ignored); the DAGs are read from <repo>/dags.
 # Environment knobs: AIRFLOW_HOME, AIRFLOW_PORT (default 8080), AIRFLOW_API_HOST (default 127.0.0.1;
-# 0.0.0.0 to reach the UI from other machines), VENV (default <repo>/.venv).
+# 0.0.0.0 to reach the UI from other machines), VENV (default <repo>/.venv), AIRFLOW_PARALLELISM
+# (default 2 x CPU cores: the LocalExecutor's worker processes, 32 by default, ~55 MB each).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +23,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW_PARALLELISM:-$(( $(nproc 2>/dev/null || echo 2) * 2 ))}"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
 export AIRFLOW__API__HOST="${AIRFLOW_API_HOST:-127.0.0.1}"
 export AIRFLOW__API__PORT="$PORT"

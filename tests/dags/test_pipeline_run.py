@@ -53,7 +53,8 @@ def test_drift_on_a_real_shift_triggers_retraining(trained_project, dagbag):
     dag = dagbag.dags["mmcompress_drift"]
     conf = slice_conf(root)
     dr = dag.test(run_conf={"project_root": conf["project_root"], "max_items": conf["max_items"],
-                            "overrides": {**conf["overrides"], "drift.cutoff": "2000-01-01"}})
+                            "overrides": {**conf["overrides"], "drift.cutoff": "2000-01-01"},
+                            "override_reason": conf["override_reason"]})
     states = task_states(dr)
     assert str(dr.state) == "success", states
     report = xcom(dr, "detect_drift")
@@ -83,7 +84,8 @@ def test_drift_without_shift_does_not_trigger(trained_project, dagbag):
     conf = slice_conf(root)
     dr = dagbag.dags["mmcompress_drift"].test(run_conf={
         "project_root": conf["project_root"], "max_items": conf["max_items"],
-        "overrides": {**conf["overrides"], "drift.batch_dir": "batches/same-distribution"}})
+        "overrides": {**conf["overrides"], "drift.batch_dir": "batches/same-distribution"},
+        "override_reason": conf["override_reason"]})
     states = task_states(dr)
     assert str(dr.state) == "success", states
     report = xcom(dr, "detect_drift")
@@ -104,12 +106,15 @@ def test_corrupted_catalog_fails_validation_and_keeps_the_champion(trained_proje
     champion_before = client.get_model_version_by_alias(MODEL, "champion").version
     versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
 
-    # five items whose text embeddings blew up (norm x1000) — a broken encoder upstream
+    # five items whose text embeddings blew up (norm x1000) — a broken encoder upstream: the
+    # prepared catalog still records the inputs it was built from, so prepare is skipped
     catalog = ItemCatalog.load(L.catalog_dir)
+    identity = (L.catalog_dir / "inputs.json").read_bytes()
     text = catalog.modalities["text"].copy()
     text[:5] *= 1000.0
     catalog.modalities["text"] = text
     catalog.save(L.catalog_dir)
+    (L.catalog_dir / "inputs.json").write_bytes(identity)
     capfd.readouterr()
 
     dr = dagbag.dags["mmcompress_pipeline"].test(run_conf=slice_conf(root))
@@ -138,7 +143,8 @@ def test_rebuild_index_only_rewrites_the_index(trained_project, dagbag, tmp_path
     conf = slice_conf(root)
     dr = dagbag.dags["mmcompress_rebuild_index"].test(run_conf={
         "project_root": conf["project_root"], "max_items": conf["max_items"],
-        "overrides": {**conf["overrides"], "index.fine.shortlist": 60}})
+        "overrides": {**conf["overrides"], "index.fine.shortlist": 60},
+        "override_reason": conf["override_reason"]})
     assert str(dr.state) == "success", task_states(dr)
     built = xcom(dr, "build_index")
     assert built["index_dir"] == str(L.index_dir) and L.index_dir.is_dir()
