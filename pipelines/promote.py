@@ -223,12 +223,10 @@ def promote(params: dict, root: Path) -> dict:
         mlflow.set_tag("index_manifest_sha256", probe["manifest_sha256"])
         info = log_codec_model(L.codecs_dir / challenger_name, L.index_dir, pp["model_name"], PIP_REQUIREMENTS)
         version = str(info.registered_model_version)
-        note = decision.to_markdown(f"{pp['model_name']} v{version} ({spec})", champ_label)
+        note = decision.to_markdown(f"{pp['model_name']} v{version} ({spec})", champ_label, reason)
         note += review_markdown(ch, {**index_metrics, "hr_at_10": (report.get("index") or {}).get("hr_at_10")},
                                 champ_metrics, lineage, run.info.run_id)
         client.update_registered_model(pp["model_name"], description=MODEL_DESCRIPTION)
-        if reason:
-            note += f"\n\n**Gate thresholds overridden for this run.** Reason given: {reason}\n"
         mlflow.log_text(note, "promotion.md")
         mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "rejected")
         record_decision(client, pp["model_name"], version, decision, challenger, spec, note, reason)

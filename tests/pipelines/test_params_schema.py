@@ -94,3 +94,30 @@ def test_the_byte_budget_bounds_a_named_challenger():
     assert choose_challenger(codecs, {"compress": {"budget_bytes": 32, "challenger": "PCA64,SQ4"}}) == "PCA64_SQ4"
     with pytest.raises(ConfigError, match="no fitted codec fits compress.budget_bytes=4"):
         choose_challenger(codecs, {"compress": {"budget_bytes": 4, "challenger": None}})
+
+
+def test_stages_on_one_root_never_write_at_once(tmp_path):
+    import threading
+
+    from mmcompress.errors import TransientError
+    from pipelines.stage_runner import artifact_lock
+
+    order: list[str] = []
+    with artifact_lock(tmp_path, "train"):
+        assert "train (pid" in (tmp_path / ".mmcompress.lock.holder").read_text()
+        with pytest.raises(TransientError, match=r"artifacts locked by train \(pid .*stage build_index not started"):
+            with artifact_lock(tmp_path, "build_index", wait_s=0.2):
+                pass
+        with artifact_lock(tmp_path, "compress_shard", wait_s=0.2):  # shards write their own files
+            order.append("shard")
+
+        def rebuild():
+            with artifact_lock(tmp_path, "build_index", wait_s=30):
+                order.append("build_index")
+
+        t = threading.Thread(target=rebuild)
+        t.start()
+        t.join(0.3)
+        order.append("train done")
+    t.join(30)
+    assert order == ["shard", "train done", "build_index"]  # the rebuild waited for train
