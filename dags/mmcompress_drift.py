@@ -21,19 +21,24 @@ from airflow.sdk import CronTriggerTimetable, Param, conf, dag, task
 DEFAULT_ROOT = conf.get("mmcompress", "project_root", fallback="").strip() or str(
     Path(__file__).resolve().parents[1]
 )
+ALLOWED_ROOTS = [r.strip() for r in conf.get("mmcompress", "allowed_roots", fallback="").split(",")
+                 if r.strip()] or [DEFAULT_ROOT]  # as in mmcompress_pipeline.py
 PIPELINE_DAG_ID = "mmcompress_pipeline"
 
 
 @task(task_display_name="Resolve params", retries=0, execution_timeout=timedelta(minutes=2))
 def resolve_params(params: dict | None = None) -> dict:
-    from pipelines.config import load_params
+    from pipelines.config import confine_paths, load_params
 
     root = params["project_root"]
     overrides = dict(params.get("overrides") or {})
     if params.get("max_items") is not None:
         overrides["catalog.max_items"] = params["max_items"]
+    confine_paths(root, {}, ALLOWED_ROOTS)
     params_file = f"{root.rstrip('/')}/params.yaml" if "://" in root else Path(root) / "params.yaml"
-    return {"root": root, "params": load_params(params_file, overrides), "overrides": overrides}
+    resolved = load_params(params_file, overrides)
+    confine_paths(root, resolved, ALLOWED_ROOTS)
+    return {"root": root, "params": resolved, "overrides": overrides}
 
 
 @task(task_display_name="Detect drift", execution_timeout=timedelta(hours=1))

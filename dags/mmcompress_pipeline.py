@@ -17,6 +17,9 @@ Configuration read at parse time (``airflow.cfg`` section ``[mmcompress]`` or th
   to this repository.
 - ``tracking_uri``: MLflow tracking server for runs started by Airflow (overrides
   ``tracking.uri`` of ``params.yaml``); empty keeps the params file's value.
+- ``allowed_roots``: comma-separated directories (or object-storage URL prefixes) that a
+  trigger's project root and every path in its params must lie under; defaults to the
+  default project root.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ DEFAULT_ROOT = conf.get("mmcompress", "project_root", fallback="").strip() or st
     Path(__file__).resolve().parents[1]
 )
 TRACKING_URI = conf.get("mmcompress", "tracking_uri", fallback="").strip()
+# where a trigger's project root and every path in its params may point (comma-separated)
+ALLOWED_ROOTS = [r.strip() for r in conf.get("mmcompress", "allowed_roots", fallback="").split(",")
+                 if r.strip()] or [DEFAULT_ROOT]
 # run_immediately=timedelta(0): unpausing waits for the next Sunday 03:00. Airflow reads the
 # default (False) like None and starts the slot that passed within the last tenth of the
 # interval (16.8 h for a weekly cron), so an unpause on a Sunday launched a full default run
@@ -160,13 +166,15 @@ def run_overrides(params: dict) -> dict:
 @task(task_display_name="Resolve params", retries=0, execution_timeout=timedelta(minutes=2))
 def resolve_params(params: dict | None = None) -> dict:
     """Freeze this run's configuration: params.yaml plus the trigger form's overrides."""
-    from pipelines.config import load_params, require_gate_reason
+    from pipelines.config import confine_paths, load_params, require_gate_reason
 
     root = params["project_root"]
     overrides = run_overrides(params)
     require_gate_reason(overrides)
+    confine_paths(root, {}, ALLOWED_ROOTS)  # before reading anything under it
     params_file = f"{root.rstrip('/')}/params.yaml" if "://" in root else Path(root) / "params.yaml"
     resolved = load_params(params_file, overrides)
+    confine_paths(root, resolved, ALLOWED_ROOTS)
     return {"root": root, "params": resolved, "overrides": overrides,
             "n_shards": int(params.get("n_shards", 1))}
 

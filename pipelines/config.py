@@ -57,6 +57,38 @@ def require_gate_reason(overrides: dict[str, Any]) -> None:
                           "registry version and the report")
 
 
+# params keys that name a place on the worker (resolved against the project root)
+PATH_KEYS = ("catalog.path", "catalog.raw_dir", "catalog.out_dir", "drift.batch_dir", "validate.out_dir",
+             "encoders.text.cache_dir", "tracking.artifact_location")
+
+
+def confine_paths(root: str, params: dict, allowed_roots: list[str]) -> None:
+    """Refuse a trigger whose project root, or any path in its params, lies outside the
+    configured roots (``[mmcompress] allowed_roots``): a form must not point a worker at files
+    it was not meant to read or write. Local paths are compared after resolving ``..`` and
+    symlinks; object-storage roots by URL prefix."""
+    def inside(place: str) -> bool:
+        if "://" in place:
+            return any(place.rstrip("/") == a.rstrip("/") or place.startswith(a.rstrip("/") + "/")
+                       for a in allowed_roots if "://" in a)
+        p = Path(place).resolve()
+        return any(p.is_relative_to(Path(a).resolve()) for a in allowed_roots if "://" not in a)
+
+    allowed = ", ".join(allowed_roots)
+    if not inside(root):
+        raise ConfigError(f"project_root {root!r} is outside the allowed roots ({allowed}); "
+                          "set [mmcompress] allowed_roots to add one")
+    for dotted in PATH_KEYS:
+        node: Any = params
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if not node or "://" in str(root) and "://" not in str(node):
+            continue
+        place = str(node) if "://" in str(node) or Path(str(node)).is_absolute() else str(Path(root) / str(node))
+        if not inside(place):
+            raise ConfigError(f"{dotted} {node!r} resolves to {place!r}, outside the allowed roots ({allowed})")
+
+
 def codec_slug(spec: str) -> str:
     """A file-system name for a codec spec: ``"OPQ16,PQ16x8"`` → ``"OPQ16_PQ16x8"``."""
     return re.sub(r"[^A-Za-z0-9x]+", "_", spec).strip("_")

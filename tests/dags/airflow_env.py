@@ -31,6 +31,8 @@ AIRFLOW_ENV = {
     "AIRFLOW__MMCOMPRESS__HEAVY_EXECUTOR": "",
     "AIRFLOW__MMCOMPRESS__PROJECT_ROOT": "",
     "AIRFLOW__MMCOMPRESS__TRACKING_URI": "",
+    # test projects live in the temp dir; the text-embedding cache is the repository's
+    "AIRFLOW__MMCOMPRESS__ALLOWED_ROOTS": f"{tempfile.gettempdir()},{REPO / 'data' / 'cache'}",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",

@@ -121,6 +121,7 @@ class Cluster:
             "AIRFLOW__MMCOMPRESS__TRACKING_URI": "",
             # the DAG's default root is this repository: nothing the cluster runs may write there
             "AIRFLOW__MMCOMPRESS__PROJECT_ROOT": str(project_root),
+            "AIRFLOW__MMCOMPRESS__ALLOWED_ROOTS": f"{project_root},{REPO / 'data' / 'cache'}",
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         })
         self.procs: dict[str, subprocess.Popen] = {}

@@ -249,3 +249,29 @@ def test_a_form_field_that_changes_the_catalog_reruns_prepare(tmp_path):
         assert choose({"root": str(root), "params": other}, {"refresh_catalog": False}) == "prepare", change
     (raw / "a.parquet").write_bytes((raw / "a.parquet").read_bytes() + b"\0")  # same path, new bytes
     assert choose(cfg, {"refresh_catalog": False}) == "prepare"
+
+
+def test_trigger_paths_are_confined_to_the_allowed_roots(tmp_path):
+    from mmcompress.errors import ConfigError
+    from pipelines.config import confine_paths, load_params
+
+    root = tmp_path / "projects" / "a"
+    root.mkdir(parents=True)
+    allowed = [str(tmp_path / "projects"), "s3://bucket/mmcompress"]
+    params = load_params(REPO / "params.yaml", {"encoders.text.cache_dir": None})
+    confine_paths(str(root), params, allowed)  # relative paths stay under the root
+    with pytest.raises(ConfigError, match=r"project_root '/etc' is outside the allowed roots"):
+        confine_paths("/etc", {}, allowed)
+    with pytest.raises(ConfigError, match=r"catalog.path '\.\./\.\./\.\./etc/passwd' resolves to .*outside"):
+        confine_paths(str(root), {**params, "catalog": {**params["catalog"], "path": "../../../etc/passwd"}}, allowed)
+    with pytest.raises(ConfigError, match=r"drift.batch_dir '/var/lib/other'"):
+        confine_paths(str(root), {**params, "drift": {**params["drift"], "batch_dir": "/var/lib/other"}}, allowed)
+    (root / "link").symlink_to("/etc")
+    with pytest.raises(ConfigError, match=r"catalog.path 'link/passwd'"):
+        confine_paths(str(root), {**params, "catalog": {**params["catalog"], "path": "link/passwd"}}, allowed)
+    confine_paths("s3://bucket/mmcompress/run1", {}, allowed)
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        confine_paths("s3://bucket/mmcompress-other", {}, allowed)
+    resolve = dag_module("mmcompress_pipeline").resolve_params.function
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        resolve({"project_root": "/etc", "codec_spec": "auto"})
