@@ -170,3 +170,60 @@ def test_rollback_checks_its_target_first_and_is_idempotent(measured, monkeypatc
     assert rollback(uri, name) == (target, before)  # a second call does not swap back
     assert str(champion_version(client, name).version) == target
     assert client.get_model_version(name, before).tags["rolled_back"] == "true"
+
+
+KILL_DRIVER = """
+import os, signal, sys
+from pathlib import Path
+import mmcompress.tracking.registry as R
+from pipelines import promote
+from pipelines.config import apply_overrides, load_params
+
+root, uri, step = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+def after(fn):
+    def call(*a, **k):
+        out = fn(*a, **k)
+        die()
+        return out
+    return call
+if step == "before register":
+    R.log_codec_model = die
+elif step == "after register":
+    R.log_codec_model = after(R.log_codec_model)
+elif step == "before the alias moves":
+    R.move_champion = die
+elif step == "after the alias moved":
+    R.move_champion = after(R.move_champion)
+promote.promote(apply_overrides(load_params(root / "params.yaml"), {"tracking.uri": uri}), root)
+"""
+
+
+@pytest.mark.parametrize("step", ["before register", "after register", "before the alias moves",
+                                  "after the alias moved"])
+def test_sigkill_at_each_step_of_promote_leaves_a_verified_champion(measured, tmp_path, step):
+    import signal
+    import subprocess
+    import sys
+
+    from mmcompress.tracking.registry import INDEX_DIGEST_TAG, open_verified_version
+    from tests.pipelines.conftest import project_env
+
+    root, params = measured
+    name, uri = params["promote"]["model_name"], params["tracking"]["uri"]
+    client = _client(params)
+    before = str(champion_version(client, name).version)
+    n_before = len(_versions(params))
+    p = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(root), uri, step], cwd=root,
+                       env=project_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    versions = _versions(params)
+    assert len(versions) == n_before + (0 if step == "before register" else 1)
+    mv = champion_version(client, name)
+    expected = str(max(int(v.version) for v in versions)) if step == "after the alias moved" else before
+    assert str(mv.version) == expected
+    assert mv.tags["verification"] == "passed"  # the champion is always a verified version
+    open_verified_version(uri, name, str(mv.version), mv.tags[INDEX_DIGEST_TAG], tmp_path / "dl").close()
+    again = promote.promote(params, root)  # and the next run carries on from there
+    assert again["promoted"] and str(champion_version(client, name).version) == again["version"]
