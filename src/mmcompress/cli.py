@@ -40,7 +40,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     from mmcompress.tracking.store import resolve_tracking_uri
 
     new, old = rollback(resolve_tracking_uri(args.tracking_uri, Path.cwd()), args.model_name)
-    print(f"champion is now {args.model_name} v{new}; v{old} is 'previous'")
+    print(f"champion is now {args.model_name} v{new} (verified)"
+          + (f"; v{old} was demoted (tagged rolled_back)" if old else ""))
     return 0
 
 

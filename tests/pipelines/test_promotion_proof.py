@@ -227,3 +227,24 @@ def test_sigkill_at_each_step_of_promote_leaves_a_verified_champion(measured, tm
     open_verified_version(uri, name, str(mv.version), mv.tags[INDEX_DIGEST_TAG], tmp_path / "dl").close()
     again = promote.promote(params, root)  # and the next run carries on from there
     assert again["promoted"] and str(champion_version(client, name).version) == again["version"]
+
+
+def test_cli_rollback_and_report_on_a_real_registry(measured, capsys):
+    from mmcompress.cli import main
+
+    root, params = measured
+    name, uri = params["promote"]["model_name"], params["tracking"]["uri"]
+    client = _client(params)
+    first = promote.promote(params, root)
+    second = promote.promote(params, root)
+    assert first["promoted"] and second["promoted"]
+    assert main(["rollback", "--tracking-uri", uri, "--model-name", name]) == 0
+    assert f"champion is now {name} v{first['version']} (verified); v{second['version']} was demoted" in \
+        capsys.readouterr().out
+    assert main(["rollback", "--tracking-uri", uri, "--model-name", name]) == 0  # idempotent
+    assert str(champion_version(client, name).version) == first["version"]
+    assert main(["report", "--tracking-uri", uri]) == 0
+    report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report.name == "report.html" and "<html" in report.read_text()[:2000].lower()
+    assert main(["rollback", "--tracking-uri", uri, "--model-name", "no-such-model"]) == 1
+    assert "mmcompress rollback:" in capsys.readouterr().err
