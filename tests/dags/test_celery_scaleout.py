@@ -234,8 +234,46 @@ def test_mapped_compression_runs_on_two_celery_workers(trained_project, metadata
         # max_active_runs=1 it would queue the triggered run behind a full-catalog run
         runs = api.get("/dags/mmcompress_pipeline/dagRuns").json()["dag_runs"]
         assert [r["dag_run_id"] for r in runs] == [run_id], runs
+
+        # a second training run and an index rebuild triggered together on the same root: the
+        # stages' artifact lock serialises their writes, and promote registers only the index
+        # its own run measured, so the champion stays a verified index whatever the interleaving
+        api.patch("/dags/mmcompress_rebuild_index", json={"is_paused": False}).raise_for_status()
+        again = api.post("/dags/mmcompress_pipeline/dagRuns",
+                         json={"logical_date": None, "conf": slice_conf(root, n_shards=N_SHARDS)}).json()
+        rebuild_conf = {k: v for k, v in slice_conf(root).items()
+                        if k in ("project_root", "max_items", "overrides", "override_reason")}
+        rebuild = api.post("/dags/mmcompress_rebuild_index/dagRuns",
+                           json={"logical_date": None, "conf": rebuild_conf}).json()
+
+        def both_finished():
+            states = [api.get(f"/dags/{d}/dagRuns/{r['dag_run_id']}").json()["state"]
+                      for d, r in (("mmcompress_pipeline", again), ("mmcompress_rebuild_index", rebuild))]
+            return states if all(x in ("success", "failed") for x in states) else None
+
+        concurrent = wait_for("the concurrent runs", both_finished, cluster, timeout=300, every=3)
+        again_tis = api.get(f"/dags/mmcompress_pipeline/dagRuns/{again['dag_run_id']}/taskInstances",
+                            params={"limit": 100}).json()["task_instances"]
     finally:
         cluster.stop()
+    assert concurrent[1] == "success", concurrent
+    if concurrent[0] == "failed":  # only a refusal at promote is acceptable: the index changed under it
+        failed = {t["task_id"] for t in again_tis if t["state"] == "failed"}
+        assert failed == {"promote"}, failed
+    from mlflow import MlflowClient
+
+    from mmcompress.tracking.registry import (
+        INDEX_DIGEST_TAG,
+        champion_version,
+        open_verified_version,
+    )
+
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    champion = champion_version(MlflowClient(tracking_uri=uri), "mmcompress-codec")
+    assert champion.tags["verification"] == "passed"
+    open_verified_version(uri, "mmcompress-codec", str(champion.version), champion.tags[INDEX_DIGEST_TAG],
+                          tmp_path / "champion").close()
+    print(f"concurrent pipeline + rebuild-index: {concurrent}; champion v{champion.version} verified")
     for t in sorted(tis, key=lambda t: t["start_date"] or ""):
         print(f"{t['task_id']}[{t['map_index']}] {t['state']} on {t['hostname']}: "
               f"{t['duration'] or 0:.1f} s")

@@ -462,3 +462,25 @@ def test_exact_reader_config_is_checked():
     with pytest.raises(CodecError, match="unknown keys"):
         CascadeConfig.from_params({"exact": {"pool": 1}})
     assert CascadeConfig.from_params({"exact": {"reader": "direct", "pool_bytes": 4096}}).exact.pool_bytes == 4096
+
+
+def test_full_verification_catches_a_flipped_byte_mid_way_through_a_large_store(tmp_path):
+    """Files over 16 MiB are checked by size and sampled digest on a quick open; the served
+    champion is opened with verify="full", which hashes every byte."""
+    from mmcompress.errors import ArtifactError
+    from mmcompress.index.store import SMALL_FILE_BYTES
+
+    X = np.random.default_rng(3).standard_normal((12_000, 384)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    idx = CascadeIndex.from_config(CascadeConfig.from_params({"coarse": {"codec": "BIN64_rr", "shortlist": 100},
+                                                              "fine": {"codec": "coarse", "shortlist": 20}}),
+                                   X, np.arange(len(X)))
+    idx.save(tmp_path / "ix")
+    rows = tmp_path / "ix" / "exact.rows"
+    assert rows.stat().st_size > SMALL_FILE_BYTES
+    data = bytearray(rows.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    rows.write_bytes(bytes(data))
+    CascadeIndex.load(tmp_path / "ix", verify="quick").close()  # the sampled check cannot see it
+    with pytest.raises(ArtifactError, match="exact.rows: SHA-256 mismatch"):
+        CascadeIndex.load(tmp_path / "ix", verify="full")
