@@ -153,7 +153,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     (:func:`replace_dir`), else remove it and leave ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_replaced_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

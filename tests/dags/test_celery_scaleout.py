@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 from pipelines.config import Layout
 from tests.dags.airflow_env import DAGS, REPO, VENV_BIN, slice_conf
 from tests.dags.celery_local_settings import BARRIER_ENV
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 PG = {"host": "127.0.0.1", "port": 5432}
@@ -33,11 +33,6 @@ REDIS = {"host": "127.0.0.1", "port": 6379}
 N_SHARDS = 2
 WORKERS = ("worker-a", "worker-b")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -91,7 +86,7 @@ class Cluster:
 
     def __init__(self, home: Path, db: str, broker_url: str, project_root: Path):
         self.home = home
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         self.env.update({

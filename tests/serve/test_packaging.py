@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "mmcompress"
@@ -80,11 +81,6 @@ def test_every_import_is_declared_where_it_is_needed():
     assert not missing, "\n".join(missing)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_a_wheel_with_the_serve_extra_serves_from_a_clean_venv(tmp_path, build):
@@ -102,7 +98,7 @@ def test_a_wheel_with_the_serve_extra_serves_from_a_clean_venv(tmp_path, build):
     assert pip.returncode == 0, pip.stderr[-3000:]
     index_dir = tmp_path / "index"
     build().save(index_dir)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(venv / "bin" / "mmcompress"), "serve", "--model", str(index_dir),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

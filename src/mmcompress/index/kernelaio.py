@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
-import threading
 
 import numpy as np
 
@@ -55,23 +55,18 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
-_PROBE: list[bool] = []
-_PROBE_LOCK = threading.Lock()
 
 
+@functools.cache
 def available() -> bool:
     """Whether this kernel takes AIO system calls from this process (probed once)."""
-    with _PROBE_LOCK:
-        if not _PROBE:
-            ok = False
-            if _LIBC is not None:
-                try:
-                    AioContext(1).close()
-                    ok = True
-                except OSError:
-                    ok = False
-            _PROBE.append(ok)
-        return _PROBE[0]
+    if _LIBC is None:
+        return False
+    try:
+        AioContext(1).close()
+    except OSError:
+        return False
+    return True
 
 
 class AioContext:

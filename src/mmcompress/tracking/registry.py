@@ -94,7 +94,6 @@ def verify_registered_index(tracking_uri: str, model_name: str, version: str, pr
 
     label = f"{model_name} v{version}"
     index = open_verified_version(tracking_uri, model_name, version, probe["manifest_sha256"], dst)
-    digest = probe["manifest_sha256"]
     try:
         _, found = index.search(np.asarray(queries, dtype=np.float32), int(probe["k"]))
     finally:
@@ -105,7 +104,7 @@ def verify_registered_index(tracking_uri: str, model_name: str, version: str, pr
         raise ArtifactError(f"{label}: the registered index answers {len(differ)} of {len(expected)} "
                             f"probe queries differently from the measured one (first: query row "
                             f"{probe['query_rows'][differ[0]]})")
-    return {"manifest_sha256": digest, "probe_queries": len(expected), "verified": "full"}
+    return {"manifest_sha256": probe["manifest_sha256"], "probe_queries": len(expected), "verified": "full"}
 
 
 def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
@@ -152,14 +151,6 @@ def download_version_index(tracking_uri: str, model_name: str, version: str, dst
     if not index_dir.is_dir():
         raise ArtifactError(f"{model_name} v{version}: the registered artifact has no index")
     return index_dir
-
-
-def resolve_champion_index(tracking_uri: str, model_name: str, dst: Path | None = None) -> Path:
-    """Download the champion's artifacts and return the local saved index directory."""
-    mv = champion_version(MlflowClient(tracking_uri=tracking_uri), model_name)
-    if mv is None:
-        raise LookupError(f"registered model {model_name!r} has no '{CHAMPION}' alias at {tracking_uri}")
-    return download_version_index(tracking_uri, model_name, str(mv.version), dst)
 
 
 def open_verified_version(tracking_uri: str, model_name: str, version: str, expected_digest: str | None,
