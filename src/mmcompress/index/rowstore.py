@@ -25,7 +25,8 @@ Readers (one interface, :class:`RowReader`):
   ``reads_in_flight`` reads kept in flight at once, since random 4 KiB reads are latency
   bound. The reads go through kernel AIO (:mod:`mmcompress.index.kernelaio`: one system call
   submits a call's reads, one waits for them) where the kernel takes it, else through a small
-  pool of threads issuing ``os.preadv``; about 3x more reads/s for the former on 2 cores.
+  pool of threads issuing ``os.preadv`` (the serving benchmark, 2 cores, cold: about 2.8x
+  the page reads/s with kernel AIO, see docs/serving.md).
   Where the filesystem refuses ``O_DIRECT`` (``EINVAL``), it reads with ``pread`` and drops the
   pages from the page cache after each read (``POSIX_FADV_DONTNEED``, readahead off). The mode
   and the engine are in ``stats()`` so a benchmark says which ones ran.
