@@ -15,14 +15,17 @@ from mmcompress.index.signscan import sign_tables
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
 
-def test_kernel_selection_and_scores_match_a_direct_computation():
+@pytest.mark.parametrize("n", [3000, 40_000], ids=["counted", "sampled"])
+def test_kernel_selection_and_scores_match_a_direct_computation(n):
+    """Short scans count every distance; long ones (over 8,192 rows) bound the threshold from
+    a sample first: both must keep exactly the rows a full selection keeps."""
     rng = np.random.default_rng(0)
-    n, nq, cs, s1, s2 = 3000, 40, 16, 200, 30
+    nq, cs, s1, s2 = 40, 16, 200, 30
     codes = rng.integers(0, 256, (n, cs), dtype=np.uint8)
-    codes[1000:1400] = codes[0]  # many exact ties at one distance
+    codes[n // 3:n // 3 + 400] = codes[0]  # many exact ties at one distance
     qcodes = rng.integers(0, 256, (nq, cs), dtype=np.uint8)
     qcodes[:5] = codes[0]
-    offsets = np.array([0, 700, 1500, 2200, n])
+    offsets = np.array([0, 7 * n // 30, n // 2, 22 * n // 30, n])
     probes = np.array([[2, 0, 3]] * (nq // 2) + [[1, 3, 2]] * (nq - nq // 2))
     excl = rng.random(n) < 0.1
     proj = rng.standard_normal((nq, cs * 8)).astype(np.float32)
@@ -48,6 +51,22 @@ def test_kernel_selection_and_scores_match_a_direct_computation():
     for i in range(nq):  # the same rows and scores, in another order
         assert sorted(unordered[0][i]) == sorted(rows[i])
         np.testing.assert_array_equal(np.sort(unordered[1][i]), np.sort(scores[i]))
+
+
+def test_a_sample_that_misleads_falls_back_to_counting_every_row():
+    """Every eighth row (the sampled ones) is the query's own code and the rest are far: the
+    sample promises far more near rows than exist, and the selection must still be exact."""
+    rng = np.random.default_rng(3)
+    n, cs, s1 = 9000, 16, 2000
+    codes = rng.integers(0, 256, (n, cs), dtype=np.uint8)
+    q = codes[:1].copy()
+    codes[::8] = q
+    rows, scores, _, kept = kernels.coarse_scan(q, codes, np.array([0, n]), np.zeros((1, 1), np.int64), None, s1)
+    dist = hamming_distances(q, codes)[0]
+    want = smallest_counts(dist.astype(np.uint8), s1, 255)
+    assert kept[0] == s1
+    assert list(rows[0]) == list(want)  # scan order, ties included
+    np.testing.assert_array_equal(scores[0], -dist[want].astype(np.float32))
 
 
 def test_sign_tables_sum_the_signed_projections_of_each_byte():

@@ -140,6 +140,59 @@ def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) 
     return m
 
 
+#: Scans at least this long pick their threshold from a sample (:func:`_select_sampled`).
+_SAMPLED_MIN_ROWS = 8192
+_SAMPLE_STRIDE = 8
+
+
+def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.ndarray,
+                    cand: np.ndarray, out: np.ndarray) -> int:
+    """The same ``s1`` positions as the full counting selection, from a histogram of every
+    eighth distance instead of all of them: the sample's distance below which about twice
+    ``s1`` rows should lie bounds the candidates (one SWAR pass, :func:`_select_below`); the
+    exact threshold and its first ties in scan order then come from the candidates alone.
+    Exact whenever at least ``s1`` rows lie within the bound, since every row the full
+    selection keeps is then a candidate; returns -1 otherwise (the caller counts everything).
+    The histogram pass is a third of a long scan's cost, and this replaces it with an eighth
+    of it."""
+    hist[:] = 0
+    for x in range(0, w, _SAMPLE_STRIDE):
+        hist[dist[x]] += 1
+    want = (2 * s1 + 64 + _SAMPLE_STRIDE - 1) // _SAMPLE_STRIDE
+    cum = 0
+    t = 0
+    while t < n_bins - 1:  # the last bin holds excluded rows: never a candidate
+        cum += hist[t]
+        if cum >= want:
+            break
+        t += 1
+    if t >= n_bins - 1:
+        return -1
+    c = _select_below(dist, w, t + 1, 0, cand)  # distances <= t, in scan order
+    if c < s1:
+        return -1
+    hist[:] = 0
+    for y in range(c):
+        hist[dist[cand[y]]] += 1
+    below = 0
+    t = 0
+    while below + hist[t] < s1:
+        below += hist[t]
+        t += 1
+    ties = s1 - below
+    m = 0
+    for y in range(c):
+        dy = dist[cand[y]]
+        if dy < t:
+            out[m] = cand[y]
+            m += 1
+        elif dy == t and ties > 0:
+            out[m] = cand[y]
+            m += 1
+            ties -= 1
+    return m
+
+
 _SELECT_BINS = 1024
 _PAD = np.uint16(0x7FFF)  # above every distance: padding the selection never takes
 MAX_BITS = 64 * ((int(_PAD) - 3) // 64)  # widest coarse code whose distances (and excluded bin) stay below it
@@ -234,6 +287,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     dist = np.empty((width // 64 + 2) * 64, dtype=np.uint16)  # whole 64-row blocks plus padding
     hist = np.zeros((4, n_bins), dtype=np.int32)
     pos = np.empty(s1, dtype=np.int64)
+    cand = np.empty(width + 64 if width >= _SAMPLED_MIN_ROWS else 0, dtype=np.int64)
     sel = np.empty(s1, dtype=np.int64)
     sel_probe = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
@@ -255,20 +309,24 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                         dist[w + r - a] = excluded_bin
             w += b - a
         scanned[i] = w
-        _histogram(dist, w, hist)
-        # counting selection: the threshold distance, then rows below it and the first ties
-        n_valid = w - (hist[0, n_bins - 1] + hist[1, n_bins - 1] + hist[2, n_bins - 1] + hist[3, n_bins - 1])
-        keep = min(s1, n_valid)
-        below = 0
-        t = 0
-        while True:
-            h = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
-            if below + h >= keep:
-                break
-            below += h
-            t += 1
         dist[w:w + 64] = _PAD
-        m = _select_below(dist, w, t, keep - below, pos)
+        m = -1
+        if w >= _SAMPLED_MIN_ROWS:
+            m = _select_sampled(dist, w, s1, n_bins, hist[0], cand, pos)
+        if m < 0:  # short scans, or a sample that promised too few rows: count every distance
+            _histogram(dist, w, hist)
+            # counting selection: the threshold distance, then rows below it and the first ties
+            n_valid = w - (hist[0, n_bins - 1] + hist[1, n_bins - 1] + hist[2, n_bins - 1] + hist[3, n_bins - 1])
+            keep = min(s1, n_valid)
+            below = 0
+            t = 0
+            while True:
+                h = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
+                if below + h >= keep:
+                    break
+                below += h
+                t += 1
+            m = _select_below(dist, w, t, keep - below, pos)
         p = 0  # scan positions back to rows, cell by cell
         start = 0
         c = probes[i, 0]
@@ -434,6 +492,7 @@ if AVAILABLE:
     _lanes_at_most = numba.njit(cache=True, nogil=True, inline="always")(_lanes_at_most)
     _lowest_bit = numba.njit(cache=True, nogil=True, inline="always")(_lowest_bit)
     _select_below = numba.njit(cache=True, nogil=True)(_select_below)
+    _select_sampled = numba.njit(cache=True, nogil=True)(_select_sampled)
     _histogram = numba.njit(cache=True, nogil=True)(_histogram)
     # scores are finite: min/max need not order NaNs, which lets them vectorise
     _best = numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})(_best)
