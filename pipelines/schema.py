@@ -14,7 +14,15 @@ import dataclasses
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from mmcompress.encoders.collaborative import CollaborativeConfig
 from mmcompress.encoders.structured import StructuredConfig
@@ -91,6 +99,25 @@ class CompressParams(_Section):
     n_shards: PositiveInt = 4
     entropy_coder: Literal["rans", "zstd"] = "rans"
     chunk_rows: PositiveInt = 2048
+
+    @model_validator(mode="after")
+    def _specs_and_budget(self) -> CompressParams:
+        """Every spec parses, and a named challenger whose spec fixes its code size fits the
+        budget: refused here, before training, with both numbers (a size only the data fixes,
+        e.g. ``SQ8`` on the raw vectors, is checked after fitting, by the train stage)."""
+        from mmcompress.codecs.sizing import planned_code_size
+        from mmcompress.errors import CodecError
+
+        for key, spec in [*(("compress.codecs", s) for s in self.codecs),
+                          *([("compress.challenger", self.challenger)] if self.challenger else [])]:
+            try:
+                size = planned_code_size(spec)
+            except CodecError as e:
+                raise ValueError(f"{key}: {e}") from None
+            if key == "compress.challenger" and size is not None and size > self.budget_bytes:
+                raise ValueError(f"compress.challenger: {spec!r} codes take {size} bytes per item, over "
+                                 f"compress.budget_bytes={self.budget_bytes}")
+        return self
 
 
 class DownstreamParams(_Section):

@@ -275,3 +275,19 @@ def test_trigger_paths_are_confined_to_the_allowed_roots(tmp_path):
     resolve = dag_module("mmcompress_pipeline").resolve_params.function
     with pytest.raises(ConfigError, match="outside the allowed roots"):
         resolve({"project_root": "/etc", "codec_spec": "auto"})
+
+
+def test_a_trigger_with_a_spec_over_its_budget_fails_at_resolve_params(tmp_path):
+    """The form's codec_spec and budget_bytes meet in the first task: a spec whose code size
+    is known from the spec alone is refused there, with both numbers, before any training."""
+    import shutil
+
+    from mmcompress.errors import ConfigError
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # a root the test config allows
+    resolve = dag_module("mmcompress_pipeline").resolve_params.function
+    root = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"'PCA64,SQ4' codes take 32 bytes per item, over compress\.budget_bytes=16"):
+        resolve({"project_root": root, "codec_spec": "PCA64,SQ4", "budget_bytes": 16})
+    cfg = resolve({"project_root": root, "codec_spec": "PCA64,SQ4", "budget_bytes": 32})
+    assert cfg["params"]["compress"]["challenger"] == "PCA64,SQ4"

@@ -121,3 +121,17 @@ def test_stages_on_one_root_never_write_at_once(tmp_path):
         order.append("train done")
     t.join(30)
     assert order == ["shard", "train done", "build_index"]  # the rebuild waited for train
+
+
+def test_a_challenger_over_budget_is_refused_when_params_are_read(raw):
+    """A spec that fixes its code size is measured against the budget before any training."""
+    named = {"compress.auto": False, "compress.codecs": ["PCA64,SQ4"], "compress.challenger": "PCA64,SQ4"}
+    with pytest.raises(ConfigError, match=r"compress\.challenger: 'PCA64,SQ4' codes take 32 bytes per item, "
+                                          r"over compress\.budget_bytes=16"):
+        apply_overrides(raw, {**named, "compress.budget_bytes": 16})
+    assert apply_overrides(raw, {**named, "compress.budget_bytes": 32})["compress"]["challenger"] == "PCA64,SQ4"
+    # a size only the data fixes (SQ8 on the raw vectors) waits for the train stage's check
+    raw_sq8 = {"compress.auto": False, "compress.codecs": ["SQ8"], "compress.challenger": "SQ8"}
+    assert apply_overrides(raw, {**raw_sq8, "compress.budget_bytes": 16})["compress"]["challenger"] == "SQ8"
+    with pytest.raises(ConfigError, match=r"compress\.codecs: codec spec 'PQ16,XYZ'"):
+        apply_overrides(raw, {"compress.codecs": ["PQ16,XYZ"]})
