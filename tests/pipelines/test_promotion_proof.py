@@ -172,6 +172,61 @@ def test_rollback_checks_its_target_first_and_is_idempotent(measured, monkeypatc
     assert client.get_model_version(name, before).tags["rolled_back"] == "true"
 
 
+def test_the_registry_rest_api_lists_versions_with_aliases_figures_and_lineage(measured, tmp_path):
+    """What a reviewer's script sees through a real MLflow server's REST API: every version in
+    ``model-versions/search`` carries its aliases (mirrored as a tag), the gate's figures and
+    the reviewer's note; the model resolves ``champion`` to the same version."""
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from tests.ports import free_port
+
+    root, params = measured
+    name = params["promote"]["model_name"]
+    if not champion_version(_client(params), name):
+        assert promote.promote(params, root)["promoted"]
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", params["tracking"]["uri"],
+                               "--workers", "1"], cwd=root, stdout=open(tmp_path / "mlflow.log", "wb"),
+                              stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+
+    def get(path: str, **query: str) -> dict:
+        with urllib.request.urlopen(f"{base}/{path}?{urllib.parse.urlencode(query)}", timeout=10) as r:
+            return json.load(r)
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                model = get("registered-models/get", name=name)["registered_model"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
+                time.sleep(1)
+        versions = get("model-versions/search", filter=f"name='{name}'")["model_versions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    assert model.get("description")
+    tags = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])} for v in versions}
+    champion = aliases[CHAMPION]
+    assert tags[champion]["aliases"].split(",") == [CHAMPION]
+    if "previous" in aliases:
+        assert tags[aliases["previous"]]["aliases"] == "previous"
+    assert all("aliases" not in t for v, t in tags.items() if v not in aliases.values())
+    listed = next(v for v in versions if v["version"] == champion)
+    gate = json.loads(tags[champion]["gate_metrics"])
+    assert {"recall_at_10", "bytes_per_item", "index_resident_bytes_per_item"} <= set(gate)
+    assert "| figure | codec alone | index (served) | champion |" in listed["description"]
+    assert "catalog_inputs_sha256" in listed["description"]
+
+
 KILL_DRIVER = """
 import os, signal, sys
 from pathlib import Path

@@ -21,6 +21,7 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_codec.py")
 GATE_METRICS = ("recall_at_10", "hr_at_10", "bytes_per_item", "latency_p50_ms", "index_resident_bytes_per_item")
+ALIASES_TAG = "aliases"  # a version's aliases, mirrored where MLflow's version search omits them
 INDEX_DIGEST_TAG = "index_manifest_sha256"  # set at promotion; what the service verifies against
 
 
@@ -77,11 +78,32 @@ def record_decision(client: MlflowClient, model_name: str, version: str, decisio
 
 
 def move_champion(client: MlflowClient, model_name: str, version: str) -> None:
-    """Give ``version`` the ``champion`` alias, the replaced champion ``previous``."""
+    """Give ``version`` the ``champion`` alias, the replaced champion ``previous``; then mirror
+    the aliases onto the versions' tags (:func:`mirror_alias_tags`)."""
     old = champion_version(client, model_name)
     if old is not None and old.version != version:
         client.set_registered_model_alias(model_name, PREVIOUS, old.version)
     client.set_registered_model_alias(model_name, CHAMPION, version)
+    mirror_alias_tags(client, model_name)
+
+
+def mirror_alias_tags(client: MlflowClient, model_name: str) -> None:
+    """Copy the model's aliases onto its versions as an ``aliases`` tag (sorted, comma-separated;
+    absent on a version without one). MLflow shows aliases on the model page and resolves them,
+    but ``model-versions/search`` (the list a reviewer or a script pages through) leaves them
+    out. The aliases stay what the service reads; the tags are their mirror, rewritten after
+    every move (a crash between the two leaves the mirror one move behind until the next)."""
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(model_name).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    for mv in client.search_model_versions(f"name='{model_name}'"):
+        want = ",".join(sorted(by_version.get(str(mv.version), [])))
+        if want == mv.tags.get(ALIASES_TAG, ""):
+            continue
+        if want:
+            client.set_model_version_tag(model_name, mv.version, ALIASES_TAG, want)
+        else:
+            client.delete_model_version_tag(model_name, mv.version, ALIASES_TAG)
 
 
 def verify_registered_index(tracking_uri: str, model_name: str, version: str, probe: dict,
@@ -139,6 +161,7 @@ def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
     if demoted:
         client.set_model_version_tag(model_name, demoted, "rolled_back", "true")
     client.delete_registered_model_alias(model_name, PREVIOUS)
+    mirror_alias_tags(client, model_name)
     return target, demoted
 
 
