@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import mlflow
@@ -172,46 +173,54 @@ def test_rollback_checks_its_target_first_and_is_idempotent(measured, monkeypatc
     assert client.get_model_version(name, before).tags["rolled_back"] == "true"
 
 
-def test_the_registry_rest_api_lists_versions_with_aliases_figures_and_lineage(measured, tmp_path):
-    """What a reviewer's script sees through a real MLflow server's REST API: every version in
-    ``model-versions/search`` carries its aliases (mirrored as a tag), the gate's figures and
-    the reviewer's note; the model resolves ``champion`` to the same version."""
+@pytest.fixture(scope="module")
+def registry_server(measured, tmp_path_factory):
+    """A real MLflow server (REST API and UI) on the promoted project's tracking store."""
     import subprocess
     import sys
     import time
-    import urllib.parse
     import urllib.request
 
     from tests.ports import free_port
 
     root, params = measured
-    name = params["promote"]["model_name"]
-    if not champion_version(_client(params), name):
+    if not champion_version(_client(params), params["promote"]["model_name"]):
         assert promote.promote(params, root)["promoted"]
+    log = tmp_path_factory.mktemp("mlflow-server") / "mlflow.log"
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                                "--port", str(port), "--backend-store-uri", params["tracking"]["uri"],
-                               "--workers", "1"], cwd=root, stdout=open(tmp_path / "mlflow.log", "wb"),
-                              stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+                               "--workers", "1"], cwd=root, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=5).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(1)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
 
-    def get(path: str, **query: str) -> dict:
-        with urllib.request.urlopen(f"{base}/{path}?{urllib.parse.urlencode(query)}", timeout=10) as r:
-            return json.load(r)
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                model = get("registered-models/get", name=name)["registered_model"]
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
-                time.sleep(1)
-        versions = get("model-versions/search", filter=f"name='{name}'")["model_versions"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def _rest(url: str, path: str, **query: str) -> dict:
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=10) as r:
+        return json.load(r)
+
+
+def test_the_registry_rest_api_lists_versions_with_aliases_figures_and_lineage(measured, registry_server):
+    """What a reviewer's script sees through the REST API: every version in
+    ``model-versions/search`` carries its aliases (mirrored as a tag), the gate's figures and
+    the reviewer's note; the model resolves ``champion`` to the same version."""
+    _, params = measured
+    name = params["promote"]["model_name"]
+    model = _rest(registry_server, "registered-models/get", name=name)["registered_model"]
+    versions = _rest(registry_server, "model-versions/search", filter=f"name='{name}'")["model_versions"]
     aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
     assert model.get("description")
     tags = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])} for v in versions}
@@ -225,6 +234,34 @@ def test_the_registry_rest_api_lists_versions_with_aliases_figures_and_lineage(m
     assert {"recall_at_10", "bytes_per_item", "index_resident_bytes_per_item"} <= set(gate)
     assert "| figure | codec alone | index (served) | champion |" in listed["description"]
     assert "catalog_inputs_sha256" in listed["description"]
+
+
+def test_the_version_page_shows_the_reviewer_note_in_chromium(measured, registry_server, tmp_path):
+    """The MLflow UI's version page, rendered by headless Chromium, shows the note's side-by-side
+    figures, the lineage and the champion alias. ``MMCOMPRESS_DOCS_SHOTS=1`` also writes the
+    screenshot to ``docs/registry_version.png``."""
+    from tests.report.browser import HeadlessChromium, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium): the registry page check is skipped")
+    _, params = measured
+    name = params["promote"]["model_name"]
+    version = str(champion_version(_client(params), name).version)
+    with HeadlessChromium(width=1400, height=1000) as browser:
+        page = browser.load(f"{registry_server}/#/models/{name}/versions/{version}", settle_s=1.0)
+        text = ""
+        for _ in range(60):  # the single-page app fetches the version after loading
+            text = browser.evaluate("document.body.innerText")
+            if "codec alone" in text and "catalog_inputs_sha256" in text:
+                break
+            time.sleep(1)
+        shot = tmp_path / "registry_version.png"
+        browser.screenshot(shot)
+    assert not page.exceptions, page.exceptions
+    for expected in ("codec alone", "index (served)", "recall@10", "catalog_inputs_sha256", CHAMPION):
+        assert expected in text, f"{expected!r} not on the version page"
+    if os.environ.get("MMCOMPRESS_DOCS_SHOTS") == "1":
+        shutil.copy(shot, Path(__file__).resolve().parents[2] / "docs" / "registry_version.png")
 
 
 KILL_DRIVER = """
