@@ -150,3 +150,84 @@ def test_rebuild_index_only_rewrites_the_index(trained_project, dagbag, tmp_path
     assert built["index_dir"] == str(L.index_dir) and L.index_dir.is_dir()
     assert built["n_items"] == 400
     assert {p.name: p.read_bytes() for p in L.codes_dir.iterdir()} == codes_before
+
+
+def _copy_project(trained_project, tmp_path):
+    """A copy of the trained project with its own tracking store, and that store's champion."""
+    trained_root, dr = trained_project
+    root = tmp_path / "project"
+    shutil.copytree(trained_root, root)
+    tracking = xcom(dr, "promote")["tracking_uri"].replace(str(trained_root), str(root))
+    client = MlflowClient(tracking_uri=tracking)
+    return root, client
+
+
+def _records(client: MlflowClient) -> tuple[str, int, int]:
+    """The champion version, the number of versions and of pipeline runs in the store."""
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return (str(client.get_model_version_by_alias(MODEL, "champion").version),
+            len(client.search_model_versions(f"name='{MODEL}'")), len(runs))
+
+
+def test_a_trigger_over_its_budget_fails_at_its_first_task_and_records_nothing(trained_project, dagbag,
+                                                                                tmp_path, capfd):
+    root, client = _copy_project(trained_project, tmp_path)
+    before = _records(client)
+    capfd.readouterr()
+    dr = dagbag.dags["mmcompress_pipeline"].test(run_conf=slice_conf(root, codec_spec="PCA64,SQ8",
+                                                                     budget_bytes=16))
+    log = capfd.readouterr()
+    states = task_states(dr)
+    assert str(dr.state) == "failed"
+    assert states[("resolve_params", -1)] == "failed"
+    assert states[("train", -1)] == states[("promote", -1)] == "upstream_failed"
+    assert "'PCA64,SQ8' codes take 64 bytes per item, over compress.budget_bytes=16" in log.out + log.err
+    assert _records(client) == before  # no run, no version, the champion where it was
+
+
+def test_a_missing_catalog_file_fails_prepare_on_its_one_try(trained_project, tmp_path, capfd):
+    """A catalog path different from the prepared catalog re-runs prepare, which cannot heal a
+    missing file: one try, the file named in the log, the champion and records unchanged."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.dags.airflow_env import DAGS
+
+    root, client = _copy_project(trained_project, tmp_path)
+    before = _records(client)
+    missing = root / "incoming" / "items.parquet"
+    capfd.readouterr()
+    # a DAG of its own: dag.test keeps a run's conf in the DAG's params, and later tests must
+    # not inherit this catalog path
+    dag = DagBag(dag_folder=str(DAGS)).dags["mmcompress_pipeline"]
+    dr = dag.test(run_conf=slice_conf(root, catalog_path=str(missing)))
+    log = capfd.readouterr()
+    states = task_states(dr)
+    assert str(dr.state) == "failed"
+    assert states[("choose_catalog_step", -1)] == "success"
+    assert states[("prepare", -1)] == "failed"  # the prepared catalog was built from other inputs
+    [prepare] = [ti for ti in dr.get_task_instances() if ti.task_id == "prepare"]
+    assert prepare.try_number == 1 and prepare.max_tries >= 1  # retries configured, not used
+    assert str(missing) in log.out + log.err
+    assert _records(client) == before
+
+
+def test_a_smaller_slice_reruns_prepare_and_the_records_say_what_ran(trained_project, dagbag, tmp_path):
+    """max_items 300 on a project prepared with 400: prepare runs again, every stage sees 300
+    items, and the MLflow run's lineage is the catalog that was built, not the form."""
+    root, client = _copy_project(trained_project, tmp_path)
+    dr = dagbag.dags["mmcompress_pipeline"].test(run_conf=slice_conf(root, max_items=300))
+    states = task_states(dr)
+    assert str(dr.state) == "success", [k for k, v in states.items() if v == "failed"]
+    assert states[("prepare", -1)] == "success"
+    assert len(ItemCatalog.load(Layout(root).catalog_dir)) == 300
+    assert xcom(dr, "build_index")["n_items"] == 300
+    promoted = xcom(dr, "promote")
+    run = client.get_run(promoted["run_id"])
+    assert run.data.tags["data.catalog_max_items"] == "300"
+    ident = (Layout(root).catalog_dir / "inputs.json").read_text()
+    assert run.data.tags["data.catalog_inputs_sha256"] in ident
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    if promoted["promoted"]:
+        assert str(champion.version) == promoted["version"]
+    else:  # the gate kept the old champion: its reasons are on the registered version
+        assert str(champion.version) != promoted["version"] and promoted["reasons"]
