@@ -1,21 +1,30 @@
 """Codec benchmark: every project codec and faiss's codecs, same data, same run.
 
-    python -m benchmarks.bench_codecs [--vectors NAME=path.npy ...] [--budgets 8 16 32 64]
-                                      [--out benchmarks/results] [--quick] [--resume]
+    python -m benchmarks.bench_codecs [--vectors NAME=path.npy ...] [--l2-vectors NAME=path.npy ...]
+                                      [--budgets 8 16 32 64] [--out benchmarks/results] [--quick]
+                                      [--resume]
 
-For each dataset (rows L2-normalised, 1,000 held-out queries, exact inner-product top-10 on
-the original vectors as truth) and each byte budget, it fits every codec on the database rows
+For each dataset (1,000 held-out queries; inner-product datasets have their rows L2-normalised
+and exact inner-product top-10 on the original vectors as truth, L2 datasets keep their rows as
+they are and take exact L2 top-10) and each byte budget, it fits every codec on the database rows
 (capped at ``--max-train``) and records recall@10, 1-recall@1, reconstruction MSE, encode and
 search throughput (medians over ``--repeats``), and stored bytes after lossless entropy
 coding (rANS per field and zstd; the smaller counts). faiss baselines run the usual way
-(``index_factory`` with inner-product metric); product/scalar ones are also scanned with L2
-distances, which ranks unit-norm data better, and the best of all faiss rows at a budget is
-the reference each row's ratio is taken against. Outputs ``codecs.json``, ``codecs.md`` and
-``codecs.png`` under ``--out``, plus a 100k-item search-throughput figure for the 16-byte auto
-codec.
+(``index_factory`` with the dataset's metric; RaBitQ with 1 bit and extended RaBitQ with 2 and
+4 bits per dimension, PCA-projected to fit the budget); on inner-product datasets product/scalar
+ones are also scanned with L2 distances, which ranks unit-norm data better. The best of all
+faiss rows at a budget is the reference each row's ``ratio`` is taken against, and the best
+faiss row of ANY code size up to the budget (over the budgets in the run) the reference of
+``ratio ≤B``: ``auto`` treats its budget as an upper bound, so that is the comparison it must
+win. ScaNN's anisotropic quantization (brute-force AH scoring, 16 centres per block, no
+reorder; ``benchmarks/peers/scann_codec.py`` in ``.venv-peers``) adds "ScaNN AH" rows when
+that venv exists. Outputs ``codecs.json``, ``codecs.md`` and ``codecs.png`` under ``--out``,
+plus a 100k-item search-throughput figure for the 16-byte auto codec.
 
-Default inputs are ``artifacts/fused/vectors.npy`` and the catalog's text modality; when the
-pipeline has not produced them, a 384-d stand-in built from scikit-learn digits is used.
+Default inputs are ``artifacts/fused/vectors.npy`` and the catalog's text modality, the Debian
+package catalog when ``make bench-data`` has cached it (``data/cache/bench/debian-minilm.npy``),
+and scikit-learn digits as an L2 catalog (``digits-l2``, 1,797 x 64, rows as they ship); when
+none of the inner-product ones exist, a 384-d stand-in built from digits is used.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,12 +75,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
-    """(label, spec) of the project's codecs at a budget: auto, its candidates (QINCo included
-    up to 8 bytes), NUQ-entropy, ITQ binary (BIN), the learned hash (HASH) and the learned
-    scalar quantizer (NSQ), with the learned-ingredient ablations at 16 bytes."""
+def project_specs(budget: int, d: int, quick: bool, metric: str = "ip") -> list[tuple[str, str]]:
+    """(label, spec) of the project's codecs at a budget: auto, its candidates at the budget
+    (QINCo included up to 8 bytes), NUQ-entropy, ITQ binary (BIN), the learned hash (HASH) and
+    the learned scalar quantizer (NSQ), with the learned-ingredient ablations at 16 bytes."""
     specs = [("auto", "auto")]
-    for spec in auto_candidates(budget, d, "ip"):
+    for spec in auto_candidates(budget, d, metric):
         specs.append((family_of(spec), spec))
     if d >= budget:
         specs.append(("NUQ-entropy", f"PCA,NUQ{budget}_e1.25"))
@@ -84,6 +95,25 @@ def project_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
         keep = {"auto", "PQ", "NUQ", "NUQ-entropy", "SQ4"}
         specs = [s for s in specs if s[0] in keep]
     return specs
+
+
+def rabitq_factory(d: int, budget: int, bits: int) -> str | None:
+    """The ``index_factory`` string of faiss RaBitQ with ``bits`` per dimension (1: RaBitQ,
+    more: extended RaBitQ, faiss >= 1.13) whose code fits ``budget`` bytes with the most
+    dimensions (PCA-projected below ``d``, multiples of 8), or None when none fits. Sizes are
+    faiss's own ``sa_code_size`` (the per-vector factors included), probed without training."""
+    import faiss
+
+    token = "RaBitQ" if bits == 1 else f"RaBitQ{bits}"
+    for rd in [d] + list(range(d - d % 8 if d % 8 else d - 8, 7, -8)):
+        factory = token if rd == d else f"PCA{rd},{token}"
+        try:
+            size = faiss.index_factory(d, factory).sa_code_size()
+        except RuntimeError:
+            return None  # this faiss does not know the token
+        if size <= budget:
+            return factory
+    return None
 
 
 def faiss_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
@@ -108,6 +138,10 @@ def faiss_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
             out.append(("faiss RaBitQ", f"PCA{rd},RaBitQ" if rd < d else "RaBitQ"))
         elif d // 8 + 8 <= budget:
             out.append(("faiss RaBitQ", "RaBitQ"))
+        for bits in (2, 4):  # extended RaBitQ (multi-bit); 20 bytes of factors per vector
+            factory = rabitq_factory(d, budget, bits)
+            if factory is not None:
+                out.append((f"faiss RaBitQ{bits}", factory))
     return out
 
 
@@ -115,23 +149,28 @@ def faiss_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
 class FaissCodec:
     """A faiss index used as a codec: sa_encode / sa_decode / search over given codes."""
 
-    def __init__(self, factory: str, d: int) -> None:
+    def __init__(self, factory: str, d: int, metric: str = "ip") -> None:
         import faiss
 
         self.factory = factory
+        self.metric = metric
         m = re.fullmatch(r"ITQ(\d+),LSH", factory)
         if m:
             bits = int(m.group(1))
             self.index = faiss.IndexPreTransform(faiss.ITQTransform(d, bits, True),
                                                  faiss.IndexLSH(bits, bits, False, False))
         else:
-            self.index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.index_factory(d, factory, faiss.METRIC_L2 if metric == "l2"
+                                             else faiss.METRIC_INNER_PRODUCT)
         self.pre = self.index if isinstance(self.index, faiss.IndexPreTransform) else None
         base = faiss.downcast_index(self.pre.index if self.pre is not None else self.index)
+        # Additive codes: inner product needs no norms (look-up tables, ST_LUT_nonorm); L2 does,
+        # and keeps faiss's default ST_decompress, which adds no bytes to the code.
         if isinstance(base, faiss.IndexResidualQuantizer):  # faiss's default beam (5)
             base.rq.use_beam_LUT = 1
-            base.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
-        if isinstance(base, faiss.IndexLocalSearchQuantizer):
+            if metric == "ip":
+                base.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
+        if isinstance(base, faiss.IndexLocalSearchQuantizer) and metric == "ip":
             base.lsq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
         if isinstance(base, faiss.IndexPQ):
             base.pq.cp.min_points_per_centroid = 1
@@ -152,13 +191,17 @@ class FaissCodec:
         return self.index.sa_decode(codes)
 
     def supports_l2_scan(self) -> bool:
+        """Whether an extra L2-distance scan row is worth measuring (inner-product data only:
+        on an L2 dataset the plain scan is the L2 one)."""
         import faiss
 
-        return isinstance(self.base, faiss.IndexPQ | faiss.IndexScalarQuantizer)
+        return self.metric == "ip" and isinstance(self.base, faiss.IndexPQ | faiss.IndexScalarQuantizer)
 
-    def search(self, codes: np.ndarray, xq: np.ndarray, k: int, l2: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: np.ndarray, xq: np.ndarray, k: int, l2: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
+        if l2 is None:
+            l2 = self.metric == "l2"
         metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
         self.index.metric_type = metric
         self.base.metric_type = metric
@@ -216,7 +259,8 @@ def measure(ds: common.Dataset, fit: Callable[[], Any], encode: Callable[[np.nda
 
 
 def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.ndarray,
-                repeats: int, seed: int, keep: dict[str, Codec]) -> dict[str, Any]:
+                repeats: int, seed: int, keep: dict[str, Codec],
+                auto_exclude: list[str] | None = None) -> dict[str, Any]:
     """Fit and measure one project codec; auto's candidates reuse the fits auto made."""
     fitted = keep.get(f"{ds.name}/{budget}/{spec}")
     if fitted is not None:
@@ -226,9 +270,10 @@ def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.n
         row.update(fit_seconds=report[spec]["fit_seconds"], spec=fitted.spec,
                    norm_weight=float(fitted.norm_weight_), fitted_by="auto")
         return row
-    codec = make_codec(spec, metric="ip", budget_bytes=budget if spec == "auto" else None,
+    codec = make_codec(spec, metric=ds.metric, budget_bytes=budget if spec == "auto" else None,
                        random_state=seed, max_train_rows=len(xt),
-                       **({"keep_candidates": True} if spec == "auto" else ABLATIONS.get(label, {})))
+                       **({"keep_candidates": True, "exclude": auto_exclude or []} if spec == "auto"
+                          else ABLATIONS.get(label, {})))
     row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
                   lambda: codec.field_bits, repeats)
     row.update(spec=codec.spec, norm_weight=float(getattr(codec, "norm_weight_", 0.0)))
@@ -241,7 +286,7 @@ def run_project(ds: common.Dataset, budget: int, label: str, spec: str, xt: np.n
 
 
 def run_faiss(ds: common.Dataset, factory: str, xt: np.ndarray, repeats: int) -> list[dict[str, Any]]:
-    codec = FaissCodec(factory, ds.d)
+    codec = FaissCodec(factory, ds.d, ds.metric)
     row = measure(ds, lambda: codec.fit(xt), codec.encode, codec.decode, codec.search,
                   lambda: None, repeats)
     row["spec"] = factory
@@ -254,6 +299,44 @@ def run_faiss(ds: common.Dataset, factory: str, xt: np.ndarray, repeats: int) ->
                   spec=factory + " (L2 scan)")
         rows.append(l2)
     return rows
+
+
+# ---- ScaNN anisotropic quantization, in its own venv -----------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+SCANN_SCRIPT = ROOT / "benchmarks" / "peers" / "scann_codec.py"
+
+
+def run_scann(ds: common.Dataset, budgets: list[int], seed: int,
+              python: Path = PEERS_PYTHON, timeout: float = 3600) -> tuple[list[dict[str, Any]], str]:
+    """"ScaNN AH" rows (one per budget) from ``benchmarks/peers/scann_codec.py`` run by the
+    peers' venv on the same base, queries and truth; ``([], reason)`` when it cannot run."""
+    if not python.exists():
+        return [], f"{python.relative_to(ROOT) if python.is_relative_to(ROOT) else python} missing (make venv-peers)"
+    with tempfile.TemporaryDirectory(prefix="scann-codec-") as tmp:
+        work = Path(tmp)
+        np.save(work / "base.npy", ds.xb)
+        np.save(work / "queries.npy", ds.xq)
+        np.save(work / "gt.npy", ds.gt)
+        cmd = [str(python), str(SCANN_SCRIPT), "--base", str(work / "base.npy"), "--queries",
+               str(work / "queries.npy"), "--gt", str(work / "gt.npy"), "--metric", ds.metric,
+               "--budgets", *map(str, budgets), "--seed", str(seed), "--out", str(work / "scann.json")]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [], f"timed out after {timeout:.0f} s"
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [], f"exit {p.returncode}: {tail[0][:300]}"
+        out = json.loads((work / "scann.json").read_text())
+    rows = []
+    for r in out["rows"]:
+        rows.append({"budget": r["budget"], "spec": r["spec"], "code_bytes": r["code_bytes"],
+                     "recall_at_10": r["recall_at_10"], "one_recall_at_1": r["one_recall_at_1"],
+                     "fit_seconds": r["build_seconds"], "search_qps": r["search_qps"],
+                     "encode_per_s": None, "mse": None, "stored_bytes_per_item": None,
+                     "scann_version": out.get("scann_version")})
+    return rows, "; ".join(out.get("skipped", []))
 
 
 # ---- throughput at 100k ------------------------------------------------------------------
@@ -276,23 +359,32 @@ ENCODE_FLOOR = 5000.0  # vectors/s the project asks of any codec auto may pick
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Recall relative to the best faiss row at the same budget: all of them, and those that
-    encode at least ``ENCODE_FLOOR`` vectors/s in this run."""
+    encode at least ``ENCODE_FLOOR`` vectors/s in this run; and relative to the best faiss row
+    of any code size up to the budget (``ratio_vs_best_faiss_upto``: every faiss row of the
+    dataset, whatever budget it was run at, whose codes take at most this budget's bytes)."""
     best: dict[tuple[str, int], float] = {}
     best_fast: dict[tuple[str, int], float] = {}
-    for r in rows:
-        if r.get("source") == "faiss" and r.get("recall_at_10") is not None:
-            key = (r["dataset"], r["budget"])
-            best[key] = max(best.get(key, 0.0), r["recall_at_10"])
-            if r["encode_per_s"] >= ENCODE_FLOOR:
-                best_fast[key] = max(best_fast.get(key, 0.0), r["recall_at_10"])
+    faiss_rows = [r for r in rows if r.get("source") == "faiss" and r.get("recall_at_10") is not None]
+    for r in faiss_rows:
+        key = (r["dataset"], r["budget"])
+        best[key] = max(best.get(key, 0.0), r["recall_at_10"])
+        if r["encode_per_s"] >= ENCODE_FLOOR:
+            best_fast[key] = max(best_fast.get(key, 0.0), r["recall_at_10"])
     for r in rows:
         if r.get("recall_at_10") is None:
             continue
         key = (r["dataset"], r["budget"])
         ref, ref_fast = best.get(key), best_fast.get(key)
+        upto = [f for f in faiss_rows if f["dataset"] == r["dataset"] and f["code_bytes"] <= r["budget"]]
+        ref_upto = max(upto, key=lambda f: f["recall_at_10"]) if upto else None
         r["best_faiss_recall_at_10"] = ref
         r["ratio_vs_best_faiss"] = round(r["recall_at_10"] / ref, 3) if ref else None
         r["ratio_vs_best_fast_faiss"] = round(r["recall_at_10"] / ref_fast, 3) if ref_fast else None
+        r["best_faiss_upto_budget"] = (None if ref_upto is None else
+                                       {"spec": ref_upto["spec"], "code_bytes": ref_upto["code_bytes"],
+                                        "recall_at_10": ref_upto["recall_at_10"]})
+        r["ratio_vs_best_faiss_upto"] = (round(r["recall_at_10"] / ref_upto["recall_at_10"], 3)
+                                         if ref_upto and ref_upto["recall_at_10"] else None)
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -306,18 +398,27 @@ def _fmt(v: Any, nd: int = 3) -> str:
 def markdown(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"] if "error" not in r]
     out = ["# Codec benchmark", "",
-           f"Machine: {results['machine']}. Queries held out per dataset; truth = exact inner-product "
-           "top-10 on the original vectors. Throughputs are medians; `stored B` is bytes per item after "
-           "lossless entropy coding (smaller of rANS-per-field and zstd). `ratio` = recall@10 / best faiss "
-           "recall@10 at the same budget (faiss rows include their L2-scan variants); `ratio 5k` = the same "
-           f"against the best faiss row that encodes >= {ENCODE_FLOOR:.0f} vectors/s in this run (the floor "
-           "auto holds its own choice to).", ""]
+           f"Machine: {results['machine']}. Queries held out per dataset; truth = exact top-10 on the "
+           "original vectors under the dataset's metric (inner product over L2-normalised rows, or L2 "
+           "distance over the rows as given; each dataset's heading names it). Throughputs are medians; "
+           "`stored B` is bytes per item after lossless entropy coding (smaller of rANS-per-field and zstd); "
+           "`code B` is the size of the codes actually made (`auto` may choose a code smaller than its "
+           "budget). `ratio` = recall@10 / best faiss recall@10 at the same budget (faiss rows include their "
+           "L2-scan variants); `ratio 5k` = the same against the best faiss row that encodes >= "
+           f"{ENCODE_FLOOR:.0f} vectors/s in this run (the floor auto holds its own choice to); `ratio ≤B` = "
+           "recall@10 / best faiss recall@10 over every faiss row of the dataset whose codes take at most the "
+           "budget, whatever budget it ran at: the budget is an upper bound, so this is the reference `auto` "
+           "has to match (`faiss ≤B` names that row).", ""]
     for name in results["datasets"]:
         ds_rows = [r for r in rows if r["dataset"] == name]
         budgets = sorted({r["budget"] for r in ds_rows})
         info = results["datasets"][name]
-        out += [f"## {name} ({info['n_items']} items, d={info['d']}, {info['n_queries']} queries)", "",
-                "Recall@10 by bytes per item:", "",
+        truth = "exact L2 top-10" if info.get("metric") == "l2" else "exact inner-product top-10, rows L2-normalised"
+        out += [f"## {name} ({info['n_items']} items, d={info['d']}, {info['n_queries']} queries, "
+                f"metric {info.get('metric', 'ip')}: {truth})", ""]
+        if info.get("skipped"):
+            out += [f"Not run here: {why}" for why in info["skipped"]] + [""]
+        out += ["Recall@10 by bytes per item:", "",
                 "| codec | " + " | ".join(f"{b} B" for b in budgets) + " |",
                 "|---|" + "---|" * len(budgets)]
         labels = []
@@ -332,14 +433,20 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
         for b in budgets:
-            out += [f"### {name}, {b} bytes", "",
-                    "| codec | spec | code B | stored B | recall@10 | ratio | ratio 5k | 1-R@1 | MSE | encode/s | queries/s | fit s |",
-                    "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            upto = next((r.get("best_faiss_upto_budget") for r in ds_rows
+                         if r["budget"] == b and r.get("best_faiss_upto_budget")), None)
+            out += [f"### {name}, {b} bytes", ""]
+            if upto:
+                out += [f"faiss ≤B (best faiss row with codes of at most {b} bytes): `{upto['spec']}`, "
+                        f"{upto['code_bytes']} B, recall@10 {_fmt(upto['recall_at_10'])}.", ""]
+            out += ["| codec | spec | code B | stored B | recall@10 | ratio | ratio 5k | ratio ≤B | 1-R@1 | MSE | encode/s | queries/s | fit s |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sorted((r for r in ds_rows if r["budget"] == b), key=lambda r: -(r["recall_at_10"] or 0)):
-                out.append(f"| {r['label']} | `{r['spec']}` | {r['code_bytes']} | {_fmt(r['stored_bytes_per_item'], 2)} | "
-                           f"{_fmt(r['recall_at_10'])} | {_fmt(r['ratio_vs_best_faiss'])} | "
-                           f"{_fmt(r.get('ratio_vs_best_fast_faiss'))} | {_fmt(r['one_recall_at_1'])} | "
-                           f"{_fmt(r['mse'], 4)} | {r['encode_per_s']:.0f} | {r['search_qps']:.0f} | {r['fit_seconds']} |")
+                out.append(f"| {r['label']} | `{r['spec']}` | {r['code_bytes']} | {_fmt(r.get('stored_bytes_per_item'), 2)} | "
+                           f"{_fmt(r['recall_at_10'])} | {_fmt(r.get('ratio_vs_best_faiss'))} | "
+                           f"{_fmt(r.get('ratio_vs_best_fast_faiss'))} | {_fmt(r.get('ratio_vs_best_faiss_upto'))} | "
+                           f"{_fmt(r.get('one_recall_at_1'))} | {_fmt(r.get('mse'), 4)} | {_fmt(r.get('encode_per_s'), 0)} | "
+                           f"{_fmt(r.get('search_qps'), 0)} | {_fmt(r.get('fit_seconds'), 2)} |")
             out.append("")
     errors = [r for r in results["rows"] if "error" in r]
     if errors:
@@ -376,7 +483,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bytes per item")
-        ax.set_ylabel("recall@10 (exact inner-product top-10)")
+        metric = results["datasets"][name].get("metric", "ip")
+        ax.set_ylabel(f"recall@10 (exact {'L2' if metric == 'l2' else 'inner-product'} top-10)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
@@ -388,7 +496,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
 # ---- main ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vectors", nargs="*", default=[], metavar="NAME=PATH.npy")
+    p.add_argument("--vectors", nargs="*", default=[], metavar="NAME=PATH.npy",
+                   help="inner-product datasets (rows L2-normalised)")
+    p.add_argument("--l2-vectors", nargs="*", default=[], metavar="NAME=PATH.npy",
+                   help="L2 datasets (rows as given, exact L2 truth)")
+    p.add_argument("--no-scann", action="store_true", help="skip the ScaNN AH rows")
+    p.add_argument("--auto-exclude", nargs="*", default=[], metavar="FAMILY",
+                   help="families auto does not try (e.g. QINCO: minutes-long fits)")
     p.add_argument("--budgets", nargs="*", type=int, default=[8, 16, 32, 64])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="small smoke run: few rows, budgets 8 and 16")
@@ -414,18 +528,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    inputs: dict[str, np.ndarray] = {}
-    for item in args.vectors:
-        name, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"--vectors expects NAME=PATH.npy; found {item!r}")
-        inputs[name] = np.load(path, allow_pickle=False)
-    if not inputs:
-        inputs = common.default_inputs()
+def debian_cached() -> np.ndarray | None:
+    """The Debian package catalog's MiniLM vectors when ``make bench-data`` has cached them
+    (checked against the SHA-256 its sidecar records, which is written last), else None."""
+    from benchmarks.datasets import DEFAULT_CACHE_DIR, _cache_paths, sha256_bytes
+
+    npy, side = _cache_paths(DEFAULT_CACHE_DIR)
+    if not (npy.exists() and side.exists()):
+        return None
+    blob = npy.read_bytes()
+    if sha256_bytes(blob) != json.loads(side.read_text()).get("array_sha256"):
+        print(f"{npy}: SHA-256 differs from its sidecar; Debian catalog left out", file=sys.stderr)
+        return None
+    return np.load(npy, allow_pickle=False)
+
+
+def load_inputs(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
+    """``name -> (vectors, metric)``: the given datasets, or the defaults (module docstring)."""
+    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    for flag, items, metric in (("--vectors", args.vectors, "ip"), ("--l2-vectors", args.l2_vectors, "l2")):
+        for item in items:
+            name, _, path = item.partition("=")
+            if not path:
+                raise SystemExit(f"{flag} expects NAME=PATH.npy; found {item!r}")
+            inputs[name] = (np.load(path, allow_pickle=False), metric)
+    if inputs:
+        return inputs
+    inputs = {name: (X, "ip") for name, X in common.default_inputs().items()}
+    debian = debian_cached()
+    if debian is not None:
+        inputs["debian"] = (debian, "ip")
     if not inputs:
         print("pipeline outputs not found; using the 384-d digits stand-in", file=sys.stderr)
-        inputs = {"digits384": common.digits_384(args.seed)}
+        inputs = {"digits384": (common.digits_384(args.seed), "ip")}
+    inputs["digits-l2"] = (common.digits_l2(), "l2")
     return inputs
 
 
@@ -454,14 +590,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json_atomic(json_path, results)
         write_bytes_atomic(args.out / "codecs.md", markdown(results).encode())
 
-    for name, X in load_inputs(args).items():
-        ds = common.split_queries(name, X, args.n_queries, args.seed, args.max_items)
+    for name, (X, metric) in load_inputs(args).items():
+        ds = common.split_queries(name, X, args.n_queries, args.seed, args.max_items, metric=metric)
         xt = ds.xb[np.sort(np.random.default_rng(args.seed).choice(len(ds.xb), min(len(ds.xb), args.max_train),
                                                                    replace=False))]
         results["datasets"][name] = {"n_items": len(ds.xb), "d": ds.d, "n_queries": len(ds.xq),
-                                     "n_train": len(xt)}
+                                     "n_train": len(xt), "metric": ds.metric, "skipped": []}
         for budget in args.budgets:
-            jobs = [("project", label, spec) for label, spec in project_specs(budget, ds.d, args.quick)]
+            jobs = [("project", label, spec) for label, spec in project_specs(budget, ds.d, args.quick, ds.metric)]
             jobs += [("faiss", label, spec) for label, spec in faiss_specs(budget, ds.d, args.quick)]
             for source, label, spec in jobs:
                 if args.only and label not in args.only:
@@ -472,7 +608,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 base = {"dataset": name, "budget": budget, "source": source, "label": label}
                 try:
                     if source == "project":
-                        new = [run_project(ds, budget, label, spec, xt, args.repeats, args.seed, keep)]
+                        new = [run_project(ds, budget, label, spec, xt, args.repeats, args.seed, keep,
+                                           args.auto_exclude)]
                     else:
                         new = run_faiss(ds, spec, xt, args.repeats)
                         for r in new[1:]:
@@ -484,10 +621,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            r["label"] in {label, label + " (L2 scan)"})]
                 results["rows"] += [{**base, **r} for r in new]
                 save()
-        if results["throughput"] is None and args.throughput_items and 16 in args.budgets:
+        if not args.no_scann and (not args.only or "ScaNN AH" in args.only):
+            todo = [b for b in args.budgets if (name, b, "ScaNN AH") not in done or f"{name}/{b}/ScaNN AH" in args.redo]
+            if todo:
+                print(f"[{name}] ScaNN AH at {todo} B", file=sys.stderr, flush=True)
+                scann_rows, why = run_scann(ds, todo, args.seed)
+                if why:
+                    results["datasets"][name]["skipped"].append(f"ScaNN AH: {why}")
+                results["rows"] = [r for r in results["rows"]
+                                   if not (r["dataset"] == name and r["label"] == "ScaNN AH" and r["budget"] in todo)]
+                results["rows"] += [{"dataset": name, "source": "peer", "label": "ScaNN AH", **r} for r in scann_rows]
+                save()
+        if results["throughput"] is None and args.throughput_items and 16 in args.budgets and ds.metric == "ip":
             auto16 = keep.get(f"{name}/16")
             if auto16 is None:
-                auto16 = make_codec("auto", budget_bytes=16, random_state=args.seed,
+                auto16 = make_codec("auto", budget_bytes=16, metric=ds.metric, random_state=args.seed,
                                     max_train_rows=len(xt)).fit(xt)
             results["throughput"] = throughput_100k(ds, auto16, args.throughput_items, args.repeats, args.seed)
             save()

@@ -23,12 +23,14 @@ DEFAULT_CATALOG = Path("data/catalog")
 
 @dataclass
 class Dataset:
-    """Unit-norm base vectors, held-out queries and their exact inner-product neighbours."""
+    """Base vectors, held-out queries and their exact neighbours under ``metric``: unit-norm
+    rows and inner product (``"ip"``), or the rows as given and squared L2 (``"l2"``)."""
 
     name: str
     xb: np.ndarray
     xq: np.ndarray
     gt: np.ndarray  # (nq, 10) exact top-10 ids into xb
+    metric: str = "ip"
 
     @property
     def d(self) -> int:
@@ -43,11 +45,15 @@ def l2_normalise(X: np.ndarray) -> np.ndarray:
 
 
 def split_queries(name: str, X: np.ndarray, n_queries: int, seed: int = 0,
-                  max_items: int | None = None) -> Dataset:
-    """Hold out ``n_queries`` rows as queries; the rest (capped) is the database."""
+                  max_items: int | None = None, metric: str = "ip") -> Dataset:
+    """Hold out ``n_queries`` rows as queries; the rest (capped) is the database. Truth is the
+    exact top-10 under ``metric``: inner product over L2-normalised rows, or L2 distance over
+    the rows as given (an L2 catalog is not normalised: its norms carry meaning)."""
     from mmcompress.codecs import exact_search
 
-    X = l2_normalise(X)
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2'; found {metric!r}")
+    X = l2_normalise(X) if metric == "ip" else np.asarray(X, dtype=np.float32)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(X))
     nq = min(n_queries, len(X) // 5)
@@ -56,8 +62,8 @@ def split_queries(name: str, X: np.ndarray, n_queries: int, seed: int = 0,
     if max_items is not None and len(rest) > max_items:
         rest = np.sort(rng.choice(rest, max_items, replace=False))
     xb = np.ascontiguousarray(X[rest])
-    _, gt = exact_search(xb, xq, 10, "ip")
-    return Dataset(name, xb, np.ascontiguousarray(xq), gt)
+    _, gt = exact_search(xb, xq, 10, metric)
+    return Dataset(name, xb, np.ascontiguousarray(xq), gt, metric)
 
 
 def digits_384(seed: int = 0) -> np.ndarray:
@@ -69,6 +75,14 @@ def digits_384(seed: int = 0) -> np.ndarray:
     lifted = X @ rng.standard_normal((X.shape[1], 384)).astype(np.float32)
     lifted += 0.15 * lifted.std() * rng.standard_normal(lifted.shape).astype(np.float32)
     return l2_normalise(lifted)
+
+
+def digits_l2() -> np.ndarray:
+    """scikit-learn digits as they ship (1,797 x 64 pixel intensities 0-16): a small real L2
+    catalog, searched by L2 distance without normalising."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().data.astype(np.float32)
 
 
 def default_inputs() -> dict[str, np.ndarray]:

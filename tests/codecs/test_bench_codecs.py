@@ -24,3 +24,78 @@ def test_quick_benchmark_writes_json_markdown_and_plot(digits, tmp_path):
         assert row["ratio_vs_best_faiss"] is not None
     assert "| NUQ |" in (out / "codecs.md").read_text()
     assert (out / "codecs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ratio_up_to_the_budget_takes_the_best_faiss_row_of_any_smaller_size():
+    rows = [{"dataset": "d", "budget": 8, "source": "faiss", "label": "faiss RQ", "spec": "RQ8x8",
+             "code_bytes": 8, "recall_at_10": 0.9, "encode_per_s": 1e5},
+            {"dataset": "d", "budget": 16, "source": "faiss", "label": "faiss PQ", "spec": "PQ16",
+             "code_bytes": 16, "recall_at_10": 0.8, "encode_per_s": 1e5},
+            {"dataset": "d", "budget": 16, "source": "project", "label": "auto", "spec": "RQ8x8",
+             "code_bytes": 8, "recall_at_10": 0.88, "encode_per_s": 1e5},
+            {"dataset": "other", "budget": 8, "source": "faiss", "label": "faiss RQ", "spec": "RQ8x8",
+             "code_bytes": 8, "recall_at_10": 0.99, "encode_per_s": 1e5}]
+    bench_codecs.add_ratios(rows)
+    auto = rows[2]
+    assert auto["ratio_vs_best_faiss"] == round(0.88 / 0.8, 3)  # same budget: PQ16
+    assert auto["ratio_vs_best_faiss_upto"] == round(0.88 / 0.9, 3)  # any size <= 16 B: RQ8x8
+    assert auto["best_faiss_upto_budget"] == {"spec": "RQ8x8", "code_bytes": 8, "recall_at_10": 0.9}
+    assert rows[0]["ratio_vs_best_faiss_upto"] == 1.0  # a 16-byte row never counts at 8 bytes
+
+
+def test_extended_rabitq_factories_fit_the_budget():
+    import faiss
+
+    for d, budget in ((64, 32), (384, 64), (474, 32)):
+        for bits in (2, 4):
+            factory = bench_codecs.rabitq_factory(d, budget, bits)
+            assert factory is not None and f"RaBitQ{bits}" in factory
+            size = faiss.index_factory(d, factory).sa_code_size()
+            assert size <= budget
+            assert bench_codecs.rabitq_factory(d, size - 1, bits) != factory  # the most that fits
+    assert bench_codecs.rabitq_factory(384, 16, 2) is None  # 20 bytes of factors alone
+
+
+def test_scann_block_size_fits_the_budget():
+    from benchmarks.peers.scann_codec import ah_code_bytes, dims_per_block_for
+
+    assert dims_per_block_for(384, 16) == 12 and ah_code_bytes(384, 12) == 16
+    assert dims_per_block_for(64, 8) == 4 and dims_per_block_for(64, 64) == 1
+    for d in (64, 100, 384, 474):
+        for budget in (8, 16, 32, 64):
+            dpb = dims_per_block_for(d, budget)
+            assert ah_code_bytes(d, dpb) <= budget and (dpb == 1 or ah_code_bytes(d, dpb - 1) > budget)
+
+
+def test_l2_datasets_keep_their_rows_and_take_l2_truth():
+    from benchmarks import common
+    from mmcompress.codecs import exact_search
+
+    X = common.digits_l2()
+    ds = common.split_queries("digits-l2", X, 200, metric="l2")
+    assert ds.metric == "l2" and np.abs(np.linalg.norm(ds.xb, axis=1) - 1).max() > 1  # not normalised
+    _, gt = exact_search(ds.xb, ds.xq, 10, "l2")
+    np.testing.assert_array_equal(ds.gt, gt)
+    ip = common.split_queries("digits", X, 200)
+    assert ip.metric == "ip" and np.allclose(np.linalg.norm(ip.xb, axis=1), 1, atol=1e-5)
+
+
+def test_scann_rows_are_skipped_with_a_reason_without_the_peers_venv(tmp_path):
+    from benchmarks import common
+
+    ds = common.split_queries("digits-l2", common.digits_l2()[:300], 50, metric="l2")
+    rows, why = bench_codecs.run_scann(ds, [8], 0, python=tmp_path / "no-venv" / "bin" / "python")
+    assert rows == [] and "missing (make venv-peers)" in why
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bench_codecs.PEERS_PYTHON.exists(), reason="no .venv-peers (make venv-peers)")
+def test_scann_ah_rows_from_the_peers_venv():
+    from benchmarks import common
+
+    ds = common.split_queries("digits-l2", common.digits_l2(), 200, metric="l2")
+    rows, why = bench_codecs.run_scann(ds, [8, 16], 0)
+    assert why == "" and [r["budget"] for r in rows] == [8, 16]
+    for r in rows:
+        assert r["code_bytes"] <= r["budget"] and 0.5 < r["recall_at_10"] <= 1.0
+    assert rows[1]["recall_at_10"] > rows[0]["recall_at_10"]

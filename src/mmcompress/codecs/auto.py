@@ -1,21 +1,37 @@
-"""``make_codec("auto", budget_bytes=B)``: pick the best spec that fits exactly B bytes per item.
+"""``make_codec("auto", budget_bytes=B)``: pick the best spec whose codes take at most B bytes.
 
-Candidates come from every registered quantizer family (:func:`spec.auto_candidates`:
-PQ, OPQ+PQ, RQ with beam search, NUQ after PCA, SQ after PCA, the neural residual quantizer
-up to 8 bytes, and any plugin family that offers candidates); ``exclude`` drops families by
-their token (``exclude=["QINCO"]`` skips the minutes-long neural fits). Each is fitted on (a subsample of) the training rows and scored by
-recall@10 of its compressed-domain search for held-out training rows used as queries, against
-exact search over an evaluation sample. Candidates that encode slower than
-``min_encode_per_s`` are refused. The winner is then refitted on all the training rows
-(``refit=True``, like scikit-learn's grid search: the held-out queries were only needed to choose;
-codebooks fitted on every row fit the catalog they will encode); ``spec`` resolves to its spec
-and ``auto_report_`` lists what was tried, with scores, fit seconds, encode rates and why each
-was kept or refused (``keep_candidates=True`` also keeps every fitted candidate in
-``candidates_``, for benchmarks).
+The budget is an upper bound, not a target. Candidates come from every registered quantizer
+family (:func:`spec.auto_candidates`: PQ, OPQ+PQ, RQ with beam search, NUQ after PCA, SQ after
+PCA, residual stacks, the neural residual quantizer up to 8 bytes, and any plugin family that
+offers candidates) at B itself and at the ``smaller_sizes`` halvings below it (default 2: B/2
+and B/4). A smaller size adds only the families that no larger size offers (at 64 bytes the
+32-byte residual quantizer, which has no 64-byte candidate because its encoding would fall below
+the encode-rate floor) and never the neural or plugin families (minutes-long fits); the B/2
+candidates of the families already offered are fallbacks, fitted only when no larger code of
+their family was accepted (``RQ16x8`` when ``RQ32x8_b2`` encodes below the floor on wide
+vectors). So the search stays about as long as an exact-budget one; when ``max_candidates``
+cuts the list, the candidates of the budget itself are kept first, fallbacks last.
+``smaller_sizes=0`` searches the budget's own candidates only. ``exclude`` drops families by
+their token (``exclude=["QINCO"]`` skips the minutes-long neural fits).
+
+Each candidate is fitted on (a subsample of) the training rows and scored by recall@10 of its
+compressed-domain search for held-out training rows used as queries, against exact search over
+an evaluation sample. A candidate whose codes are larger than B is refused (before fitting
+when its spec fixes its size); one whose codebooks have more entries than the training rows can
+fit (fewer than ``min_rows_per_entry`` rows per k-means centroid, see :func:`codebook_entries`)
+is skipped unfitted; one that encodes slower than ``min_encode_per_s`` is refused. The best
+recall wins; equal recall goes to the smaller code, then to the faster fit. The winner is then
+refitted on all the training rows (``refit=True``, like scikit-learn's grid search: the
+held-out queries were only needed to choose; codebooks fitted on every row fit the catalog they
+will encode); ``spec`` resolves to its spec, ``code_size`` to the winner's code size (at most
+B), and ``auto_report_`` lists what was tried, with code sizes, scores, fit seconds, encode
+rates and why each was kept, refused or skipped (``keep_candidates=True`` also keeps every
+fitted candidate in ``candidates_``, for benchmarks).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -27,6 +43,24 @@ from mmcompress.errors import ArtifactError, CodecError
 
 #: Order in which families are tried: cheap fits first, so a time limit cuts the slow ones.
 _FAMILY_ORDER = ("SQ", "NUQ", "PQ", "OPQ", "RQ", "QINCO")  # stacks ("RQ..+PQ..") sort with RQ
+
+#: Training rows per codebook entry below which a candidate is skipped. faiss's k-means refuses
+#: fewer rows than centroids (Clustering.cpp: "nx >= k") and warns below 39 per centroid
+#: (``min_points_per_centroid``), which its FAQ ("Can I ignore warning clustering XXX points to
+#: YYY centroids?") says "may still be ok if the dataset to index is as small as the training
+#: set" -- auto's case, since it encodes the catalog it is fitted on; faiss's author adds that
+#: "it does not make much sense to have 2 training points per centroid" (faiss issue #1205).
+#: Measured on scikit-learn digits (L2, 300 held-out queries, new rows reconstructed): RQ8x8
+#: fitted on 300 rows (1.2 per entry) reconstructs new rows with 1.9x the squared error of
+#: RQ16x4 (247 vs 127), on 500 rows (2.0 per entry) with the same (113 vs 113), on 800 rows
+#: (3.1) with less (86 vs 102), while 8-bit codebooks beat 4-bit ones on recall from 300 rows
+#: on. So 2 rows per entry: below it a 256-entry codebook memorises its rows; above it the
+#: 39-per-centroid warning would refuse codecs that win (faiss RQ32x8 on the 4,500-item catalog
+#: of issue 18: 17.6 rows per entry).
+MIN_ROWS_PER_ENTRY = 2.0
+
+_CODEBOOK_TOKEN = re.compile(r"(?:PQ|RQ|LSQ|QINCO)(?P<M>\d+)(?:x(?P<nbits>\d+))?")
+_OPQ_TOKEN = re.compile(r"OPQ\d+(?:_\d+)?")
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
@@ -46,14 +80,54 @@ def _family_rank(spec: str) -> int:
     return len(_FAMILY_ORDER)
 
 
+def _family(spec: str) -> str:
+    """The family a spec belongs to: ``OPQ``, ``stack`` (``RQ..+PQ..``) or the letters that
+    start its quantizer token (``PQ``, ``RQ``, ``SQ``, ``NUQ``, ``QINCO`` ...)."""
+    tokens = spec.split(",")
+    if tokens[0].startswith("OPQ"):
+        return "OPQ"
+    if "+" in tokens[-1]:
+        return "stack"
+    m = re.match(r"[A-Z]+", tokens[-1])
+    return m.group(0) if m else tokens[-1]
+
+
 def _excluded(spec: str, families: tuple[str, ...]) -> bool:
     """Whether the spec's quantizer token starts with one of ``families`` (e.g. ``"QINCO"``)."""
     last = spec.split(",")[-1]
     return any(last.startswith(f) for f in families)
 
 
+def codebook_entries(spec: str) -> int | None:
+    """Entries of the largest k-means codebook a spec trains (``2**nbits`` per sub-quantizer or
+    residual stage; 256 for an OPQ rotation, which trains an 8-bit PQ), or None without any."""
+    tokens = spec.split(",")
+    k = 256 if any(_OPQ_TOKEN.fullmatch(t) for t in tokens[:-1]) else 0
+    for part in tokens[-1].split("+"):
+        m = _CODEBOOK_TOKEN.match(part)
+        if m:
+            k = max(k, 1 << int(m["nbits"] or 8))
+    return k or None
+
+
+def _choice_key(entry: dict[str, Any]) -> tuple[float, int, float]:
+    """The order candidates win in: best recall; equal recall, the smaller code, then the
+    faster fit."""
+    return entry["recall_at_10"], -entry["code_size"], -entry["fit_seconds"]
+
+
+def _static_size(spec: str, metric: str) -> int | None:
+    """A spec's code size when the spec fixes it (most do), else None (known after fitting)."""
+    from mmcompress.codecs.spec import _static_code_size, make_codec
+
+    try:
+        return _static_code_size(make_codec(spec, metric=metric))
+    except CodecError:
+        return None
+
+
 class AutoCodec(Codec):
-    """Searches candidate specs under a byte budget and wraps the winner."""
+    """Searches candidate specs under a byte budget (an upper bound) and wraps the winner."""
 
     kind = "auto"
 
@@ -63,10 +137,13 @@ class AutoCodec(Codec):
                  min_encode_per_s: float = 5000.0, max_candidates: int = 10,
                  max_fit_seconds: float | None = None, keep_candidates: bool = False,
                  exclude: list[str] | tuple[str, ...] | None = None, refit: bool = True,
+                 smaller_sizes: int = 2, min_rows_per_entry: float = MIN_ROWS_PER_ENTRY,
                  **options: Any) -> None:
         super().__init__(metric)
         if not isinstance(budget_bytes, int | np.integer) or budget_bytes < 1:
             raise CodecError(f"budget_bytes must be a positive integer; found {budget_bytes!r}")
+        if not isinstance(smaller_sizes, int | np.integer) or smaller_sizes < 0:
+            raise CodecError(f"smaller_sizes must be an integer >= 0; found {smaller_sizes!r}")
         self.budget_bytes = int(budget_bytes)
         self.random_state = random_state
         self.progress = progress
@@ -80,6 +157,8 @@ class AutoCodec(Codec):
         self.keep_candidates = keep_candidates
         self.exclude = tuple(exclude or ())
         self.refit = refit
+        self.smaller_sizes = int(smaller_sizes)
+        self.min_rows_per_entry = float(min_rows_per_entry)
         self.options = options
 
     @property
@@ -88,7 +167,8 @@ class AutoCodec(Codec):
 
     @property
     def code_size(self) -> int:
-        return self.budget_bytes
+        """The chosen codec's code size once fitted (at most ``budget_bytes``); before, the budget."""
+        return self.chosen_.code_size if hasattr(self, "chosen_") else self.budget_bytes
 
     @property
     def field_bits(self) -> list[int]:
@@ -99,22 +179,63 @@ class AutoCodec(Codec):
     def is_binary(self) -> bool:  # type: ignore[override]
         return hasattr(self, "chosen_") and self.chosen_.is_binary
 
+    def candidate_sizes(self) -> list[int]:
+        """The code sizes the default candidates come in: the budget, then its halvings."""
+        sizes = [self.budget_bytes]
+        while len(sizes) <= self.smaller_sizes and sizes[-1] // 2 >= 1:
+            sizes.append(sizes[-1] // 2)
+        return sizes
+
     def candidate_specs(self, d: int) -> list[str]:
         """The specs ``fit`` will try for input dimension ``d``, in order."""
+        return [spec for spec, _ in self._candidate_plan(d)]
+
+    def _candidate_plan(self, d: int) -> list[tuple[str, bool]]:
+        """``(spec, fallback)`` pairs in the order ``fit`` tries them.
+
+        Given ``candidates`` are used as they are (any size; larger than the budget is refused
+        at fit). Otherwise: the budget's own candidates; per smaller size, those of the cheap
+        families (ranked before ``QINCO``) that no larger size offers; then fallbacks: the
+        budget/2 candidates of the cheap families already offered, costliest family first,
+        tried only when no larger candidate of their family was accepted (e.g. ``RQ16x8`` when
+        ``RQ32x8_b2`` encodes below the floor on wide vectors). ``max_candidates`` keeps that
+        many in this order; they are then tried cheap families first, larger codes first within
+        a family.
+        """
         from mmcompress.codecs.spec import auto_candidates
 
-        specs = list(self.candidates) if self.candidates else auto_candidates(self.budget_bytes, d, self.metric)
-        specs = [s for s in specs if not _excluded(s, self.exclude)]
-        specs = sorted(specs, key=_family_rank)
-        return specs[:self.max_candidates]
+        if self.candidates:
+            specs = [s for s in self.candidates if not _excluded(s, self.exclude)]
+            return [(s, False) for s in sorted(specs, key=_family_rank)[:self.max_candidates]]
+        cheap = _FAMILY_ORDER.index("QINCO")
+        plan: list[tuple[str, bool]] = []
+        size_of: dict[str, int] = {}
+        families: set[str] = set()
+        fallbacks: list[str] = []
+        for i, size in enumerate(self.candidate_sizes()):
+            offered = [s for s in auto_candidates(size, d, self.metric)
+                       if not _excluded(s, self.exclude) and s not in size_of]
+            if i > 0:
+                if i == 1:
+                    fallbacks = [s for s in offered if _family(s) in families and _family_rank(s) < cheap]
+                offered = [s for s in offered if _family(s) not in families and _family_rank(s) < cheap]
+            families |= {_family(s) for s in offered}
+            for s in sorted(offered, key=_family_rank):
+                plan.append((s, False))
+                size_of[s] = size
+        for s in sorted(fallbacks, key=_family_rank, reverse=True):
+            plan.append((s, True))
+            size_of[s] = self.budget_bytes // 2
+        plan = plan[:self.max_candidates]
+        return sorted(plan, key=lambda p: (_family_rank(p[0]), -size_of[p[0]]))
 
     # ---- fitting ---------------------------------------------------------------------------
     def _fit(self, X: np.ndarray) -> None:
         from mmcompress.codecs.spec import make_codec
 
         n, d = X.shape
-        specs = self.candidate_specs(d)
-        if not specs:
+        plan = self._candidate_plan(d)
+        if not plan:
             raise CodecError(f"no codec fits budget_bytes={self.budget_bytes} for d={d}; "
                              f"try a budget between 1 and {d} bytes")
         if n < 60:
@@ -128,17 +249,37 @@ class AutoCodec(Codec):
         _, truth = exact_search(xb, xq, 10, self.metric)
         report: list[dict[str, Any]] = []
         fitted: dict[str, Codec] = {}
-        best: tuple[float, float, Codec, dict[str, Any]] | None = None
+        best: tuple[tuple[float, int, float], Codec, dict[str, Any]] | None = None
         start = time.perf_counter()
-        iterator = specs
+        iterator = plan
         if self.progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(specs, desc=f"auto codec ({self.budget_bytes} B)")
-        for spec in iterator:
-            entry: dict[str, Any] = {"spec": spec, "recall_at_10": None, "fit_seconds": None,
-                                     "encode_per_s": None, "status": "", "reason": ""}
+            iterator = tqdm(plan, desc=f"auto codec (<= {self.budget_bytes} B)")
+        for spec, fallback in iterator:
+            size = _static_size(spec, self.metric)
+            entry: dict[str, Any] = {"spec": spec, "code_size": size, "recall_at_10": None,
+                                     "fit_seconds": None, "encode_per_s": None, "status": "",
+                                     "reason": ""}
             report.append(entry)
+            if fallback:
+                kept = [e["spec"] for e in report[:-1]
+                        if e["status"] == "ok" and _family(e["spec"]) == _family(spec)]
+                if kept:
+                    entry.update(status="skipped", reason=f"fallback not needed: {kept[0]} was accepted")
+                    continue
+            if size is not None and size > self.budget_bytes:
+                entry.update(status="refused", reason=f"makes {size}-byte codes, over the "
+                                                      f"budget of {self.budget_bytes}")
+                continue
+            entries = codebook_entries(spec)
+            if entries is not None and len(xt) < self.min_rows_per_entry * entries:
+                entry.update(status="skipped",
+                             reason=f"codebooks of {entries} entries need at least "
+                                    f"{self.min_rows_per_entry:g} x {entries} = "
+                                    f"{int(np.ceil(self.min_rows_per_entry * entries))} training rows; "
+                                    f"the search has {len(xt)}")
+                continue
             if self.max_fit_seconds is not None and time.perf_counter() - start > self.max_fit_seconds:
                 entry.update(status="skipped", reason=f"fit time limit {self.max_fit_seconds}s reached")
                 continue
@@ -148,8 +289,10 @@ class AutoCodec(Codec):
                 t0 = time.perf_counter()
                 codec.fit(xt)
                 entry["fit_seconds"] = round(time.perf_counter() - t0, 3)
-                if codec.code_size != self.budget_bytes:
-                    entry.update(status="refused", reason=f"makes {codec.code_size}-byte codes")
+                entry["code_size"] = int(codec.code_size)
+                if codec.code_size > self.budget_bytes:
+                    entry.update(status="refused", reason=f"makes {codec.code_size}-byte codes, over "
+                                                          f"the budget of {self.budget_bytes}")
                     continue
                 codes, rate = self._timed_encode(codec, xb)
                 entry["encode_per_s"] = round(rate, 1)
@@ -165,14 +308,14 @@ class AutoCodec(Codec):
                 entry.update(status="refused", reason=f"encodes {rate:.0f} vectors/s < {self.min_encode_per_s:.0f}")
                 continue
             entry["status"] = "ok"
-            key = (entry["recall_at_10"], -entry["fit_seconds"])
-            if best is None or key > best[:2]:
-                best = (key[0], key[1], codec, entry)
+            key = _choice_key(entry)
+            if best is None or key > best[0]:
+                best = (key, codec, entry)
         if best is None:
             reasons = "; ".join(f"{e['spec']}: {e['status']} {e['reason']}" for e in report)
             raise CodecError(f"no candidate codec fits budget_bytes={self.budget_bytes} for d={d} "
                              f"({reasons})")
-        self.chosen_, entry = best[2], best[3]
+        self.chosen_, entry = best[1], best[2]
         entry["status"] = "chosen"  # by entry: a spec may resolve to another string (defaults dropped)
         if self.refit:
             t0 = time.perf_counter()

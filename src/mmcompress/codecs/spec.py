@@ -4,7 +4,8 @@ A spec composes a codec the way faiss ``index_factory`` does: comma-separated tr
 tokens followed by exactly one quantizer token, e.g. ``"PCA128,OPQ16,PQ16x8"``. Each token
 is matched in full against the regular expressions registered here; the first registered
 pattern that matches builds the piece. ``make_codec("auto", budget_bytes=B)`` searches the
-candidate specs that registered quantizers offer for a byte budget.
+candidate specs that registered quantizers offer for B and for smaller sizes (the budget is an
+upper bound).
 
 Built-in tokens (see the modules named):
 
@@ -129,7 +130,10 @@ def register_quantizer(pattern: str, factory: Callable[[re.Match[str], SpecConte
 
     ``auto_candidates(budget_bytes, d, metric)``, when given, lists complete specs (transforms
     included) of this family that ``make_codec("auto", ...)`` should try for a byte budget;
-    each must produce codes of exactly ``budget_bytes`` bytes.
+    each must produce codes of exactly ``budget_bytes`` bytes. The auto search treats its
+    budget as an upper bound: it also asks each family for the smaller sizes it tries
+    (:meth:`mmcompress.codecs.auto.AutoCodec.candidate_sizes`), so a family answers for
+    whatever size it is asked.
     """
     _register(_QUANTIZERS, pattern, factory, auto_candidates)
 

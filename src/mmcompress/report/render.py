@@ -222,8 +222,9 @@ def _pareto_points(r: ReportInputs) -> list[dict]:
 def _auto_candidates(raw: Any, code_size: Any = None) -> list[dict]:
     """Candidates of an ``auto`` codec that carry a recall figure (others cannot be plotted).
 
-    A candidate without its own size has the auto codec's ``code_size`` (auto only keeps
-    candidates of exactly the budget).
+    Each candidate carries its own ``code_size`` (the budget is an upper bound); a report
+    written before it did takes the auto codec's ``code_size``, as those searches only kept
+    candidates of exactly the budget.
     """
     if isinstance(raw, dict):
         raw = raw.get("candidates", [{"spec": k, **v} for k, v in raw.items() if isinstance(v, dict)])
