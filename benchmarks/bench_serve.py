@@ -436,7 +436,8 @@ def _bpi(mem: dict[str, Any] | None, n: int) -> str:
 def _batch_cell(p: dict[str, Any]) -> str:
     if "batch_qps_median" not in p:
         return "-"
-    return f"{p['batch_qps_median']:.0f} ({p['batch_qps_min']:.0f}-{p['batch_qps_max']:.0f})"
+    return (f"{p['batch_qps_median']:.0f} ({p['batch_qps_min']:.0f}-{p['batch_qps_max']:.0f}), "
+            f"{p['batch_pages_per_query']:.1f} pages")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -448,7 +449,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"batch by batch ({result['rounds']} rounds: median (min-max)). Cold: exact store read with "
              "O_DIRECT into the index's own buffer pool (0 / 1% / 10% of the store), "
              f"{result['threads']} threads of single queries ({result['cold_rounds']} rounds, median); "
-             "batch q/s: the whole test batch in one call on the same threads, as the peers are timed. "
+             "batch q/s: the whole test batch in one call on the same threads, as the peers are timed "
+             "(a row several queries of one call share is read once, so its pages per query can be fewer). "
              "All-in B/item: anonymous memory growth of a fresh process over a baseline with the same "
              "imports, plus the page cache of the contender's files, after running the test queries "
              "(warm: mmap reader; cold: O_DIRECT, pool 0); own B/item: the index's own accounting of "
