@@ -88,6 +88,8 @@ class AutoOptions(_Section):
     max_candidates: PositiveInt | None = None
     max_train_rows: PositiveInt | None = None
     exclude: list[str] = Field(default_factory=list)
+    smaller_sizes: Annotated[int, Field(ge=0)] = 2  # halvings of the budget also searched (0: the budget only)
+    min_rows_per_entry: Annotated[float, Field(gt=0)] = 2.0  # training rows per codebook entry below which a candidate is skipped
 
 
 class CompressParams(_Section):
