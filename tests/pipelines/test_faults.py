@@ -37,8 +37,10 @@ def _tree_digest(path: Path) -> dict[str, bytes]:
 def test_failed_train_keeps_last_good_codecs(trained):
     root, params = trained
     before = _tree_digest(root / "artifacts/codecs")
-    bad = apply_overrides(params, {"compress.codecs": ["SQ8", "NOTACODEC7"]})
-    with pytest.raises(MMCompressError, match="NOTACODEC7"):
+    with pytest.raises(MMCompressError, match="NOTACODEC7"):  # a spec that does not parse: refused up front
+        apply_overrides(params, {"compress.codecs": ["SQ8", "NOTACODEC7"]})
+    bad = apply_overrides(params, {"compress.codecs": ["SQ8", "PCA9999,SQ8"]})  # parses; fails on the data
+    with pytest.raises(MMCompressError, match="PCA9999"):
         train.fit_codecs(bad, root, progress=False)
     assert _tree_digest(root / "artifacts/codecs") == before
     assert not [p for p in (root / "artifacts").iterdir() if p.name.endswith(".tmp")]
