@@ -166,12 +166,13 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
 
 
 # ---- timing ------------------------------------------------------------------------------
-def batch_qps(c: Contender, Q: np.ndarray, setting: dict[str, Any], threads: int) -> float:
-    """Queries/s of one whole batch (faiss: OpenMP threads; the cascade: its search threads)."""
+def batch_qps(c: Contender, Q: np.ndarray, setting: dict[str, Any], threads: int) -> tuple[float, np.ndarray]:
+    """Queries/s of one whole batch (faiss: OpenMP threads; the cascade: its search threads),
+    and the ids it found."""
     set_threads(1 if c.kind == "cascade" else threads)
     t = time.perf_counter()
-    c.search(Q, setting, threads=threads)
-    return len(Q) / (time.perf_counter() - t)
+    found = c.search(Q, setting, threads=threads)
+    return len(Q) / (time.perf_counter() - t), found
 
 
 def concurrent_run(c: Contender, Q: np.ndarray, setting: dict[str, Any], threads: int
@@ -230,7 +231,7 @@ def tune(b: Built, xtune: np.ndarray, truth: np.ndarray, threads: int, quick: bo
     n_cold = min(len(xtune), 100 if quick else 200)
     for s in b.grid:
         found = warm.search(xtune, s, threads=threads)
-        r = {"setting": s, "recall": recall10(truth, found), "warm_qps": batch_qps(warm, xtune, s, threads)}
+        r = {"setting": s, "recall": recall10(truth, found), "warm_qps": batch_qps(warm, xtune, s, threads)[0]}
         if disk and r["recall"] >= TARGET_RECALL - 0.02:
             cold.reset_exact_stats()
             r["cold_qps"], _, _ = concurrent_run(cold, xtune[:n_cold], s, threads)
@@ -266,7 +267,7 @@ def test_warm(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
     for _ in range(rounds):
         for name, c in opened.items():
             time.sleep(0.02)  # faiss's OpenMP workers spin after a search: let them sleep first
-            out[name]["qps"].append(batch_qps(c, xtest, out[name]["setting"], threads))
+            out[name]["qps"].append(batch_qps(c, xtest, out[name]["setting"], threads)[0])
     for name, c in opened.items():
         q = out[name]["qps"]
         out[name].update({"qps_median": float(np.median(q)), "qps_min": float(min(q)), "qps_max": float(max(q))})
@@ -310,10 +311,8 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                 # the peers' protocol: the whole test batch in one call on the same threads (each
                 # chunk's exact reads go to the disk together)
                 c.reset_exact_stats()
-                set_threads(1)
-                t = time.perf_counter()
-                found = c.search(xtest, s, threads=threads)
-                p["batch_qps"].append(len(xtest) / (time.perf_counter() - t))
+                qps, found = batch_qps(c, xtest, s, threads)
+                p["batch_qps"].append(qps)
                 p["batch_pages"].append(pages_per_query(c, len(xtest))[0])
                 p["batch_recall"] = recall10(truth, found)
         for name, (c, _) in opened.items():
