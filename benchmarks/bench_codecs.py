@@ -45,7 +45,7 @@ import numpy as np
 import benchmarks.common as common  # first: sets the OpenMP wait policy before faiss loads
 from mmcompress.artifacts import write_bytes_atomic, write_json_atomic
 from mmcompress.codecs import Codec, auto_candidates, make_codec, pack
-from mmcompress.errors import CodecError
+from mmcompress.errors import ArtifactError, CodecError
 
 
 # ---- codec lists ----------------------------------------------------------------------------
@@ -530,17 +530,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def debian_cached() -> np.ndarray | None:
     """The Debian package catalog's MiniLM vectors when ``make bench-data`` has cached them
-    (checked against the SHA-256 its sidecar records, which is written last), else None."""
-    from benchmarks.datasets import DEFAULT_CACHE_DIR, _cache_paths, sha256_bytes
+    (:func:`benchmarks.datasets.cached_debian_vectors`), else None; a cache that fails its
+    checks is left out with the reason."""
+    from benchmarks.datasets import cached_debian_vectors
 
-    npy, side = _cache_paths(DEFAULT_CACHE_DIR)
-    if not (npy.exists() and side.exists()):
+    try:
+        return cached_debian_vectors()
+    except ArtifactError as e:
+        print(f"{e}; Debian catalog left out", file=sys.stderr)
         return None
-    blob = npy.read_bytes()
-    if sha256_bytes(blob) != json.loads(side.read_text()).get("array_sha256"):
-        print(f"{npy}: SHA-256 differs from its sidecar; Debian catalog left out", file=sys.stderr)
-        return None
-    return np.load(npy, allow_pickle=False)
 
 
 def load_inputs(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:

@@ -158,6 +158,18 @@ def _read_cache(cache_dir: Path, tsv_sha: str, model_id: str) -> tuple[np.ndarra
     return X, meta
 
 
+def cached_debian_vectors(cache_dir: str | Path = DEFAULT_CACHE_DIR, *,
+                          tsv: str | Path = DEBIAN_TSV) -> np.ndarray | None:
+    """The Debian vectors when ``make bench-data`` has cached them for this tsv and model, with
+    every check :func:`debian_vectors` makes of its cache; None when absent or stale. Never
+    embeds (for benchmarks that add the catalog only when it is there)."""
+    tsv = Path(tsv)
+    if not tsv.exists():
+        return None
+    cached = _read_cache(Path(cache_dir), sha256_file(tsv), default_encoder().model_id)
+    return None if cached is None else cached[0]
+
+
 def debian_vectors(cache_dir: str | Path = DEFAULT_CACHE_DIR, *, tsv: str | Path = DEBIAN_TSV,
                    reference: str | Path | None = SHARED_DEBIAN_F16, encoder: Encoder | None = None,
                    rebuild: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
