@@ -182,7 +182,7 @@ def test_default_candidates_reach_below_the_budget():
     specs = [s for s, _ in plan]
     assert set(auto_candidates(64, 384, "ip")) <= set(specs)
     assert "RQ32x8_b2" in specs  # no 64-byte RQ: the 32-byte one is tried
-    sizes = {s: _static_size(s, "ip") for s in specs}
+    sizes = {s: _static_size(s, 384, "ip") for s in specs}
     assert all(size is None or size <= 64 for size in sizes.values()) and sizes["RQ32x8_b2"] == 32
     # at 16 bytes the budget's own candidates come first in priority, and neural fits stay at
     # their own budget: no 8-byte QINCo is added

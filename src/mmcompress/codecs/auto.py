@@ -116,12 +116,14 @@ def _choice_key(entry: dict[str, Any]) -> tuple[float, int, float]:
     return entry["recall_at_10"], -entry["code_size"], -entry["fit_seconds"]
 
 
-def _static_size(spec: str, metric: str) -> int | None:
-    """A spec's code size when the spec fixes it (most do), else None (known after fitting)."""
-    from mmcompress.codecs.spec import _static_code_size, make_codec
+def _static_size(spec: str, d: int, metric: str) -> int | None:
+    """A spec's code size for ``d``-dimensional input when the spec fixes it (most do:
+    :func:`~mmcompress.codecs.sizing.planned_code_size`), else None (known after fitting; a
+    spec that does not parse fails when it is built)."""
+    from mmcompress.codecs.sizing import planned_code_size
 
     try:
-        return _static_code_size(make_codec(spec, metric=metric))
+        return planned_code_size(spec, d, metric)
     except CodecError:
         return None
 
@@ -257,7 +259,7 @@ class AutoCodec(Codec):
 
             iterator = tqdm(plan, desc=f"auto codec (<= {self.budget_bytes} B)")
         for spec, fallback in iterator:
-            size = _static_size(spec, self.metric)
+            size = _static_size(spec, d, self.metric)
             entry: dict[str, Any] = {"spec": spec, "code_size": size, "recall_at_10": None,
                                      "fit_seconds": None, "encode_per_s": None, "status": "",
                                      "reason": ""}

@@ -9,20 +9,18 @@ the data.
 
 from __future__ import annotations
 
-from mmcompress.codecs.spec import make_codec
-from mmcompress.errors import CodecError
+from mmcompress.codecs.spec import _static_code_size, make_codec
 
 
-def planned_code_size(spec: str, d: int | None = None) -> int | None:
+def planned_code_size(spec: str, d: int | None = None, metric: str = "ip") -> int | None:
     """Bytes per item ``spec`` makes for ``d``-dimensional input (``d``: None where unknown),
     or None where only fitting tells. Raises :class:`CodecError` for a spec that does not parse."""
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         return None
-    codec = make_codec(spec)
-    try:
-        return int(codec.code_size)
-    except CodecError:
-        pass
+    codec = make_codec(spec, metric=metric)
+    size = _static_code_size(codec)
+    if size is not None:
+        return int(size)
     from mmcompress.codecs.pipeline import TransformedCodec
     from mmcompress.codecs.scalar import ScalarQuantizer
 
