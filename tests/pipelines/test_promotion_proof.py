@@ -178,10 +178,8 @@ def registry_server(measured, tmp_path_factory):
     """A real MLflow server (REST API and UI) on the promoted project's tracking store."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    from tests.ports import free_port
+    from tests.ports import free_port, wait_until_serving
 
     root, params = measured
     if not champion_version(_client(params), params["promote"]["model_name"]):
@@ -192,14 +190,7 @@ def registry_server(measured, tmp_path_factory):
                                "--port", str(port), "--backend-store-uri", params["tracking"]["uri"],
                                "--workers", "1"], cwd=root, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=5).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(1)
+    wait_until_serving(f"{url}/health", server, timeout=120, output=lambda: log.read_text()[-2000:], every=1)
     yield url
     server.terminate()
     server.wait(timeout=30)

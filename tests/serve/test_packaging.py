@@ -9,14 +9,13 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.ports import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "mmcompress"
@@ -102,15 +101,10 @@ def test_a_wheel_with_the_serve_extra_serves_from_a_clean_venv(tmp_path, build):
     proc = subprocess.Popen([str(venv / "bin" / "mmcompress"), "serve", "--model", str(index_dir),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    assert r.status == 200 and b'"status":"ok"' in r.read().replace(b" ", b"")
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
-                time.sleep(0.5)
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout=120,
+                           output=lambda: proc.stdout.read() if proc.poll() is not None else "timeout")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            assert r.status == 200 and b'"status":"ok"' in r.read().replace(b" ", b"")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/items/4/similar?k=5", timeout=10) as r:
             assert r.status == 200 and b"results" in r.read()
         site = subprocess.run([str(venv / "bin" / "python"), "-c",
