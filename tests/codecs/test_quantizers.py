@@ -20,6 +20,7 @@ RECALL_FLOORS = {
     "PCA,NUQ16": 0.83,
     "NUQ16": 0.80,
     "BIN64": 0.58,
+    "BIN64_f16": 0.58,
     "BIN32_rr": 0.38,
     "C,RR,SQ4": 0.85,
     "PCAW32,SQ8": 0.85,
@@ -125,6 +126,31 @@ def test_binary_hamming_scan(split):
         return np.mean([len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)])
 
     assert hits(asym) >= hits(ids), "the asymmetric scan ranks at least as well as Hamming"
+
+
+def test_half_precision_projection_halves_the_table_and_keeps_the_codes_consistent(split, tmp_path):
+    from mmcompress.codecs.io import load_codec, save_codec
+    from mmcompress.errors import CodecError
+    from mmcompress.index.signscan import SignLUTScorer
+
+    base, queries = split
+    full = make_codec("BIN64").fit(base)
+    half = make_codec("BIN64_f16").fit(base)
+    assert half.W_.dtype == np.float16 and half.W_.nbytes * 2 == full.W_.nbytes
+    codes = half.encode(base)
+    # the codes are the signs of the rounded projection itself, not an approximation of it
+    proj = (base - half.mean_) @ half.W_.astype(np.float64)
+    np.testing.assert_array_equal(codes, np.packbits(proj > 0, axis=1))
+    assert np.mean(codes != full.encode(base)) < 0.01  # rounding flips few bits
+    scorer = SignLUTScorer.from_codec(half)
+    assert scorer is not None and scorer.shared  # the scan tables read the codec's own float16 copy
+    save_codec(half, tmp_path / "bin")
+    again = load_codec(tmp_path / "bin")
+    assert again.spec == "BIN64_f16" and again.W_.dtype == np.float16
+    np.testing.assert_array_equal(again.encode(queries), half.encode_queries(queries))
+    meta, arrays = full._get_state()
+    with pytest.raises(CodecError, match="float32; expected float16"):
+        make_codec("BIN64_f16")._set_state(meta, arrays)
 
 
 def test_pipeline_hamming_scan_and_binary_flag(digits):

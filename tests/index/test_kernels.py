@@ -103,15 +103,17 @@ def bin64(digits):
     return make_codec("BIN64").fit(digits["xb"])
 
 
+@pytest.mark.parametrize("spec", ["BIN64", "BIN64_f16"])
 @pytest.mark.parametrize("routing", [{}, {"nlist": 16, "nprobe": 6}], ids=["exhaustive", "ivf"])
-def test_compiled_and_numpy_paths_agree(digits, bin64, routing):
+def test_compiled_and_numpy_paths_agree(digits, bin64, routing, spec):
+    codec = bin64 if spec == "BIN64" else make_codec(spec).fit(digits["xb"])
     indexes = {}
     for compiled in (True, False):
-        config = CascadeConfig.from_params({"coarse": {"codec": "BIN64", "shortlist": 300, **routing},
+        config = CascadeConfig.from_params({"coarse": {"codec": spec, "shortlist": 300, **routing},
                                             "fine": {"codec": "coarse", "shortlist": 80},
                                             "compiled_scan": compiled})
         masks = {"text": digits["ids"] % 3 != 0}
-        ix = CascadeIndex.build(bin64, bin64, digits["xb"], digits["ids"], config=config, masks=masks)
+        ix = CascadeIndex.build(codec, codec, digits["xb"], digits["ids"], config=config, masks=masks)
         ix.remove(digits["ids"][::11])
         ix.compact()
         indexes[compiled] = ix

@@ -1,4 +1,5 @@
-"""Sign-bit codes: ``BIN<bits>`` (PCA + ITQ rotation) and ``BIN<bits>_rr`` (random rotation).
+"""Sign-bit codes: ``BIN<bits>`` (PCA + ITQ rotation) and ``BIN<bits>_rr`` (random rotation);
+a ``_f16`` suffix keeps the (d, bits) projection in float16.
 
 One bit per projected dimension, packed MSB-first, ``bits / 8`` bytes per item: the
 ultra-compact coarse tier of the cascade index. Two scans:
@@ -9,6 +10,11 @@ ultra-compact coarse tier of the cascade index. Two scans:
   the sign patterns as centroids): 256 entries per byte, one add per byte per item.
 - :meth:`BinaryCodec.search_hamming` binarizes the query too and ranks by popcount distance
   (faiss ``IndexBinaryFlat``) - the cheapest scan, for shortlists that get reranked.
+
+The projection is the codec's one table, ``d * bits`` floats: on a catalog of a few thousand
+items it outweighs the codes (474 x 256 float32 is 59 bytes per item over 8,242 items). With
+``_f16`` it is rounded to float16 *before* anything is encoded, so codes, scans and decode all
+use the same (rounded) projection and nothing is approximated later; products widen it per call.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class BinaryCodec(Codec):
     supports_norm_weight = True
 
     def __init__(self, bits: int, rotation: str = "itq", metric: str = "ip",
-                 max_train_rows: int | None = 20000, random_state: int = 0) -> None:
+                 max_train_rows: int | None = 20000, random_state: int = 0, half: bool = False) -> None:
         super().__init__(metric)
         if bits < 8 or bits % 8:
             raise CodecError(f"BIN needs a positive multiple of 8 bits; found {bits}")
@@ -60,11 +66,12 @@ class BinaryCodec(Codec):
         self.rotation = rotation
         self.max_train_rows = max_train_rows
         self.random_state = random_state
+        self.half = half
         self._lock = threading.Lock()
 
     @property
     def spec(self) -> str:
-        return f"BIN{self.bits}" + ("_rr" if self.rotation == "rr" else "")
+        return f"BIN{self.bits}" + ("_rr" if self.rotation == "rr" else "") + ("_f16" if self.half else "")
 
     @property
     def code_size(self) -> int:
@@ -85,6 +92,8 @@ class BinaryCodec(Codec):
             reps = -(-self.bits // d)
             W = np.concatenate([random_orthogonal(d, self.random_state + r) for r in range(reps)],
                                axis=1)[:, :self.bits]
+        if self.half:
+            W = W.astype(np.float16).astype(np.float64)
         proj = (Xs - mean) @ W
         alpha = np.maximum(np.abs(proj).mean(axis=0), 1e-12)
         self._set_params(mean, W, alpha)
@@ -93,10 +102,14 @@ class BinaryCodec(Codec):
         import faiss
 
         self.mean_ = np.asarray(mean, dtype=np.float32)
-        self.W_ = np.ascontiguousarray(W, dtype=np.float32)
+        self.W_ = np.ascontiguousarray(W, dtype=np.float16 if self.half else np.float32)
         self.alpha_ = np.asarray(alpha, dtype=np.float32)
-        self._orthonormal = bool(np.allclose(self.W_.T @ self.W_, np.eye(self.bits), atol=1e-4))
-        self._recon = (self.W_.T if self._orthonormal else np.linalg.pinv(self.W_)).astype(np.float32)
+        W32 = self.W_.astype(np.float32)
+        # float16 rounding (relative 2^-11 per entry) moves the Gram matrix by about 1e-4
+        atol = 2e-3 if self.half else 1e-4
+        self._orthonormal = bool(np.allclose(W32.T @ W32, np.eye(self.bits), atol=atol))
+        # a view where W is orthonormal: a second (d, bits) copy would double the codec's RAM
+        self._recon = self.W_.T if self._orthonormal else np.linalg.pinv(W32).astype(np.float32)
         index = faiss.IndexPQ(self.bits, self.bits // 8, 8, faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
         index.is_trained = True
@@ -158,12 +171,15 @@ class BinaryCodec(Codec):
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if arrays["W"].shape[1] != self.bits:
             raise CodecError(f"{self.spec}: saved projection has {arrays['W'].shape[1]} columns")
+        want = np.float16 if self.half else np.float32
+        if arrays["W"].dtype != want:
+            raise CodecError(f"{self.spec}: saved projection is {arrays['W'].dtype}; expected {np.dtype(want)}")
         self._set_params(arrays["mean"], arrays["W"], arrays["alpha"])
 
 
 def _build_bin(m: re.Match[str], ctx: SpecContext) -> Codec:
     return BinaryCodec(int(m["bits"]), "rr" if m["rr"] else "itq", ctx.metric,
-                       random_state=ctx.random_state)
+                       random_state=ctx.random_state, half=bool(m["f16"]))
 
 
-register_quantizer(r"BIN(?P<bits>\d+)(?P<rr>_rr)?", _build_bin)
+register_quantizer(r"BIN(?P<bits>\d+)(?P<rr>_rr)?(?P<f16>_f16)?", _build_bin)

@@ -24,6 +24,7 @@ token                       meaning                                         modu
 ``RQ<M>x<b>``, ``_b<w>``    residual quantizer, beam width ``w``            faiss_quantizers
 ``LSQ<M>x<b>``              local search (additive) quantizer               faiss_quantizers
 ``BIN<bits>``, ``_rr``      sign bits after ITQ (or random) rotation        binary
+``BIN<bits>_f16``           the same, projection held in float16            binary
 ==========================  ==============================================  =================
 
 Adding a codec family (this is how :mod:`mmcompress.codecs.learned` plugs in, without
