@@ -127,10 +127,14 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
     m4 = min(64, d // 6 // 2 * 2)
     pq_prefix = "" if m4 * 6 == d else f"PCAR{m4 * 6},"
     built = []
-    # ITQ sign codes give at most d bits (the BIN_rr variant goes wider)
-    wide = "BIN256" if d >= 256 else f"BIN{min(256, 2 * d) // 8 * 8}_rr"
-    specs = [(f"cascade BIN{min(128, d // 8 * 8)} -> sign tables", f"BIN{min(128, d // 8 * 8)}", {}),
-             (f"cascade {wide} -> sign tables x item scales", wide, {"item_scales": True})]
+    # ITQ sign codes give at most d bits (the BIN_rr variant goes wider); projections in float16
+    # (_f16): the (d, bits) table is most of the fixed cost on a catalog of a few thousand items
+    wide = "BIN256_f16" if d >= 256 else f"BIN{min(256, 2 * d) // 8 * 8}_rr_f16"
+    narrow = f"BIN{min(128, d // 8 * 8)}_f16"
+    specs = [(f"cascade {narrow} -> sign tables", narrow, {})]
+    if d >= 256:  # between the two: 24 bytes of codes, for catalogs whose projection costs more
+        specs.append(("cascade BIN192_f16 -> sign tables x item scales", "BIN192_f16", {"item_scales": True}))
+    specs.append((f"cascade {wide} -> sign tables x item scales", wide, {"item_scales": True}))
     # IVF routing for the wide codes: about sqrt(n) cells (centroids in the code's subspace), so a
     # query scans a fraction of the codes instead of all of them
     cells = max(16, int(np.sqrt(n)) // 16 * 16)

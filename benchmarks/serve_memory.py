@@ -1,7 +1,13 @@
 """Memory probe: open one contender in a fresh process, run the queries the timed run ran, and
-report what the process holds: anonymous memory grown over a baseline taken after the same
-imports and a throwaway search (so JIT-compiled kernels and thread pools are the baseline's),
-plus the page cache of the contender's files, which are evicted first.
+report what the process holds: anonymous memory grown over a baseline, plus the page cache of
+the contender's files, which are evicted first.
+
+The baseline is taken after a throwaway run of the *same* contender (opened, searched with a
+few of the queries, closed), so compiled kernels for its exact shapes and dtypes, thread pools
+and AIO contexts are the baseline's, not the index's; the queries are loaded before it (they
+are the caller's input). The C heap is trimmed before the baseline and before the reading
+(:func:`benchmarks.residency.trim_heap`), so freed buffers that later arrays reuse hide
+nothing and freed temporaries count nothing.
 
     python -m benchmarks.serve_memory SPEC.json      # prints one JSON object
 
@@ -14,58 +20,43 @@ from __future__ import annotations
 import gc
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.contenders import Contender, build_cascade, set_threads
-from benchmarks.residency import cached_bytes_of, drop_cache, rss_anon_bytes
+from benchmarks.contenders import Contender, set_threads
+from benchmarks.residency import cached_bytes_of, drop_cache, rss_anon_bytes, trim_heap
+
+THROWAWAY_QUERIES = 20
 
 
-def _warm_libraries(spec: dict) -> None:
-    """Run what the contender's search runs (compiled kernels, read threads) on a tiny index of
-    the same kind and a tiny row store read the same way, then drop them."""
-    from mmcompress.index.rerank import exact_rerank
-    from mmcompress.index.rowstore import open_row_store, write_rows
-
-    built = spec["built"]
-    rng = np.random.default_rng(1)
-    d = int(spec["d"])
-    X = rng.standard_normal((2048, d)).astype(np.float32)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        if built["kind"] == "cascade":
-            grid = [{"s1": 64, "s2": 16}]
-            tiny = build_cascade(X, Path(tmp), name="warm", coarse=built["extra"]["coarse"],
-                                 fine=built["extra"]["fine"], nlist=0, grid=grid, train_rows=2048,
-                                 fine_options=built["extra"].get("fine_options"))
-            c = Contender(tiny.to_dict(), reader=spec["reader"], pool_bytes=0)
-            c.search(X[:4], grid[0], threads=spec["threads"])
-            c.search(X[:1], grid[0], threads=1)
-            c.close()
-            del c
-        write_rows(Path(tmp) / "warm.rows", X)
-        reader = open_row_store(Path(tmp) / "warm.rows", reader=spec["reader"], pool_bytes=0)
-        exact_rerank(reader, X[:4], rng.integers(0, len(X), (4, 16)), 10, "ip")
-        reader.close()
+def _settled_anon() -> int:
     gc.collect()
+    trim_heap()
+    return rss_anon_bytes()
 
 
 def probe(spec: dict) -> dict:
     set_threads(spec["threads"])
-    _warm_libraries(spec)
-    base_anon = rss_anon_bytes()
     built = spec["built"]
+    Q = np.load(spec["queries"])
+    warm_q = np.load(spec["warm_queries"]) if spec.get("warm_queries") else None
+    c = Contender(built, reader=spec["reader"], pool_bytes=spec["pool_bytes"])
+    if warm_q is not None:
+        c.search(warm_q[:THROWAWAY_QUERIES], spec["setting"], threads=spec["threads"])
+    for i in range(min(len(Q), THROWAWAY_QUERIES)):
+        c.search(Q[i:i + 1], spec["setting"], threads=1)
+    c.close()
+    del c
+    base_anon = _settled_anon()
     c = Contender(built, reader=spec["reader"], pool_bytes=spec["pool_bytes"])
     files = c.files()
     drop_cache(files)
-    if spec.get("warm_queries"):
-        c.search(np.load(spec["warm_queries"]), spec["setting"], threads=spec["threads"])
-    Q = np.load(spec["queries"])
+    if warm_q is not None:
+        c.search(warm_q, spec["setting"], threads=spec["threads"])
     for i in range(len(Q)):
         c.search(Q[i:i + 1], spec["setting"], threads=1)
-    anon = rss_anon_bytes() - base_anon
+    anon = _settled_anon() - base_anon
     cached = cached_bytes_of(files)
     out = {"anon_bytes": int(anon), "page_cache_bytes": int(cached), "all_in_bytes": int(anon + cached),
            "own_accounting_bytes": built["resident_bytes"] + spec["pool_bytes"]}

@@ -40,3 +40,27 @@ def test_anonymous_memory_grows_with_what_the_process_touches():
     grown = rss_anon_bytes() - before
     assert 60 << 20 <= grown <= 72 << 20, grown
     del block
+
+
+
+def test_memory_probe_counts_at_least_the_index_own_arrays(tmp_path):
+    """A contender opened in a fresh process holds at least what its own accounting lists: a
+    probe whose baseline absorbs the index (freed warm-up buffers reused, kernels compiled for
+    other shapes counted as the index's) reads too little or too much; this one does neither."""
+    from benchmarks.contenders import build_cascade
+    from benchmarks.serve_memory import probe
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30_000, 256)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    grid = [{"s1": 300, "s2": 20}]
+    built = build_cascade(X, tmp_path, name="probe", coarse="BIN128", fine="coarse", nlist=0, grid=grid,
+                          train_rows=5000)
+    built.extra.update({"coarse": "BIN128", "fine": "coarse"})
+    np.save(tmp_path / "q.npy", X[:200])
+    r = probe({"built": built.to_dict(), "setting": grid[0], "reader": "direct", "pool_bytes": 0,
+               "queries": str(tmp_path / "q.npy"), "warm_queries": None, "threads": 1, "d": 256})
+    own = built.resident_bytes
+    assert r["all_in_bytes"] >= 0.95 * own, (r, own)
+    # its own arrays, one read buffer of a few pages and the page tables of its maps: no more
+    assert r["all_in_bytes"] <= own + (1 << 20), (r, own)

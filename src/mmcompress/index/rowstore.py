@@ -683,7 +683,7 @@ class DirectRowReader:
             for j, mem in enumerate(self._spare):
                 if len(mem) >= n_pages * PAGE_BYTES:
                     return self._spare.pop(j)
-        return mmap.mmap(-1, max(n_pages, 256) * PAGE_BYTES)
+        return mmap.mmap(-1, max(n_pages, 16) * PAGE_BYTES)
 
     def _read_runs(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
         """Read each run of adjacent pages into its frames, up to ``reads_in_flight`` at once."""
