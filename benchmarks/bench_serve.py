@@ -107,16 +107,22 @@ def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
     return [{"s1": s1, "s2": s2} for s1 in s1s for s2 in s2s]
 
 
-def cascade_ivf_grid(nlist: int, quick: bool) -> list[dict[str, Any]]:
-    """IVF-routed cascade settings: a fifth to a third of the cells, shortlists as above."""
-    fracs = (0.25,) if quick else (0.2, 0.25, 0.3)
+def cascade_ivf_grid(nlist: int, quick: bool, n: int = 0) -> list[dict[str, Any]]:
+    """IVF-routed cascade settings: a fifth to a third of the cells, shortlists as above; from
+    250k rows (a scale row: about 1,000 cells) a twentieth to a fifth."""
+    fracs = (0.25,) if quick else (0.2, 0.25, 0.3) if n < 250_000 else (0.05, 0.1, 0.2)
     s2s = (40, 60) if quick else (40, 60, 100)
     return [{"nprobe": max(1, round(f * nlist)), "s1": s1, "s2": s2}
             for f in fracs for s1 in (400, 600) for s2 in s2s]
 
 
-def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
-    """The contenders at their documented good settings (grids to tune over)."""
+def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None) -> list[Built]:
+    """The contenders at their documented good settings (grids to tune over); ``only``: label
+    substrings to keep (every contender without it)."""
+
+    def wanted(label: str) -> bool:
+        return not only or any(o in label for o in only)
+
     n, d = xb.shape
     nlist = int(max(16, min(4096, 4 * np.sqrt(n)) // 16 * 16))
     probes = (4, 8, 16) if quick else (4, 8, 16, 32, 64)
@@ -140,11 +146,13 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
     cells = max(16, int(np.sqrt(n)) // 16 * 16)
     specs.append((f"cascade {wide} IVF{cells} -> sign tables x item scales", wide, {"item_scales": True}))
     for name, coarse, options in specs:
+        if not wanted(name):
+            continue
         print(f"  build {name}", flush=True)
         ivf = "IVF" in name
         built.append(build_cascade(xb, workdir, name=name.replace(" ", "_").replace(">", ""), coarse=coarse,
                                    fine="coarse", nlist=cells if ivf else 0,
-                                   grid=cascade_ivf_grid(cells, quick) if ivf else cascade_grid(n, quick),
+                                   grid=cascade_ivf_grid(cells, quick, n) if ivf else cascade_grid(n, quick),
                                    fine_options=options))
         built[-1].extra.update({"coarse": coarse, "fine": "coarse", "fine_options": options, "label": name,
                                 "nlist": cells if ivf else 0})
@@ -156,11 +164,15 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool) -> list[Built]:
         ("HNSW32,SQ8", [{"efSearch": e, "R": r} for e in efs for r in rs if e >= r // 2], 200),
     ]
     for factory, grid, efc in faiss_specs:
+        if not wanted(f"faiss {factory} -> exact rerank"):
+            continue
         print(f"  build faiss {factory} + exact rerank", flush=True)
         b = build_faiss(xb, workdir, name=factory.replace(",", "_").replace("-", "_"), factory=factory, grid=grid, rerank=True,
                         ef_construction=efc)
         b.extra["label"] = f"faiss {factory} -> exact rerank"
         built.append(b)
+    if not wanted("faiss HNSW32,Flat (in RAM)"):
+        return built
     print("  build faiss HNSW32,Flat (efConstruction 200)", flush=True)
     b = build_faiss(xb, workdir, name="HNSW32_Flat", factory="HNSW32,Flat",
                     grid=[{"efSearch": e} for e in (*efs, 192, 256)], rerank=False, ef_construction=200)
@@ -394,7 +406,7 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
         np.save(workdir / f"{name}.npy", arr)
     truth_tune, truth_test = ground_truth(xb, xtune), ground_truth(xb, xtest)
     set_threads(args.threads)
-    builts = build_all(xb, workdir, args.quick)
+    builts = build_all(xb, workdir, args.quick, args.contenders)
     tuned, picks = {}, {}
     for b in builts:
         print(f"  tune {b.extra['label']}", flush=True)
@@ -535,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pools", type=float, nargs="+", default=[0.0, 0.01, 0.1])
     ap.add_argument("--scale", type=int, nargs="*", default=[], help="synthetic rows (e.g. 1000000)")
     ap.add_argument("--only", nargs="*", default=None, help="catalog names to run")
+    ap.add_argument("--contenders", nargs="*", default=None, metavar="LABEL",
+                    help="label substrings of the contenders to build (default: all), e.g. for a scale row")
     ap.add_argument("--peers", action="store_true", help="also DiskANN, ScaNN, LanceDB, usearch (.venv-peers)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
