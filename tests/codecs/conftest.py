@@ -45,3 +45,17 @@ def _recall10(codec, base: np.ndarray, queries: np.ndarray, metric: str = "ip") 
 def recall10():
     """recall10(codec, base, queries, metric="ip"): recall@10 of compressed search vs exact."""
     return _recall10
+
+
+def _encode_error(encode, decode, rows: np.ndarray, order: np.ndarray) -> float:
+    """Mean squared reconstruction error of ``rows`` encoded in the given order."""
+    codes = encode(rows[order])
+    out = np.empty_like(codes)
+    out[order] = codes
+    return float(((decode(out) - rows) ** 2).sum(axis=1).mean())
+
+
+@pytest.fixture(scope="session")
+def encode_error():
+    """encode_error(encode, decode, rows, order): reconstruction error of rows encoded in ``order``."""
+    return _encode_error

@@ -166,3 +166,22 @@ def test_lsq(split, recall10):
     base, queries = split
     codec = make_codec("LSQ4x8", max_train_rows=1597).fit(base)
     assert recall10(codec, base, queries) >= 0.6
+
+
+@pytest.mark.slow
+def test_lsq_encodes_its_training_rows_as_it_would_in_any_order(encode_error):
+    """faiss LSQ draws the codes it starts from with its seed, to train and to encode: with one
+    seed, the training rows encoded in training order get back the codes training converged to,
+    memorised here (4 x 256 codebook entries for 800 rows). The codec encodes with the next seed."""
+    from sklearn.datasets import load_digits
+    from threadpoolctl import threadpool_limits
+
+    rows = load_digits().data[:800].astype(np.float32)
+    ordered, permuted = np.arange(len(rows)), np.random.default_rng(0).permutation(len(rows))
+    with threadpool_limits(1, user_api="openmp"):  # LSQ's many short parallel loops stall on a busy CPU
+        codec = make_codec("LSQ4x8", metric="l2").fit(rows)
+        error = {o: encode_error(codec.encode, codec.decode, rows, order)
+                 for o, order in (("ordered", ordered), ("permuted", permuted))}
+        assert error["ordered"] > 0.8 * error["permuted"], error
+        codec.index_.lsq.random_seed = codec.random_state  # premise: the training seed replays
+        assert encode_error(codec.encode, codec.decode, rows, ordered) < 0.05 * error["permuted"]

@@ -339,7 +339,16 @@ class ResidualQuantizer(AdditiveQuantizerCodec):
 
 
 class LocalSearchQuantizer(AdditiveQuantizerCodec):
-    """``LSQ<M>x<nbits>``: additive quantizer trained by local search (LSQ++)."""
+    """``LSQ<M>x<nbits>``: additive quantizer trained by local search (LSQ++).
+
+    Training uses ``random_state`` as faiss's seed; encoding uses the next seed. faiss starts
+    both from pseudo-random codes drawn from its seed, so with one seed the training rows,
+    encoded in training order, restart from the codes training started from and get back the
+    codes it converged to: codes that no other row order and no new item can reach. Measured on
+    scikit-learn digits (L2, 1,438 rows, 359 held-out queries; LSQ8x8 has 2,048 codebook entries,
+    more than rows): recall@10 0.993 in training order against 0.649 permuted with one seed;
+    0.653 and 0.650 with the next seed.
+    """
 
     kind = "lsq"
 
@@ -353,6 +362,10 @@ class LocalSearchQuantizer(AdditiveQuantizerCodec):
         index = faiss.IndexLocalSearchQuantizer(d, self.M, self.nbits, self.faiss_metric, self._search_type())
         index.lsq.random_seed = self.random_state
         return index
+
+    def _fit(self, X: np.ndarray) -> None:
+        super()._fit(X)
+        self.index_.lsq.random_seed = self.random_state + 1  # saved with the index
 
 
 def _train_rows(ctx: SpecContext, default: int) -> int | None:
