@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_codecs [--vectors NAME=path.npy ...] [--l2-vectors NAME=path.npy ...]
                                       [--budgets 8 16 32 64] [--out benchmarks/results] [--quick]
-                                      [--resume]
+                                      [--datasets NAME ...] [--resume [--redo DATASET[/B[/LABEL]] ...]]
 
 For each dataset (1,000 held-out queries; inner-product datasets have their rows L2-normalised
 and exact inner-product top-10 on the original vectors as truth, L2 datasets keep their rows as
@@ -175,6 +175,7 @@ class FaissCodec:
         if isinstance(base, faiss.IndexPQ):
             base.pq.cp.min_points_per_centroid = 1
         self.base = base
+        self.lsq = base.lsq if isinstance(base, faiss.IndexLocalSearchQuantizer) else None
 
     @property
     def code_size(self) -> int:
@@ -182,6 +183,13 @@ class FaissCodec:
 
     def fit(self, X: np.ndarray) -> FaissCodec:
         self.index.train(X)
+        if self.lsq is not None:
+            # faiss LSQ draws the codes it starts encoding from with the seed its training drew
+            # its first codes with: the training rows, encoded in training order (here, the
+            # whole base), get back the codes training converged to, which no other order or
+            # new row reaches. Encoding with the next seed measures the codec, not the replay
+            # (digits-l2, LSQ8x8: recall@10 0.991 replayed, 0.648 permuted, 0.659 next seed).
+            self.lsq.random_seed = self.lsq.random_seed + 1
         return self
 
     def encode(self, X: np.ndarray) -> np.ndarray:
@@ -387,6 +395,21 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                                          if ref_upto and ref_upto["recall_at_10"] else None)
 
 
+def dataset_order(results: dict[str, Any]) -> list[str]:
+    """The datasets in the order their rows were first run (the JSON file sorts its keys)."""
+    names = list(dict.fromkeys(r["dataset"] for r in results["rows"]))
+    return [n for n in names if n in results["datasets"]] + [n for n in results["datasets"] if n not in names]
+
+
+def row_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """Labels in first-run order, the project's codecs first, then faiss, then other peers."""
+    rank = {"project": 0, "faiss": 1}
+    first = {}
+    for r in rows:
+        first.setdefault(r["label"], (rank.get(r.get("source"), 2), len(first)))
+    return sorted(first, key=first.__getitem__)
+
+
 def _fmt(v: Any, nd: int = 3) -> str:
     if v is None:
         return "—"
@@ -409,23 +432,21 @@ def markdown(results: dict[str, Any]) -> str:
            "recall@10 / best faiss recall@10 over every faiss row of the dataset whose codes take at most the "
            "budget, whatever budget it ran at: the budget is an upper bound, so this is the reference `auto` "
            "has to match (`faiss ≤B` names that row).", ""]
-    for name in results["datasets"]:
+    for name in dataset_order(results):
         ds_rows = [r for r in rows if r["dataset"] == name]
         budgets = sorted({r["budget"] for r in ds_rows})
         info = results["datasets"][name]
         truth = "exact L2 top-10" if info.get("metric") == "l2" else "exact inner-product top-10, rows L2-normalised"
         out += [f"## {name} ({info['n_items']} items, d={info['d']}, {info['n_queries']} queries, "
                 f"metric {info.get('metric', 'ip')}: {truth})", ""]
+        if info.get("machine", results["machine"]) != results["machine"]:
+            out += [f"Run again later (rows of earlier runs kept): {info['machine']}.", ""]
         if info.get("skipped"):
             out += [f"Not run here: {why}" for why in info["skipped"]] + [""]
         out += ["Recall@10 by bytes per item:", "",
                 "| codec | " + " | ".join(f"{b} B" for b in budgets) + " |",
                 "|---|" + "---|" * len(budgets)]
-        labels = []
-        for r in ds_rows:
-            if r["label"] not in labels:
-                labels.append(r["label"])
-        for label in labels:
+        for label in row_labels(ds_rows):
             cells = []
             for b in budgets:
                 hit = [r for r in ds_rows if r["label"] == label and r["budget"] == b]
@@ -467,15 +488,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["datasets"])
+    names = dataset_order(results)
     fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5), squeeze=False)
     rows = [r for r in results["rows"] if "error" not in r]
     for ax, name in zip(axes[0], names, strict=True):
-        labels: list[str] = []
-        for r in rows:
-            if r["dataset"] == name and r["label"] not in labels:
-                labels.append(r["label"])
-        for label in labels:
+        for label in row_labels([r for r in rows if r["dataset"] == name]):
             pts = sorted((r["code_bytes"], r["recall_at_10"]) for r in rows
                          if r["dataset"] == name and r["label"] == label)
             style = dict(lw=3, color="black", marker="o") if label == "auto" else (
@@ -513,8 +530,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--throughput-items", type=int, default=100000)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (e.g. auto 'faiss RQ')")
-    p.add_argument("--redo", nargs="*", default=[], metavar="DATASET/BUDGET/LABEL",
-                   help="with --resume, rows to measure again (e.g. fused/32/auto)")
+    p.add_argument("--redo", nargs="*", default=[], metavar="DATASET[/BUDGET[/LABEL]]",
+                   help="with --resume, rows to measure again (e.g. fused/32/auto, or digits-l2 "
+                        "for all of that dataset's rows)")
+    p.add_argument("--datasets", nargs="*", default=None, metavar="NAME",
+                   help="run only these of the datasets found (e.g. digits-l2); with --resume the "
+                        "others' rows are kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render", action="store_true", help="only rewrite markdown and plot from OUT/codecs.json")
     args = p.parse_args(argv)
@@ -541,25 +562,47 @@ def debian_cached() -> np.ndarray | None:
         return None
 
 
+def redone(redo: list[str], dataset: str, budget: int, label: str) -> bool:
+    """Whether ``--redo`` names a row: by its dataset, ``dataset/budget`` or ``dataset/budget/label``."""
+    return any(r in (dataset, f"{dataset}/{budget}", f"{dataset}/{budget}/{label}") for r in redo)
+
+
 def load_inputs(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
-    """``name -> (vectors, metric)``: the given datasets, or the defaults (module docstring)."""
+    """``name -> (vectors, metric)``: the given datasets, or the defaults (module docstring),
+    only those named by ``--datasets`` when it is given."""
+    wanted = set(args.datasets) if args.datasets is not None else None
+    inputs = _inputs(args, wanted)
+    if wanted is not None:
+        missing = sorted(wanted - set(inputs))
+        if missing:
+            raise SystemExit(f"--datasets: {missing} not found; found {sorted(inputs)}")
+    return inputs
+
+
+def _inputs(args: argparse.Namespace, wanted: set[str] | None) -> dict[str, tuple[np.ndarray, str]]:
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
     inputs: dict[str, tuple[np.ndarray, str]] = {}
     for flag, items, metric in (("--vectors", args.vectors, "ip"), ("--l2-vectors", args.l2_vectors, "l2")):
         for item in items:
             name, _, path = item.partition("=")
             if not path:
                 raise SystemExit(f"{flag} expects NAME=PATH.npy; found {item!r}")
-            inputs[name] = (np.load(path, allow_pickle=False), metric)
-    if inputs:
+            if want(name):
+                inputs[name] = (np.load(path, allow_pickle=False), metric)
+    if args.vectors or args.l2_vectors:
         return inputs
-    inputs = {name: (X, "ip") for name, X in common.default_inputs().items()}
-    debian = debian_cached()
-    if debian is not None:
-        inputs["debian"] = (debian, "ip")
-    if not inputs:
-        print("pipeline outputs not found; using the 384-d digits stand-in", file=sys.stderr)
-        inputs = {"digits384": (common.digits_384(args.seed), "ip")}
-    inputs["digits-l2"] = (common.digits_l2(), "l2")
+    if wanted is None or wanted - {"digits-l2"}:  # not only digits: the pipeline's outputs are read
+        inputs = {name: (X, "ip") for name, X in common.default_inputs().items() if want(name)}
+        debian = debian_cached() if want("debian") else None
+        if debian is not None:
+            inputs["debian"] = (debian, "ip")
+        if not inputs and want("digits384"):
+            print("pipeline outputs not found; using the 384-d digits stand-in", file=sys.stderr)
+            inputs = {"digits384": (common.digits_384(args.seed), "ip")}
+    if want("digits-l2"):
+        inputs["digits-l2"] = (common.digits_l2(), "l2")
     return inputs
 
 
@@ -574,12 +617,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_bytes_atomic(args.out / "codecs.md", markdown(results).encode())
         plot(results, args.out / "codecs.png")
         return results
-    results: dict[str, Any] = {"machine": common.machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
+    this_run = common.machine_info()
+    results: dict[str, Any] = {"machine": this_run, "args": {k: str(v) for k, v in vars(args).items()},
                                "datasets": {}, "rows": [], "throughput": None}
     if args.resume and json_path.exists():
         old = json.loads(json_path.read_text())
         results["rows"] = [r for r in old.get("rows", []) if "error" not in r]
         results["throughput"] = old.get("throughput")
+        results["datasets"] = old.get("datasets", {})  # the datasets not run again keep their heading
+        results["machine"] = old.get("machine", this_run)  # and the machine line they were run under
     done = {(r["dataset"], r["budget"], r["label"]) for r in results["rows"]}
     keep: dict[str, Codec] = {}
 
@@ -593,14 +639,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         xt = ds.xb[np.sort(np.random.default_rng(args.seed).choice(len(ds.xb), min(len(ds.xb), args.max_train),
                                                                    replace=False))]
         results["datasets"][name] = {"n_items": len(ds.xb), "d": ds.d, "n_queries": len(ds.xq),
-                                     "n_train": len(xt), "metric": ds.metric, "skipped": []}
+                                     "n_train": len(xt), "metric": ds.metric, "skipped": [],
+                                     "machine": this_run}
         for budget in args.budgets:
             jobs = [("project", label, spec) for label, spec in project_specs(budget, ds.d, args.quick, ds.metric)]
             jobs += [("faiss", label, spec) for label, spec in faiss_specs(budget, ds.d, args.quick)]
             for source, label, spec in jobs:
                 if args.only and label not in args.only:
                     continue
-                if (name, budget, label) in done and f"{name}/{budget}/{label}" not in args.redo:
+                if (name, budget, label) in done and not redone(args.redo, name, budget, label):
                     continue
                 print(f"[{name} {budget}B] {label}: {spec}", file=sys.stderr, flush=True)
                 base = {"dataset": name, "budget": budget, "source": source, "label": label}
@@ -620,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["rows"] += [{**base, **r} for r in new]
                 save()
         if not args.no_scann and (not args.only or "ScaNN AH" in args.only):
-            todo = [b for b in args.budgets if (name, b, "ScaNN AH") not in done or f"{name}/{b}/ScaNN AH" in args.redo]
+            todo = [b for b in args.budgets if (name, b, "ScaNN AH") not in done or redone(args.redo, name, b, "ScaNN AH")]
             if todo:
                 print(f"[{name}] ScaNN AH at {todo} B", file=sys.stderr, flush=True)
                 scann_rows, why = run_scann(ds, todo, args.seed)

@@ -26,6 +26,32 @@ def test_quick_benchmark_writes_json_markdown_and_plot(digits, tmp_path):
     assert (out / "codecs.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_one_dataset_is_run_again_and_the_others_are_kept(digits, tmp_path):
+    paths = {}
+    for name, rows in (("a", digits[:600]), ("b", digits[600:1200])):
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], rows)
+    out = tmp_path / "results"
+    args = ["--quick", "--budgets", "8", "--out", str(out), "--n-queries", "100", "--only", "faiss SQ8",
+              "--throughput-items", "0", "--no-scann", "--vectors", f"a={paths['a']}", f"b={paths['b']}"]
+    bench_codecs.main(args)
+    before = json.loads((out / "codecs.json").read_text())
+    again = bench_codecs.main(args + ["--resume", "--datasets", "b", "--redo", "b"])
+    assert list(again["datasets"]) == ["a", "b"]  # a's heading stays, though a was not loaded
+    kept = [r for r in again["rows"] if r["dataset"] == "a"]
+    assert kept == [r for r in before["rows"] if r["dataset"] == "a"]
+    assert sorted(r["label"] for r in again["rows"] if r["dataset"] == "b") == ["faiss SQ8", "faiss SQ8 (L2 scan)"]
+    assert "## a (" in (out / "codecs.md").read_text()
+    with pytest.raises(SystemExit, match="not found"):
+        bench_codecs.main(args + ["--datasets", "c"])
+
+
+def test_redo_names_a_dataset_a_budget_or_a_row():
+    for redo in (["digits-l2"], ["digits-l2/8"], ["digits-l2/8/auto"]):
+        assert bench_codecs.redone(redo, "digits-l2", 8, "auto")
+    assert not bench_codecs.redone(["digits-l2/16", "fused/8/auto", "digits"], "digits-l2", 8, "auto")
+
+
 def test_ratio_up_to_the_budget_takes_the_best_faiss_row_of_any_smaller_size():
     rows = [{"dataset": "d", "budget": 8, "source": "faiss", "label": "faiss RQ", "spec": "RQ8x8",
              "code_bytes": 8, "recall_at_10": 0.9, "encode_per_s": 1e5},
@@ -41,6 +67,22 @@ def test_ratio_up_to_the_budget_takes_the_best_faiss_row_of_any_smaller_size():
     assert auto["ratio_vs_best_faiss_upto"] == round(0.88 / 0.9, 3)  # any size <= 16 B: RQ8x8
     assert auto["best_faiss_upto_budget"] == {"spec": "RQ8x8", "code_bytes": 8, "recall_at_10": 0.9}
     assert rows[0]["ratio_vs_best_faiss_upto"] == 1.0  # a 16-byte row never counts at 8 bytes
+
+
+@pytest.mark.slow
+def test_faiss_lsq_is_measured_on_its_codes_not_on_a_replay_of_its_training(encode_error):
+    """The base is the training set: faiss LSQ encoding it with its training seed would replay
+    the codes training converged to (see LocalSearchQuantizer); the benchmark's does not."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks import common
+
+    rows = common.digits_l2()[:800]
+    ordered, permuted = np.arange(len(rows)), np.random.default_rng(0).permutation(len(rows))
+    with threadpool_limits(1, user_api="openmp"):
+        codec = bench_codecs.FaissCodec("LSQ4x8", rows.shape[1], "l2").fit(rows)
+        assert encode_error(codec.encode, codec.decode, rows, ordered) > \
+            0.8 * encode_error(codec.encode, codec.decode, rows, permuted)
 
 
 def test_extended_rabitq_factories_fit_the_budget():
