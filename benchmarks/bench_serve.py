@@ -171,12 +171,13 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
                         ef_construction=efc)
         b.extra["label"] = f"faiss {factory} -> exact rerank"
         built.append(b)
-    if not wanted("faiss HNSW32,Flat (in RAM)"):
+    flat_label = "faiss HNSW32,Flat (in RAM)"
+    if not wanted(flat_label):
         return built
     print("  build faiss HNSW32,Flat (efConstruction 200)", flush=True)
     b = build_faiss(xb, workdir, name="HNSW32_Flat", factory="HNSW32,Flat",
                     grid=[{"efSearch": e} for e in (*efs, 192, 256)], rerank=False, ef_construction=200)
-    b.extra["label"] = "faiss HNSW32,Flat (in RAM)"
+    b.extra["label"] = flat_label
     built.append(b)
     return built
 
@@ -358,11 +359,11 @@ def _store_bytes(b: Built) -> int:
 
 
 def measure_memory(b: Built, setting: dict[str, Any], *, reader: str, pool_bytes: int, workdir: Path,
-                   d: int, threads: int) -> dict[str, Any]:
+                   threads: int) -> dict[str, Any]:
     """All-in resident bytes of ``b`` opened in a fresh process (see :mod:`benchmarks.serve_memory`)."""
     spec = {"built": b.to_dict(), "setting": setting, "reader": reader, "pool_bytes": pool_bytes,
             "queries": str(workdir / "test.npy"), "warm_queries": str(workdir / "tune.npy") if pool_bytes else None,
-            "threads": threads, "d": d}
+            "threads": threads}
     path = workdir / f"memspec-{b.name}-{reader}-{pool_bytes}.json"
     path.write_text(json.dumps(spec, default=float))
     p = subprocess.run([sys.executable, "-m", "benchmarks.serve_memory", str(path)], cwd=ROOT,
@@ -428,7 +429,7 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
                 continue
             reader = "mmap" if mode == "warm" else "direct"
             memory[b.name][mode] = measure_memory(b, setting, reader=reader, pool_bytes=0, workdir=workdir,
-                                                  d=xb.shape[1], threads=args.threads)
+                                                  threads=args.threads)
             print(f"    memory {mode} {b.name:<40} {memory[b.name][mode]}", flush=True)
     peers = run_peers(workdir, truth_tune, truth_test, args.threads) if args.peers else {}
     result = {"name": cat["name"], "data": cat["data"], "n_items": len(xb), "d": int(xb.shape[1]),

@@ -59,7 +59,7 @@ def test_memory_probe_counts_at_least_the_index_own_arrays(tmp_path):
     built.extra.update({"coarse": "BIN128", "fine": "coarse"})
     np.save(tmp_path / "q.npy", X[:200])
     r = probe({"built": built.to_dict(), "setting": grid[0], "reader": "direct", "pool_bytes": 0,
-               "queries": str(tmp_path / "q.npy"), "warm_queries": None, "threads": 1, "d": 256})
+               "queries": str(tmp_path / "q.npy"), "warm_queries": None, "threads": 1})
     own = built.resident_bytes
     assert r["all_in_bytes"] >= 0.95 * own, (r, own)
     # its own arrays, one read buffer of a few pages and the page tables of its maps: no more
