@@ -101,19 +101,34 @@ def recall10(truth: np.ndarray, found: np.ndarray) -> float:
 
 
 # ---- contenders --------------------------------------------------------------------------
+# the exact stage read in two waves (``fw`` rows, then those whose calibrated bound reaches the
+# 10th best exact score so far, at confidence ``conf``): longer shortlists for fewer pages
+FIRST_WAVE = 24
+CONFIDENCES = (0.95, 0.99)
+
+
+def two_wave(setting: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    """The two-wave variants of a setting."""
+    return [{**setting, "fw": FIRST_WAVE, "conf": c} for c in (CONFIDENCES[-1:] if quick else CONFIDENCES)]
+
+
 def cascade_grid(n: int, quick: bool) -> list[dict[str, Any]]:
     s2s = (20, 30, 40) if quick else (20, 30, 40, 60, 100)
     s1s = (800, 1600) if quick else (600, 1000, 1600, 2400)
-    return [{"s1": s1, "s2": s2} for s1 in s1s for s2 in s2s]
+    one = [{"s1": s1, "s2": s2} for s1 in s1s for s2 in s2s]
+    return one + [w for s1 in s1s[-2:] for s2 in ((60,) if quick else (60, 100))
+                  for w in two_wave({"s1": s1, "s2": s2}, quick)]
 
 
 def cascade_ivf_grid(nlist: int, quick: bool, n: int = 0) -> list[dict[str, Any]]:
-    """IVF-routed cascade settings: a fifth to a third of the cells, shortlists as above; from
+    """IVF-routed cascade settings: a fifth to two fifths of the cells, shortlists as above; from
     250k rows (a scale row: about 1,000 cells) a twentieth to a fifth."""
-    fracs = (0.25,) if quick else (0.2, 0.25, 0.3) if n < 250_000 else (0.05, 0.1, 0.2)
+    fracs = (0.3,) if quick else (0.2, 0.3, 0.4) if n < 250_000 else (0.05, 0.1, 0.2)
     s2s = (40, 60) if quick else (40, 60, 100)
-    return [{"nprobe": max(1, round(f * nlist)), "s1": s1, "s2": s2}
-            for f in fracs for s1 in (400, 600) for s2 in s2s]
+    probes = [max(1, round(f * nlist)) for f in fracs]
+    one = [{"nprobe": p, "s1": s1, "s2": s2} for p in probes for s1 in (400, 600) for s2 in s2s]
+    return one + [w for p in probes for s2 in ((80,) if quick else (80, 120))
+                  for w in two_wave({"nprobe": p, "s1": 600, "s2": s2}, quick)]
 
 
 def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None) -> list[Built]:
@@ -158,10 +173,12 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
                                 "nlist": cells if ivf else 0})
     faiss_specs = [
         # qb: bits of the query's own quantization in RaBitQ's estimator (the factory's 4, and 8)
-        (f"IVF{nlist},RaBitQ", [{"nprobe": p, "qb": qb, "R": r} for p in probes for qb in (4, 8) for r in rs],
-         None),
-        (f"{pq_prefix}IVF{nlist},PQ{m4}x4fs", [{"nprobe": p, "R": r} for p in probes for r in rs], None),
-        ("HNSW32,SQ8", [{"efSearch": e, "R": r} for e in efs for r in rs if e >= r // 2], 200),
+        (f"IVF{nlist},RaBitQ", [{"nprobe": p, "qb": qb, "R": r} for p in probes for qb in (4, 8) for r in rs]
+         + [w for p in probes for r in rs[-2:] for w in two_wave({"nprobe": p, "qb": 8, "R": r}, quick)], None),
+        (f"{pq_prefix}IVF{nlist},PQ{m4}x4fs", [{"nprobe": p, "R": r} for p in probes for r in rs]
+         + [w for p in probes for r in rs[-2:] for w in two_wave({"nprobe": p, "R": r}, quick)], None),
+        ("HNSW32,SQ8", [{"efSearch": e, "R": r} for e in efs for r in rs if e >= r // 2]
+         + [w for e in efs for r in rs[-2:] if e >= r // 2 for w in two_wave({"efSearch": e, "R": r}, quick)], 200),
     ]
     for factory, grid, efc in faiss_specs:
         if not wanted(f"faiss {factory} -> exact rerank"):

@@ -117,10 +117,35 @@ def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid:
     rows = None
     if rerank:
         rows = str(write_base_rows(xb, workdir))
-    meta = {"factory": factory, "rerank": rerank, "rows": rows, "ef_construction": ef_construction}
+    meta = {"factory": factory, "rerank": rerank, "rows": rows, "ef_construction": ef_construction,
+            "bounds": rerank_bounds(index, xb, grid) if rerank else {}}
     (directory / "contender.json").write_text(json.dumps(meta))
     kind = "faiss+rerank" if rerank else "faiss"
     return Built(kind, name, str(directory), build_s, resident, grid, meta)
+
+
+def first_stage_key(setting: dict[str, Any]) -> str:
+    """A setting without its exact-stage keys (R, fw, conf): what the first stage's estimates
+    depend on."""
+    return describe_setting({k: v for k, v in setting.items() if k not in ("R", "fw", "conf")})
+
+
+def rerank_bounds(index: Any, xb: np.ndarray, grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The two-wave rerank bound of a faiss first stage, fitted as the cascade fits its own (the
+    same function, sample base rows as queries) once per first-stage setting that a grid entry
+    reads in two waves: its estimates (RaBitQ's query bits, ...) set the bound's margins."""
+    from mmcompress.index.rerankbound import calibrate_rerank_bound
+
+    out: dict[str, Any] = {}
+    for setting in grid:
+        key = first_stage_key(setting)
+        if not setting.get("fw") or key in out:
+            continue
+        params = faiss_params(setting)
+        bound = calibrate_rerank_bound(lambda Q, s, p=params: index.search(Q, s, params=p), xb,
+                                       np.arange(len(xb)), depth=int(setting["R"]), metric="ip")
+        out[key] = None if bound is None else bound.to_dict()
+    return out
 
 
 # ---- opening and searching ---------------------------------------------------------------
@@ -142,9 +167,12 @@ class Contender:
         else:
             import faiss
 
+            from mmcompress.index.rerankbound import RerankBound
+
             meta = built["extra"]
             self.index = faiss.read_index(str(self.directory / "index.faiss"))
             self.rows = None
+            self.bounds = {k: RerankBound.from_dict(v) for k, v in meta.get("bounds", {}).items() if v}
             if meta["rerank"]:
                 from mmcompress.index.rowstore import open_row_store
 
@@ -169,35 +197,39 @@ class Contender:
 
     def search(self, Q: np.ndarray, setting: dict[str, Any], threads: int = 1) -> np.ndarray:
         """Base row ids (nq, 10) of the best matches, best first."""
+        waves = {"first_wave": setting.get("fw", 0), "confidence": setting.get("conf", 0.99)}
         if self.kind == "cascade":
-            kw = {"coarse_shortlist": setting["s1"], "fine_shortlist": setting["s2"]}
+            kw = {"coarse_shortlist": setting["s1"], "fine_shortlist": setting["s2"], **waves}
             if "nprobe" in setting:
                 kw["nprobe"] = setting["nprobe"]
             return self.index.search(Q, K, threads=threads, **kw)[1]
-        params = self._faiss_params(setting)
+        params = faiss_params(setting)
         if self.rows is None:
             return self.index.search(Q, K, params=params)[1]
         from mmcompress.index.rerank import exact_rerank
 
-        cand = self.index.search(Q, setting["R"], params=params)[1]
-        return exact_rerank(self.rows, Q, cand, K, "ip")[0]
-
-    def _faiss_params(self, setting: dict[str, Any]):
-        import faiss
-
-        if "efSearch" in setting:
-            return faiss.SearchParametersHNSW(efSearch=setting["efSearch"])
-        if "qb" in setting:
-            return faiss.IVFRaBitQSearchParameters(nprobe=setting["nprobe"], qb=setting["qb"])
-        if "nprobe" in setting:
-            return faiss.SearchParametersIVF(nprobe=setting["nprobe"])
-        return None
+        est, cand = self.index.search(Q, setting["R"], params=params)
+        return exact_rerank(self.rows, Q, cand, K, "ip", estimates=est,
+                            bound=self.bounds.get(first_stage_key(setting)), **waves)[0]
 
     def close(self) -> None:
         if self.kind == "cascade":
             self.index.close()
         elif self.rows is not None:
             self.rows.close()
+
+
+def faiss_params(setting: dict[str, Any]) -> Any:
+    """faiss search parameters of a grid setting."""
+    import faiss
+
+    if "efSearch" in setting:
+        return faiss.SearchParametersHNSW(efSearch=setting["efSearch"])
+    if "qb" in setting:
+        return faiss.IVFRaBitQSearchParameters(nprobe=setting["nprobe"], qb=setting["qb"])
+    if "nprobe" in setting:
+        return faiss.SearchParametersIVF(nprobe=setting["nprobe"])
+    return None
 
 
 def describe_setting(setting: dict[str, Any]) -> str:

@@ -81,7 +81,7 @@ def test_a_version_1_index_without_scales_still_loads(digits, bin32, tmp_path):
     idx.save(tmp_path / "ix")
     path = tmp_path / "ix" / "manifest.json"
     manifest = json.loads(path.read_text())
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == 4
     manifest["format_version"] = 1
     del manifest["config"]["fine"]["item_scales"], manifest["item_scales"]
     path.write_text(json.dumps(manifest))

@@ -427,7 +427,7 @@ def test_a_format_2_index_with_exact_npy_still_loads_and_saves_as_rows(saved, di
     assert CascadeIndex.load(old).config.exact.reader == "mmap"  # the default for configs without it
     loaded.save(tmp_path / "new")  # converted on save
     manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
-    assert manifest["format_version"] == 3 and manifest["exact_store"]["layout"]["format"] == "paged_rows"
+    assert manifest["format_version"] == 4 and manifest["exact_store"]["layout"]["format"] == "paged_rows"
     assert not (tmp_path / "new" / "exact.npy").exists()
     np.testing.assert_array_equal(CascadeIndex.load(tmp_path / "new").search(digits["xq"], 10)[1], want[1])
 

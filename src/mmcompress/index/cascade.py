@@ -55,9 +55,10 @@ from mmcompress.errors import CatalogError, CodecError
 from mmcompress.index import kernels
 from mmcompress.index.cellprior import choose_cell_weight
 from mmcompress.index.coarse import codec_shortlist, hamming_shortlist
-from mmcompress.index.config import CascadeConfig
+from mmcompress.index.config import CascadeConfig, check_waves
 from mmcompress.index.partition import CoarsePartition
 from mmcompress.index.rerank import exact_rerank
+from mmcompress.index.rerankbound import RerankBound, calibrate_rerank_bound
 from mmcompress.index.rowstore import (
     MemoryRowReader,
     ReadCounts,
@@ -101,6 +102,7 @@ class CascadeIndex:
         self.scale_range_: tuple[float, float] | None = None
         self.scale_gamma_: float | None = None
         self.cell_weight_: float | None = None
+        self.rerank_bound_: RerankBound | None = None
         self._lock = threading.RLock()
 
     # ---- construction ----------------------------------------------------------------------
@@ -182,6 +184,13 @@ class CascadeIndex:
         main = Segment(coarse=coarse, fine=fine, ids=PackedIds.pack(ids[order]), exact=exact,
                         masks=pack_masks(mask_matrix[order]), offsets=offsets, scales=scales)
         self._init_runtime(State(main=main, delta=None, dead=None))
+        if exact is not None:
+            # the exact stage's two-wave bound, fitted on what the stages before it return
+            depth = int(np.clip(2 * (cfg.fine.shortlist if self.fine_codec is not None else cfg.coarse.shortlist),
+                                32, 256))
+            self.rerank_bound_ = calibrate_rerank_bound(
+                lambda Q, s: self.search(Q, s, exact_rerank=False), X, ids, depth=depth, metric=cfg.metric,
+                seed=cfg.seed)
         return self
 
     @classmethod
@@ -338,13 +347,15 @@ class CascadeIndex:
     def search(self, queries: np.ndarray, k: int, *, modality: str | None = None,
                coarse_shortlist: int | None = None, fine_shortlist: int | None = None,
                nprobe: int | None = None, exact_rerank: bool | None = None,
+               first_wave: int | None = None, confidence: float | None = None,
                compiled: bool | None = None, threads: int = 1, return_stats: bool = False
                ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, SearchStats]:
         """Top-``k`` items of each query: (scores float32 (nq, k), item ids int64 (nq, k)).
 
         Scores are inner products (``ip``) or negative squared distances (``l2``) of the last
         stage that ran; rows with fewer than ``k`` candidates are padded with id -1 and -inf.
-        Keyword arguments override the configured stage parameters for this call.
+        Keyword arguments override the configured stage parameters for this call
+        (``first_wave`` / ``confidence``: ``config.exact``'s two-wave reading).
         """
         st = self._state
         Q = check_vectors(queries, d=self.d_, name="queries")
@@ -359,7 +370,13 @@ class CascadeIndex:
         s1 = max(coarse_shortlist or cfg.coarse.shortlist, s2 if use_fine else k)
         if not use_fine and not exact:
             s1 = k
-        params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine,
+        waves = cfg.exact.first_wave if first_wave is None else first_wave
+        confidence = cfg.exact.confidence if confidence is None else confidence
+        check_waves(waves, confidence, names=("first_wave", "confidence"))
+        if exact and 0 < waves < s2 and self.rerank_bound_ is None:
+            raise CodecError("first_wave > 0 needs the rerank bound an index fits at build; this index has none "
+                             "(built without an exact stage, or saved before format 4): rebuild it or read in one wave")
+        params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine, waves=waves, confidence=confidence,
                       nprobe=nprobe or cfg.coarse.nprobe,
                       excl=self._exclusions(st, modality))
         want_compiled = cfg.compiled_scan if compiled is None else compiled
@@ -480,10 +497,10 @@ class CascadeIndex:
             stats.seconds["fine"] = t2 - t1
         if p["exact"]:
             counts = ReadCounts()
-            n_valid = int(np.count_nonzero(rows >= 0))
-            rows, scores = exact_rerank(st.exact(), Q, rows, k, self.config.metric, counts=counts)
-            stats.exact_reranked = stats.fine_shortlist if p["use_fine"] else stats.coarse_shortlist
-            stats.disk_bytes = n_valid * self.d_ * 4 / max(nq, 1)
+            rows, scores = exact_rerank(st.exact(), Q, rows, k, self.config.metric, counts=counts, estimates=scores,
+                                        bound=self.rerank_bound_, first_wave=p["waves"], confidence=p["confidence"])
+            stats.exact_reranked = counts.scored / max(nq, 1)
+            stats.disk_bytes = counts.scored * self.d_ * 4 / max(nq, 1)
             stats.exact_pages = counts.pages_read / max(nq, 1)
             stats.exact_pool_hits = counts.pool_hits / max(nq, 1)
         stats.seconds["exact"] = time.perf_counter() - t2
@@ -873,7 +890,7 @@ class CascadeIndex:
             partition=None if self.partition is None else self.partition.get_state(),
             titles=self.titles, popular_item_ids=self.popular_item_ids,
             item_scales=None if self.scale_gamma_ is None else (self.scale_gamma_, *self.scale_range_),
-            cell_weight=self.cell_weight_), directory)
+            cell_weight=self.cell_weight_, rerank_bound=self.rerank_bound_), directory)
 
     @classmethod
     def load(cls, directory: str | Path, *, mmap: bool = True, verify: str = "quick",
@@ -892,6 +909,7 @@ class CascadeIndex:
             *saved.partition, projection=index._routing_projection())
         index.titles, index.popular_item_ids = saved.titles, saved.popular_item_ids
         index.cell_weight_ = saved.cell_weight
+        index.rerank_bound_ = saved.rerank_bound
         if saved.item_scales is not None:
             index.scale_gamma_, index.scale_range_ = saved.item_scales[0], saved.item_scales[1:]
         index._init_runtime(State(main=saved.main, delta=None, dead=None))

@@ -8,6 +8,7 @@ from numbers import Integral
 from typing import Any
 
 from mmcompress.errors import CodecError
+from mmcompress.index.rerankbound import check_confidence
 from mmcompress.index.rowstore import READER_KINDS
 
 
@@ -69,11 +70,18 @@ class ExactStageConfig:
     are latency bound: more in flight, more reads per second); ``O_DIRECT`` reads go through
     kernel AIO where the kernel takes it, else through as many threads. Only a store on disk (built
     with ``exact_vectors_path``, or loaded) is read this way; one built in memory stays there.
+
+    ``first_wave``: 0 reads the whole fine shortlist at once; ``n > 0`` reads its ``n``
+    best-estimated rows first, then only the rows whose calibrated bound (fitted at build,
+    :mod:`mmcompress.index.rerankbound`) reaches the k-th best exact score so far, at the
+    bound's ``confidence``: fewer pages for a longer shortlist.
     """
 
     reader: str = "mmap"
     pool_bytes: int = 0
     reads_in_flight: int = 64
+    first_wave: int = 0
+    confidence: float = 0.99
 
 
 @dataclass
@@ -118,6 +126,8 @@ class CascadeConfig:
             raise CodecError(f"index.fine.scoring must be 'adc' or 'decode'; found {self.fine.scoring!r}")
         check_exact_reader(self.exact.reader, self.exact.pool_bytes, self.exact.reads_in_flight,
                            names=("index.exact.reader", "index.exact.pool_bytes", "index.exact.reads_in_flight"))
+        check_waves(self.exact.first_wave, self.exact.confidence, names=("index.exact.first_wave",
+                                                                        "index.exact.confidence"))
         if self.cache_bytes < 0:
             raise CodecError(f"index.cache_bytes must be >= 0; found {self.cache_bytes}")
         if self.cache_policy not in ("tinylfu", "lru"):
@@ -147,6 +157,13 @@ def check_exact_reader(reader: Any, pool_bytes: Any, reads_in_flight: Any, *,
             raise CodecError(f"{name} must be an integer >= {low}; found {value!r} ({type(value).__name__})")
         if value < low:
             raise CodecError(f"{name} must be >= {low}; found {value}")
+
+
+def check_waves(first_wave: Any, confidence: Any, *, names: tuple[str, str]) -> None:
+    """Refuse a two-wave exact stage setting that is not a count >= 0 and a confidence level."""
+    if isinstance(first_wave, bool) or not isinstance(first_wave, Integral) or first_wave < 0:
+        raise CodecError(f"{names[0]} must be an integer >= 0; found {first_wave!r}")
+    check_confidence(confidence, names[1])
 
 
 def _from_mapping(cls: type, section: Mapping[str, Any], where: str) -> Any:

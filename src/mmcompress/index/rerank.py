@@ -4,6 +4,10 @@
     reader = open_row_store("exact.rows", reader="direct", pool_bytes=64 << 20)
     rows, scores = exact_rerank(reader, Q, candidates, keep=10, metric="ip")   # candidates: -1 pads
     reader.stats()["pages_read"]
+    # two waves: the 24 best-estimated rows, then only those whose calibrated bound reaches the
+    # 10th best exact score so far (:mod:`mmcompress.index.rerankbound`)
+    rows, scores = exact_rerank(reader, Q, candidates, 10, estimates=est, bound=bound,
+                                first_wave=24, confidence=0.99)
 
 The cascade calls it for its last stage; a peer that reranks exactly (IVF-PQ + refine, ...)
 calls the same function over the same store, so both pay for the same pages. Rows of an
@@ -15,17 +19,61 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmcompress.errors import CodecError
 from mmcompress.index import kernels
+from mmcompress.index.rerankbound import RerankBound, check_confidence
 from mmcompress.index.rowstore import MemoryRowReader, ReadCounts, RowReader, unique_inverse
+from mmcompress.index.select import best_columns
 
 
 def exact_rerank(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, metric: str = "ip", *,
-                 counts: ReadCounts | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 counts: ReadCounts | None = None, estimates: np.ndarray | None = None,
+                 bound: RerankBound | None = None, first_wave: int = 0,
+                 confidence: float = 0.99) -> tuple[np.ndarray, np.ndarray]:
     """Each query's best ``keep`` of its ``rows`` (nq, s; store rows, -1 = none) by exact inner
     product (``ip``) or negative squared distance (``l2``): rows (nq, keep) and float32
     scores, best first, padded with -1 / -inf; equal scores keep storage order. ``counts``
-    receives what this call read (pages, pool hits)."""
+    receives what this call read (pages, pool hits) and scored.
+
+    With ``first_wave > 0`` (and the first stage's ``estimates`` of the same shape, and a
+    ``bound``), rows are read in two waves: each query's ``first_wave`` best-estimated rows,
+    then only those whose ``bound.upper(estimate, confidence)`` reaches the ``keep``-th best
+    exact score of the first wave."""
     rows = np.asarray(rows, dtype=np.int64)
+    if first_wave > 0 and rows.ndim == 2 and rows.shape[1] > first_wave:
+        if estimates is None or bound is None:
+            raise CodecError("a two-wave exact stage needs the first stage's estimates and a fitted rerank bound")
+        return _two_waves(reader, Q, rows, np.asarray(estimates), keep, metric, counts=counts, bound=bound,
+                          first_wave=first_wave, confidence=confidence)
+    if counts is not None:
+        counts.scored += int(np.count_nonzero(rows >= 0))
+    return _one_wave(reader, Q, rows, keep, metric, counts)
+
+
+def _two_waves(reader: RowReader, Q: np.ndarray, rows: np.ndarray, estimates: np.ndarray, keep: int,
+               metric: str, *, counts: ReadCounts | None, bound: RerankBound, first_wave: int,
+               confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    check_confidence(confidence)
+    if estimates.shape != rows.shape:
+        raise CodecError(f"estimates {estimates.shape} and candidate rows {rows.shape} differ in shape")
+    est = np.where(rows >= 0, estimates.astype(np.float32), -np.inf)
+    order = np.argsort(-est, axis=1, kind="stable")
+    rows, est = np.take_along_axis(rows, order, axis=1), np.take_along_axis(est, order, axis=1)
+    first = rows[:, :first_wave]
+    r1, s1 = _one_wave(reader, Q, first, keep, metric, counts)
+    kth = s1[:, keep - 1]  # -inf where the first wave found fewer than keep rows: read them all
+    rest = np.where(bound.upper(est[:, first_wave:], confidence) >= kth[:, None], rows[:, first_wave:], -1)
+    if counts is not None:
+        counts.scored += int(np.count_nonzero(first >= 0)) + int(np.count_nonzero(rest >= 0))
+    if not (rest >= 0).any():
+        return r1, s1
+    r2, s2 = _one_wave(reader, Q, rest, keep, metric, counts)
+    out, scores = best_columns(np.concatenate([r1, r2], axis=1), np.concatenate([s1, s2], axis=1), keep)
+    return out, scores.astype(np.float32, copy=False)
+
+
+def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, metric: str,
+              counts: ReadCounts | None) -> tuple[np.ndarray, np.ndarray]:
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     valid = rows >= 0
     if isinstance(reader, MemoryRowReader) and kernels.AVAILABLE:

@@ -305,16 +305,19 @@ def open_row_store(path: str | os.PathLike, *, reader: str = "mmap", pool_bytes:
 @dataclass
 class ReadCounts:
     """What one or more read calls cost: rows asked for, pages from below the pool, pool hits,
-    bytes and read calls issued."""
+    bytes and read calls issued; and ``scored``, the (query, row) pairs the exact stage scored
+    (a row shared by two queries of a batch is read once and scored twice)."""
 
     rows: int = 0
     pages_read: int = 0
     pool_hits: int = 0
     bytes_read: int = 0
     reads: int = 0
+    scored: int = 0
 
     def add(self, other: ReadCounts) -> None:
         self.rows += other.rows
+        self.scored += other.scored
         self.pages_read += other.pages_read
         self.pool_hits += other.pool_hits
         self.bytes_read += other.bytes_read

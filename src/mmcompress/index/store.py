@@ -36,8 +36,9 @@ import numpy as np
 
 from mmcompress.artifacts import atomic_dir, recover_replaced_dir, sha256_file, write_json_atomic
 from mmcompress.codecs.base import Codec
-from mmcompress.errors import ArtifactError
+from mmcompress.errors import ArtifactError, CodecError
 from mmcompress.index.config import CascadeConfig
+from mmcompress.index.rerankbound import RerankBound
 from mmcompress.index.rowstore import (
     PAGED,
     RowLayout,
@@ -48,21 +49,23 @@ from mmcompress.index.rowstore import (
 )
 from mmcompress.index.segments import PackedIds, Segment
 
-FORMAT_VERSION = 3  # 3: exact store in a page-aligned row file; 2: item scales; 1 still loads
+FORMAT_VERSION = 4  # 4: the exact stage's rerank bound; 3: exact store in a page-aligned row file;
+# 2: item scales; 1 still loads
 KIND = "cascade_index"
 MANIFEST = "manifest.json"
 EXACT_FILE = "exact.rows"
 LEGACY_EXACT_FILE = "exact.npy"
 SMALL_FILE_BYTES = 16 << 20
 SAMPLE_BYTES = 1 << 20
-SUPPORTED_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass
 class SavedIndex:
     """Everything a saved index holds: what the cascade hands to :func:`write_index` and
     assembles itself from after :func:`read_index`. ``main``: the (compacted) segment;
-    ``partition``: the IVF partition's ``get_state()``; ``item_scales``: (gamma, lo, hi)."""
+    ``partition``: the IVF partition's ``get_state()``; ``item_scales``: (gamma, lo, hi);
+    ``rerank_bound``: the exact stage's two-wave bound (formats before 4 have none)."""
 
     config: CascadeConfig
     coarse_codec: Codec
@@ -76,6 +79,7 @@ class SavedIndex:
     popular_item_ids: list[int] = field(default_factory=list)
     item_scales: tuple[float, float, float] | None = None
     cell_weight: float | None = None
+    rerank_bound: RerankBound | None = None
 
 
 def sampled_sha256(path: str | os.PathLike, size: int | None = None) -> str:
@@ -139,6 +143,7 @@ def write_index(saved: SavedIndex, directory: str | Path) -> Path:
             "partition": None if saved.partition is None else saved.partition[0],
             "item_scales": None if scales is None else {"gamma": scales[0], "lo": scales[1], "hi": scales[2]},
             "cell_weight": saved.cell_weight,
+            "rerank_bound": None if saved.rerank_bound is None else saved.rerank_bound.to_dict(),
             "exact": main.exact is not None,
             "exact_store": exact_store,
             "arrays": {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)}
@@ -246,6 +251,7 @@ def read_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
         titles_path = directory / "titles.json"
         scales = manifest.get("item_scales")
         weight = manifest.get("cell_weight")
+        bound = manifest.get("rerank_bound")
         saved = SavedIndex(
             config=config, coarse_codec=coarse_codec,
             fine_codec=(None if fine is None else coarse_codec if shares else load_codec(directory / fine["file"])),
@@ -261,7 +267,8 @@ def read_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
                     if titles_path.exists() else {}),
             popular_item_ids=[] if popular is None else [int(i) for i in popular],
             item_scales=None if scales is None else (float(scales["gamma"]), float(scales["lo"]), float(scales["hi"])),
-            cell_weight=None if weight is None else float(weight))
+            cell_weight=None if weight is None else float(weight),
+            rerank_bound=None if bound is None else _rerank_bound(bound, directory))
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"{directory / MANIFEST}: malformed manifest ({e!r})") from e
     n, main = int(manifest["n_items"]), saved.main
@@ -269,6 +276,13 @@ def read_index(directory: str | Path, *, mmap: bool = True, verify: str = "quick
             and (main.exact is None or main.exact.n == n)):
         raise ArtifactError(f"{directory}: arrays disagree on the number of items (manifest {n})")
     return saved
+
+
+def _rerank_bound(entry: Any, directory: Path) -> RerankBound:
+    try:
+        return RerankBound.from_dict(entry)
+    except (CodecError, ValueError) as e:
+        raise ArtifactError(f"{directory / MANIFEST}: rerank_bound: {e}") from e
 
 
 def _open_exact(directory: Path, manifest: dict[str, Any], config: CascadeConfig, *,
