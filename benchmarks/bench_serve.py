@@ -13,8 +13,11 @@ and a test split. ``--scale N`` adds N synthetic rows from :func:`benchmarks.dat
 Debian test queries. Every table names its data.
 
 Protocol. Each contender's settings are chosen on the tuning queries only: the fastest setting
-reaching recall@10 >= 0.95, once by warm queries/s and once by cold queries/s; each choice is
-then run once on the test queries. Warm: the exact store read through the page cache
+reaching recall@10 >= 0.95, once by warm queries/s and once by cold queries/s (cold: the fastest
+that reads at most 40 pages a query, where one does); each choice is then run once on the test
+queries. Contenders with an exact stage are also tuned reading it in two waves (the
+best-estimated 24 rows, then only those whose calibrated bound reaches the 10th best exact
+score: :mod:`mmcompress.index.rerankbound`, fitted the same way for each first stage). Warm: the exact store read through the page cache
 (memory-mapped, after a warm-up pass), queries/s of whole batches, all contenders alternating
 batch by batch over ``--rounds`` rounds (median and range). Cold: the exact store read with
 ``O_DIRECT`` into the index's own buffer pool of 0, 1% and 10% of the store (warmed with the
@@ -279,8 +282,9 @@ def tune(b: Built, xtune: np.ndarray, truth: np.ndarray, threads: int, quick: bo
         cold.close()
     ok = [r for r in rows if r["recall"] >= TARGET_RECALL]
     picks = {"warm": max(ok, key=lambda r: r["warm_qps"])["setting"] if ok else None}
-    if disk:
+    if disk:  # cold: the fastest setting within the page budget, else the fastest
         okc = [r for r in ok if "cold_qps" in r]
+        okc = [r for r in okc if r["pages"] <= PAGES_BUDGET] or okc
         picks["cold"] = max(okc, key=lambda r: r["cold_qps"])["setting"] if okc else None
     return {"rows": rows, "picks": picks}
 

@@ -429,7 +429,8 @@ class LanceDB(Peer):
     # / analyze_plan(). Threads: LANCE_CPU_THREADS and LANCE_IO_THREADS (set to --threads).
     sources = {
         "build": "https://docs.lancedb.com/indexing/vector-index (num_partitions = "
-                 "num_rows // 4096 for IVF_PQ/IVF_RQ; num_sub_vectors = dim // 8); "
+                 "num_rows // 4096 for IVF_PQ/IVF_RQ; num_sub_vectors = dim // 8, or the divisor of "
+                 "dim nearest it); "
                  "https://docs.lancedb.com/indexing/rabitq (IVF_RQ num_bits=5)",
         "search": "same page: keep auto-tuned nprobes, raise when recall is insufficient; "
                   "refine_factor reranks with full vectors",
@@ -455,14 +456,17 @@ class LanceDB(Peer):
 
         n, d = base.shape
         parts = max(1, n // 4096)
+        # PQ needs num_sub_vectors to divide d: the divisor nearest the documented d // 8 (d=474
+        # of the MovieLens fused vectors: 79 sub-vectors of 6 dims, where 59 fails to build)
+        subs = min((m for m in range(1, d + 1) if d % m == 0), key=lambda m: (abs(m - d // 8), m))
         variants = {}
         for v in ("ivf_pq", "ivf_rq"):
             out = self.variant_dir(v)
             out.mkdir(parents=True, exist_ok=True)
             if v == "ivf_pq":
-                cfg = IvfPq(distance_type="dot", num_partitions=parts, num_sub_vectors=d // 8)
+                cfg = IvfPq(distance_type="dot", num_partitions=parts, num_sub_vectors=subs)
                 params = {"index_type": "IVF_PQ", "distance_type": "dot",
-                          "num_partitions": parts, "num_sub_vectors": d // 8, "num_bits": 8}
+                          "num_partitions": parts, "num_sub_vectors": subs, "num_bits": 8}
             else:
                 cfg = IvfRq(distance_type="dot", num_partitions=parts, num_bits=self.RQ_BITS)
                 params = {"index_type": "IVF_RQ", "distance_type": "dot",

@@ -26,6 +26,19 @@ def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
         if c["warm"]:  # chosen on tuning, run on test: the figures come from the test run
             assert c["warm"]["setting"] == c["picks"]["warm"]
             assert c["warm"]["qps_median"] > 0 and len(c["warm"]["qps"]) == result["rounds"]
+    for c in contenders.values():  # the exact stage read in two waves: each first stage alike
+        if c["kind"] == "faiss":
+            continue
+        waves = [r for r in c["tuning"]["rows"] if r["setting"].get("fw")]
+        assert waves, c["name"]
+        for r in waves:  # the second wave skips rows: fewer pages than the shortlist's rows
+            if "pages" in r:
+                assert r["pages"] < r["setting"].get("s2", r["setting"].get("R")), (c["name"], r)
+        within = [r for r in c["tuning"]["rows"] if r["recall"] >= bench_serve.TARGET_RECALL
+                  and r.get("pages", 1e9) <= bench_serve.PAGES_BUDGET]
+        if within:  # the cold pick keeps to the page budget where a setting does
+            pick = next(r for r in c["tuning"]["rows"] if r["setting"] == c["picks"]["cold"])
+            assert pick["pages"] <= bench_serve.PAGES_BUDGET
     disk = [c for c in contenders.values() if c["cold"]]
     assert disk, "no contender with an exact store on disk reached the recall target"
     for c in disk:
