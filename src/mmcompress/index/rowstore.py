@@ -681,12 +681,21 @@ class DirectRowReader:
 
     def _scratch(self, n_pages: int) -> mmap.mmap:
         """A page-aligned buffer of at least ``n_pages`` pages (anonymous memory, as O_DIRECT
-        needs): a spare one when large enough, else a new one."""
+        needs): the smallest spare that is large enough; else a new one, sized to the next power
+        of two (at least 16 pages), that takes the place of the largest spare. So there are about
+        as many spares as reads that ran at once, each as large as the largest call that used
+        it, not one per size a call happened to ask for (a search reading in two waves asks for
+        two sizes); only the pages a read wrote into are resident."""
         with self._scratch_lock:
-            for j, mem in enumerate(self._spare):
-                if len(mem) >= n_pages * PAGE_BYTES:
-                    return self._spare.pop(j)
-        return mmap.mmap(-1, max(n_pages, 16) * PAGE_BYTES)
+            sizes = [len(mem) for mem in self._spare]
+            fits = [j for j, size in enumerate(sizes) if size >= n_pages * PAGE_BYTES]
+            if fits:
+                return self._spare.pop(min(fits, key=sizes.__getitem__))
+            old = self._spare.pop(int(np.argmax(sizes))) if sizes else None
+        if old is not None:
+            with contextlib.suppress(BufferError):  # a view still open: the collector frees it later
+                old.close()
+        return mmap.mmap(-1, max(16, 1 << (n_pages - 1).bit_length()) * PAGE_BYTES)
 
     def _read_runs(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
         """Read each run of adjacent pages into its frames, up to ``reads_in_flight`` at once."""
