@@ -501,7 +501,11 @@ def markdown(result: dict[str, Any]) -> str:
             w = c.get("warm")
             label = c["extra"].get("label", c["name"])
             if not w:
-                lines.append(f"| {label} | none reached {TARGET_RECALL} | | | | {c['resident_bytes'] / n:.1f} | |")
+                best = max(c["tuning"]["rows"], key=lambda r: r["recall"], default=None)
+                reached = "" if best is None else (f" (tuning best: {best['recall']:.3f} at "
+                                                   f"{describe_setting(best['setting'])})")
+                lines.append(f"| {label} | none reached {TARGET_RECALL}{reached} | | | | "
+                             f"{c['resident_bytes'] / n:.1f} | |")
                 continue
             lines.append(f"| {label} | {describe_setting(w['setting'])} | {w['recall']:.3f} | "
                          f"{w['qps_median']:.0f} ({w['qps_min']:.0f}-{w['qps_max']:.0f}) | "

@@ -459,8 +459,11 @@ class LanceDB(Peer):
         # PQ needs num_sub_vectors to divide d: the divisor nearest the documented d // 8 (d=474
         # of the MovieLens fused vectors: 79 sub-vectors of 6 dims, where 59 fails to build)
         subs = min((m for m in range(1, d + 1) if d % m == 0), key=lambda m: (abs(m - d // 8), m))
-        variants = {}
+        variants, skipped = {}, {}
         for v in ("ivf_pq", "ivf_rq"):
+            if v == "ivf_rq" and d % 8:
+                skipped[v] = f"IVF_RQ needs a dimension divisible by 8 (lancedb refuses d={d})"
+                continue
             out = self.variant_dir(v)
             out.mkdir(parents=True, exist_ok=True)
             if v == "ivf_pq":
@@ -485,13 +488,13 @@ class LanceDB(Peer):
             variants[v] = {"build_s": build_s, "files": dir_sizes(out), "params": params,
                            "index_size_bytes": getattr(idx, "size_bytes", None)}
             del tbl, db
-        return {"variants": variants, "num_partitions": parts}
+        return {"variants": variants, "skipped": skipped, "num_partitions": parts}
 
     def settings(self, build_info):
         parts = build_info["num_partitions"]
         probes = [None, *sorted({max(1, round(f * parts)) for f in self.NPROBE_FRACTIONS})]
         return [{"variant": v, "nprobes": p, "refine_factor": r}
-                for v in ("ivf_pq", "ivf_rq") for p in probes for r in self.REFINE]
+                for v in build_info["variants"] for p in probes for r in self.REFINE]
 
     def load(self, variant, build_info):
         self.db = self._connect(variant)   # a new connection: a new session, empty caches
