@@ -481,7 +481,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# Serving benchmark", "",
              f"Machine: {result['machine']}; {result['threads']} threads; recall@10 against exact "
              "inner-product top-10 on held-out test queries; settings chosen on tuning queries "
-             f"(fastest reaching recall@10 >= {TARGET_RECALL}), run once on the test queries.", "",
+             f"(fastest reaching recall@10 >= {TARGET_RECALL}; cold: the fastest of those within "
+             f"{PAGES_BUDGET} pages a query where one is), run once on the test queries. Settings with "
+             "fw / conf read the exact stage in two waves: the fw best-estimated rows, then those whose "
+             "bound (fitted at build, confidence conf) reaches the 10th best exact score so far.", "",
              "Warm: exact store through the page cache, whole test batches, contenders alternating "
              f"batch by batch ({result['rounds']} rounds: median (min-max)). Cold: exact store read with "
              "O_DIRECT into the index's own buffer pool (0 / 1% / 10% of the store), "
