@@ -106,9 +106,9 @@ def test_a_winner_whose_spec_resolves_differently_is_still_marked_and_refitted(d
 
 # ---- budget as an upper bound, small catalogs ------------------------------------------------
 #: At 16 bytes: scalar codes after PCA, Lloyd-Max levels and a 4-bit product quantizer; and an
-#: 8-byte residual quantizer, which on scikit-learn digits (L2) beats every one of them.
+#: 8-byte residual quantizer encoded with a beam of 2, which on scikit-learn digits (L2) beats every one of them.
 FULL_16 = ["PCA16,SQ8", "PCA32,SQ4", "PCA,NUQ16", "PQ32x4"]
-SMALLER = "RQ8x8"
+SMALLER = "RQ8x8_b2"  # plain RQ8x8 led by only 0.008 on one machine (0.906 vs 0.898), under the premise's 0.01
 
 
 @pytest.fixture(scope="module")
