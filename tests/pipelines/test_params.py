@@ -18,10 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_index_section_builds_the_cascade_config_with_its_exact_reader():
     params = load_params(REPO / "params.yaml")
     cfg = CascadeConfig.from_params(params["index"])
-    assert set(params["index"]["exact"]) == {"reader", "pool_bytes", "reads_in_flight"}
-    assert (cfg.exact.reader, cfg.exact.pool_bytes, cfg.exact.reads_in_flight) == (
-        params["index"]["exact"]["reader"], params["index"]["exact"]["pool_bytes"],
-        params["index"]["exact"]["reads_in_flight"])
+    keys = ("reader", "pool_bytes", "reads_in_flight", "first_wave", "confidence")
+    assert set(params["index"]["exact"]) == set(keys)
+    assert tuple(getattr(cfg.exact, k) for k in keys) == tuple(params["index"]["exact"][k] for k in keys)
     disk = apply_overrides(params, {"index.exact.reader": "direct", "index.exact.pool_bytes": 1 << 26})
     assert CascadeConfig.from_params(disk["index"]).exact.pool_bytes == 1 << 26
 
@@ -32,6 +31,8 @@ def test_index_section_builds_the_cascade_config_with_its_exact_reader():
     ({"index.exact.pool_bytes": "64MB"}, "index.exact.pool_bytes"),
     ({"index.exact.reads_in_flight": 0}, "index.exact.reads_in_flight"),
     ({"index.exact.reads_in_flight": 2.5}, "index.exact.reads_in_flight"),
+    ({"index.exact.first_wave": -1}, "index.exact.first_wave"),
+    ({"index.exact.confidence": 1.5}, "index.exact.confidence"),
     ({"index.exact.pool": 4096}, "index.exact: unknown keys \\['pool'\\]"),
 ])
 def test_bad_exact_settings_are_refused_naming_the_key(override, key):
