@@ -127,6 +127,7 @@ def built(digits):
 def test_the_cascade_fits_a_bound_at_build_that_holds_on_held_out_queries(built, digits):
     b = built.rerank_bound_
     assert b is not None and b.pairs > 10_000 and 0.5 < b.slope < 1.5
+    assert built.total_stats.n_queries == 0  # the calibration's searches are not counted as served
     # the calibration: sample items as queries, their own item left out
     redo = calibrate_rerank_bound(lambda Q, s: built.search(Q, s, exact_rerank=False), digits["xb"], digits["ids"],
                                   depth=120)

@@ -191,6 +191,7 @@ class CascadeIndex:
             self.rerank_bound_ = calibrate_rerank_bound(
                 lambda Q, s: self.search(Q, s, exact_rerank=False), X, ids, depth=depth, metric=cfg.metric,
                 seed=cfg.seed)
+            self.total_stats = SearchStats()  # the calibration's searches are not served queries
         return self
 
     @classmethod
