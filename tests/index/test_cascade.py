@@ -334,6 +334,24 @@ def test_half_precision_centroids_halve_their_bytes(digits, tmp_path):
     np.testing.assert_array_equal(loaded.search(digits["xq"], 10)[1], half.search(digits["xq"], 10)[1])
 
 
+def test_code_space_centroids_take_the_precision_of_a_float16_projection(digits, tmp_path):
+    section = {"coarse": {"codec": "BIN32_f16", "shortlist": 300, "nlist": 16, "nprobe": 6},
+               "fine": {"codec": "coarse", "shortlist": 80}}
+    half = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
+    full = CascadeIndex.from_config(CascadeConfig.from_params(
+        {**section, "coarse": {**section["coarse"], "codec": "BIN32"}}), digits["xb"], digits["ids"])
+    assert half.partition.centroids_.dtype == np.float16
+    assert half.memory_report()["resident_bytes"]["centroids"] == 16 * 32 * 2
+    assert full.memory_report()["resident_bytes"]["centroids"] == 16 * 32 * 4
+    r_half = recall_at_k(digits["truth"], half.search(digits["xq"], 10)[1], 10)
+    r_full = recall_at_k(digits["truth"], full.search(digits["xq"], 10)[1], 10)
+    assert r_half >= 0.95 and r_half >= r_full - 0.01
+    half.save(tmp_path / "ix")
+    loaded = CascadeIndex.load(tmp_path / "ix")
+    assert loaded.partition.centroids_.dtype == np.float16
+    np.testing.assert_array_equal(loaded.search(digits["xq"], 10)[1], half.search(digits["xq"], 10)[1])
+
+
 def test_code_space_partition_refuses_to_load_without_its_projection(digits):
     from mmcompress.index.partition import CoarsePartition
 

@@ -153,7 +153,9 @@ class CascadeIndex:
         if cfg.coarse.nlist > 0:
             nlist = min(cfg.coarse.nlist, len(X))
             projection = self._routing_projection()
-            half = cfg.half_precision_tables and projection is None  # few code-space centroids: float32 scores faster
+            # centroids kept in the code's subspace take its projection's precision (a ``_f16``
+            # sign codec: float16, half their bytes; scored in float32 either way)
+            half = cfg.half_precision_tables if projection is None else projection.dtype == np.float16
             self.partition = CoarsePartition(nlist, cfg.metric, random_state=cfg.seed,
                                              max_train_rows=cfg.train_rows,
                                              dtype="float16" if half else "float32").fit(train, projection)

@@ -71,10 +71,11 @@ class ExactStageConfig:
     kernel AIO where the kernel takes it, else through as many threads. Only a store on disk (built
     with ``exact_vectors_path``, or loaded) is read this way; one built in memory stays there.
 
-    ``first_wave``: 0 reads the whole fine shortlist at once; ``n > 0`` reads its ``n``
-    best-estimated rows first, then only the rows whose calibrated bound (fitted at build,
-    :mod:`mmcompress.index.rerankbound`) reaches the k-th best exact score so far, at the
-    bound's ``confidence``: fewer pages for a longer shortlist.
+    ``first_wave``: 0 reads the whole fine shortlist at once; ``n > 0`` reads in two waves:
+    first the rows whose calibrated bound (fitted at build, :mod:`mmcompress.index.rerankbound`,
+    at the bound's ``confidence``) reaches the predicted k-th best exact score, and at least the
+    ``n`` best-estimated; then only the other rows whose bound reaches the k-th best exact score
+    so far: fewer pages for a longer shortlist, and for most queries one round of reads.
     """
 
     reader: str = "mmap"
@@ -96,7 +97,9 @@ class CascadeConfig:
     metric: str = "ip"
     cache_bytes: int = 4_000_000
     cache_policy: str = "tinylfu"
-    half_precision_tables: bool = False  # full-space IVF centroids and sign maps not shared with a codec in float16
+    # full-space IVF centroids and sign maps not shared with a codec in float16 (code-space
+    # centroids take the precision of the codec's projection)
+    half_precision_tables: bool = False
     compiled_scan: bool = True  # binary coarse + sign-table fine stages in one compiled pass
     train_rows: int = 100_000
     seed: int = 0

@@ -5,6 +5,8 @@ partition costs no bytes per item: only the centroids and the cell offsets. Give
 (the coarse sign codec's own orthonormal ``W``, shared, not copied), the centroids are kept and
 scored in its subspace: ``q . (W W^T c)`` ranks cells as ``q . c`` does up to the part of each
 centroid outside the code's subspace, for ``r/d`` of the bytes and of the probing work.
+Centroids may be held in float16 (half the bytes; the cascade does so in the subspace of a
+``_f16`` codec's projection); scores are computed in float32 either way.
 """
 
 from __future__ import annotations
