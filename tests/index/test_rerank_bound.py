@@ -98,15 +98,49 @@ def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound
     assert one.scored == 20 * 80 and c1.scored < 0.75 * one.scored
     assert c1.pages_read < 0.8 * one.pages_read
     assert recall_at_k(want[0], got[0], 10) >= 0.9
-    # what the second wave skipped was below the first wave's 10th best exact score, by the bound
+    # the first wave: the 20 best-estimated rows and those whose bound reaches the predicted 10th
+    # best score; what the second wave skipped was below the first wave's 10th best exact score
     order = np.argsort(-est, axis=1, kind="stable")
-    first_rows = np.take_along_axis(rows, order[:, :20], axis=1)
-    kth = np.sort(np.take_along_axis(exact, order[:, :20], axis=1), axis=1)[:, -10]
-    skipped = bound.upper(np.take_along_axis(est, order[:, 20:], axis=1), 0.9) < kth[:, None]
+    e, x, r = (np.take_along_axis(a, order, axis=1) for a in (est, exact, rows))
+    upper = bound.upper(e, 0.9)
+    in_first = upper >= np.sort(bound.upper(e, 0.5), axis=1)[:, -10:-9]
+    in_first[:, :20] = True
+    assert (in_first.sum(axis=1) > 20).any()
+    kth = np.sort(np.where(in_first, x, -np.inf), axis=1)[:, -10]
+    skipped = ~in_first & (upper < kth[:, None])
     assert skipped.any()
     for i in range(len(Q)):
-        dropped = set(np.take_along_axis(rows, order[:, 20:], axis=1)[i][skipped[i]])
-        assert not dropped & set(got[0][i]) and not dropped & set(first_rows[i])
+        dropped = set(r[i][skipped[i]])
+        assert not dropped & set(got[0][i]) and not dropped & set(r[i][in_first[i]])
+
+
+def test_the_first_wave_leaves_most_queries_a_single_round_of_reads(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20_000, 384)).astype(np.float32)
+    Q = rng.normal(size=(40, 384)).astype(np.float32)
+    rows = np.argsort(-(Q @ X.T), axis=1)[:, :80]
+    exact = np.take_along_axis(Q @ X.T, rows, axis=1)
+    est = exact + rng.normal(scale=3.0, size=exact.shape).astype(np.float32)
+    bound = fit_rerank_bound(est, exact)
+    write_rows(tmp_path / "x.rows", X)
+    reader = open_row_store(tmp_path / "x.rows", reader="pread")
+    calls, single = [], ReadCounts()
+    read = reader.read
+    reader.read = lambda rr, counts=None: calls.append(len(rr)) or read(rr, counts=counts)
+    rounds = []
+    for i in range(len(Q)):
+        calls.clear()
+        exact_rerank(reader, Q[i:i + 1], rows[i:i + 1], 10, estimates=est[i:i + 1], bound=bound,
+                     first_wave=10, confidence=0.95, counts=single)
+        rounds.append(len(calls))
+    reader.close()
+    # a first wave of the 10 best-estimated rows alone leaves nearly every query a second round
+    order = np.argsort(-est, axis=1, kind="stable")
+    e, x = np.take_along_axis(est, order, axis=1), np.take_along_axis(exact, order, axis=1)
+    kth10 = np.sort(x[:, :10], axis=1)[:, -10]
+    assert np.mean((bound.upper(e[:, 10:], 0.95) >= kth10[:, None]).any(axis=1)) > 0.9
+    assert np.mean(np.array(rounds) == 1) >= 0.6
+    assert single.scored < 0.75 * 40 * 80
 
 
 def test_two_waves_need_estimates_and_a_bound():

@@ -4,8 +4,9 @@
     reader = open_row_store("exact.rows", reader="direct", pool_bytes=64 << 20)
     rows, scores = exact_rerank(reader, Q, candidates, keep=10, metric="ip")   # candidates: -1 pads
     reader.stats()["pages_read"]
-    # two waves: the 24 best-estimated rows, then only those whose calibrated bound reaches the
-    # 10th best exact score so far (:mod:`mmcompress.index.rerankbound`)
+    # two waves: the rows whose calibrated bound reaches the predicted 10th best exact score (at
+    # least the 24 best-estimated), then only those whose bound reaches the 10th best exact
+    # score so far (:mod:`mmcompress.index.rerankbound`)
     rows, scores = exact_rerank(reader, Q, candidates, 10, estimates=est, bound=bound,
                                 first_wave=24, confidence=0.99)
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from mmcompress.errors import CodecError
 from mmcompress.index import kernels
-from mmcompress.index.rerankbound import RerankBound, check_confidence
+from mmcompress.index.rerankbound import LEVELS, RerankBound, check_confidence
 from mmcompress.index.rowstore import MemoryRowReader, ReadCounts, RowReader, unique_inverse
 from mmcompress.index.select import best_columns
 
@@ -36,9 +37,11 @@ def exact_rerank(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, 
     receives what this call read (pages, pool hits) and scored.
 
     With ``first_wave > 0`` (and the first stage's ``estimates`` of the same shape, and a
-    ``bound``), rows are read in two waves: each query's ``first_wave`` best-estimated rows,
-    then only those whose ``bound.upper(estimate, confidence)`` reaches the ``keep``-th best
-    exact score of the first wave."""
+    ``bound``), rows are read in two waves. The first: each query's ``first_wave``
+    best-estimated rows and every row whose ``bound.upper(estimate, confidence)`` reaches the
+    predicted ``keep``-th best exact score (the ``keep``-th best bound at confidence 0.5, the
+    median). The second: only the other rows whose bound reaches the ``keep``-th best exact
+    score of the first wave; most queries have none, so they pay one round of reads."""
     rows = np.asarray(rows, dtype=np.int64)
     if first_wave > 0 and rows.ndim == 2 and rows.shape[1] > first_wave:
         if estimates is None or bound is None:
@@ -59,10 +62,19 @@ def _two_waves(reader: RowReader, Q: np.ndarray, rows: np.ndarray, estimates: np
     est = np.where(rows >= 0, estimates.astype(np.float32), -np.inf)
     order = np.argsort(-est, axis=1, kind="stable")
     rows, est = np.take_along_axis(rows, order, axis=1), np.take_along_axis(est, order, axis=1)
-    first = rows[:, :first_wave]
+    upper = bound.upper(est, confidence)
+    # the first wave: the first_wave best-estimated rows and every row whose bound reaches the
+    # predicted k-th best exact score (the bound at its median), so most queries need no second
+    # round of reads; -inf where fewer than keep rows are valid: the first wave takes them all
+    predicted = bound.upper(est, LEVELS[0])
+    kth_predicted = -np.partition(-predicted, keep - 1, axis=1)[:, keep - 1] if rows.shape[1] >= keep \
+        else np.full(len(rows), -np.inf, np.float32)
+    in_first = upper >= kth_predicted[:, None]
+    in_first[:, :first_wave] = True
+    first = np.where(in_first, rows, -1)
     r1, s1 = _one_wave(reader, Q, first, keep, metric, counts)
-    kth = s1[:, keep - 1]  # -inf where the first wave found fewer than keep rows: read them all
-    rest = np.where(bound.upper(est[:, first_wave:], confidence) >= kth[:, None], rows[:, first_wave:], -1)
+    kth = s1[:, keep - 1]  # -inf where the first wave found fewer than keep rows: read the rest
+    rest = np.where(~in_first & (upper >= kth[:, None]), rows, -1)
     if counts is not None:
         counts.scored += int(np.count_nonzero(first >= 0)) + int(np.count_nonzero(rest >= 0))
     if not (rest >= 0).any():

@@ -6,9 +6,11 @@ exact stage reads a shortlist's rows in two waves and skips the rows that cannot
     exact_rerank(reader, Q, rows, 10, estimates=est, bound=bound, first_wave=24, confidence=0.99)
 
 The fit is ``exact ~ a * estimate + b`` by least squares over (query, shortlisted item) pairs;
-``margin(c)`` is the ``c`` quantile of the residuals. The exact stage reads the ``first_wave``
-best-estimated rows, takes the k-th best exact score among them, and then reads only the rows
-whose bound reaches it: a row left unread would have entered the top k only if its residual
+``margin(c)`` is the ``c`` quantile of the residuals. The exact stage first reads the rows
+whose bound reaches the *predicted* k-th best exact score (the k-th best ``a * e + b +
+margin(0.5)``), at least the ``first_wave`` best-estimated; it takes the k-th best exact score
+among them, and then reads only the other rows whose bound reaches it (for most queries none,
+so one round of reads): a row left unread would have entered the top k only if its residual
 exceeded the margin, which a fraction ``1 - c`` of the calibration pairs did. The bound is
 empirical (fitted on the catalog's own items), not a worst-case guarantee such as RaBitQ's
 error bound; ``confidence`` trades pages read against recall and is tuned like a shortlist.
