@@ -27,6 +27,7 @@ import numpy as np
 
 from mmcompress.codecs.base import Codec, check_codes, check_vectors
 from mmcompress.codecs.faiss_quantizers import subsample_rows
+from mmcompress.codecs.halfmath import matmul_half
 from mmcompress.codecs.spec import SpecContext, register_quantizer
 from mmcompress.codecs.transforms import _pca, random_orthogonal
 from mmcompress.errors import CodecError
@@ -116,7 +117,7 @@ class BinaryCodec(Codec):
         self._scan_index = index
 
     def _project(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean_) @ self.W_
+        return matmul_half(X - self.mean_, self.W_)
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return np.packbits(self._project(X) > 0, axis=1)
@@ -131,7 +132,7 @@ class BinaryCodec(Codec):
         ``|y_hat|``, so the norm term is linear in the code and folds into the query."""
         if not self._orthonormal:
             return super()._scan(codes, queries, k, norm_weight)
-        mapped = (queries - 2.0 * norm_weight * self.mean_) @ self.W_
+        mapped = matmul_half(queries - 2.0 * norm_weight * self.mean_, self.W_)
         const = queries @ self.mean_ - norm_weight * float(self.mean_ @ self.mean_ + self.alpha_ @ self.alpha_)
         with self._lock:
             self._scan_index.reset()

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from mmcompress.codecs.base import Codec, check_vectors
+from mmcompress.codecs.halfmath import matmul_half
 from mmcompress.errors import CatalogError, CodecError
 from mmcompress.index import kernels
 from mmcompress.index.cellprior import choose_cell_weight
@@ -555,7 +556,7 @@ class CascadeIndex:
         """``Q @ W`` for the coarse codec's projection ``W``, else None: one product that the
         query codes, code-space routing and a sign scorer on the same codec all read."""
         W = self._coarse_sign[0]
-        return None if W is None else Q @ W
+        return None if W is None else matmul_half(Q, W)
 
     def _query_codes(self, Q: np.ndarray, QW: np.ndarray | None = None) -> np.ndarray:
         """Coarse codes of the queries; from ``QW`` when given (``(q - m) W > 0`` as ``q W > m W``)."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmcompress.codecs.base import check_vectors
+from mmcompress.codecs.halfmath import matmul_half, matmul_half_t
 from mmcompress.errors import CodecError
 from mmcompress.index.kernels import best_cells
 
@@ -66,11 +67,11 @@ class CoarsePartition:
         """Routing score of every cell per row (nq, nlist), higher = closer: ``x . c`` (``ip``) or
         ``2 x . c - |c|^2`` (``l2``, the squared distance up to a per-row constant). ``projected``:
         ``X`` is already ``X @ projection_``."""
-        C = self.centroids_ if self.centroids_.dtype == np.float32 else self.centroids_.astype(np.float32)
         if self.projection_ is not None and not projected:
-            X = X @ self.projection_
-        S = X @ C.T
+            X = matmul_half(X, self.projection_)
+        S = matmul_half_t(X, self.centroids_)
         if self.metric == "l2":
+            C = self.centroids_.astype(np.float32)
             S = 2 * S - (C * C).sum(axis=1)[None, :]
         return S
 

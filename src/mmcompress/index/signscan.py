@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmcompress.codecs.base import Codec
+from mmcompress.codecs.halfmath import matmul_half
 
 
 class SignLUTScorer:
@@ -30,6 +31,7 @@ class SignLUTScorer:
         self.metric = metric
         self.shared = shared
         self.code_size = W.shape[1] // 8
+        self._mean_w = matmul_half(self.mean[None], W)[0]  # (bits,): the l2 tables' offset
         if metric == "l2":
             W32 = self.W.astype(np.float64)
             self._norm_const = float(self.mean @ self.mean + ((W32 * W32).sum(axis=0) * self.scale ** 2).sum())
@@ -83,12 +85,11 @@ class SignLUTScorer:
         ``sign_tables`` expands the projections into look-up tables. ``QW``: ``Q @ W`` where the
         caller has it already."""
         Q = np.asarray(Q, dtype=np.float32)
-        W = self.W32
         if QW is None:
-            QW = Q @ W
+            QW = matmul_half(Q, self.W)
         if self.metric == "ip":
             return QW * self.scale, Q @ self.mean
-        proj = 2 * (QW - self.mean @ W) * self.scale
+        proj = 2 * (QW - self._mean_w) * self.scale
         return proj, 2 * (Q @ self.mean) - self._norm_const - (Q * Q).sum(axis=1)
 
     def item_factors(self, X: np.ndarray, codes: np.ndarray, gamma: float) -> np.ndarray:
