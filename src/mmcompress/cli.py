@@ -29,7 +29,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from mmcompress.serve import ServiceSettings, run_server
 
     settings = ServiceSettings(exact_reader=args.exact_reader, exact_pool_bytes=args.exact_pool_bytes,
-                               exact_reads_in_flight=args.exact_reads_in_flight)
+                               exact_reads_in_flight=args.exact_reads_in_flight,
+                               exact_first_wave=args.exact_first_wave, exact_confidence=args.exact_confidence)
     run_server(port=args.port, model=args.model, host=args.host, tracking_uri=args.tracking_uri,
                model_name=args.model_name, settings=settings)
     return 0
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the page cache, direct with O_DIRECT into the index's own buffer pool")
     s.add_argument("--exact-pool-bytes", type=int, default=None, help="buffer pool of the direct reader")
     s.add_argument("--exact-reads-in-flight", type=int, default=None, help="page reads one search issues at once")
+    s.add_argument("--exact-first-wave", type=int, default=None,
+                   help="read the exact stage in two waves, at least this many rows first (0: one wave)")
+    s.add_argument("--exact-confidence", type=float, default=None, help="the two-wave bound's level in [0.5, 1]")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("rollback", help="make the 'previous' model version champion again")

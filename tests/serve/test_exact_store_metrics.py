@@ -156,3 +156,50 @@ def test_a_scrape_of_the_replaced_index_after_its_reload_counts_nothing(build, c
     new.search(catalog["X"][:2], 5)
     metrics.refresh_exact_store(new)
     assert metrics.registry.get_sample_value("mmcompress_exact_store_calls_total") == total + new.exact_store_stats()["calls"]
+
+
+def test_settings_read_every_loaded_index_in_two_waves(index_dir, catalog):
+    rows_read = {}
+    for waves in (None, 10):
+        settings = ServiceSettings(reload_interval_s=None, warm_items=0, exact_first_wave=waves,
+                                   exact_confidence=None if waves is None else 0.95)
+        app = create_app(index_dir, settings=settings)
+        index = app.state.service.current.index
+        with TestClient(app) as c:
+            query(c, catalog, range(0, 60, 3))
+        rows_read[waves] = index.exact_store_stats()["rows"]
+        if waves is not None:
+            assert (index.config.exact.first_wave, index.config.exact.confidence) == (10, 0.95)
+        else:
+            assert index.config.exact.first_wave == 0  # as saved
+    assert rows_read[10] < 0.8 * rows_read[None]
+
+
+def test_two_waves_are_refused_on_an_index_without_a_rerank_bound(tmp_path, build, catalog):
+    config = CascadeConfig.from_params({"coarse": {"codec": "BIN32", "shortlist": 100}, "fine": {"shortlist": 40},
+                                        "exact_rerank": False})
+    unbounded = CascadeIndex.build(make_codec("BIN32").fit(catalog["X"]), make_codec("PQ8x8").fit(catalog["X"]),
+                                   catalog["X"], catalog["ids"], config=config)
+    assert unbounded.rerank_bound_ is None
+    with pytest.raises(CodecError, match="first_wave=10 needs the rerank bound"):
+        unbounded.set_exact_waves(10, 0.95)
+    assert (unbounded.config.exact.first_wave, unbounded.config.exact.confidence) == (0, 0.99)
+    # a hot reload to such an index fails and the service keeps the one it had
+    path = tmp_path / "index"
+    build().save(path)
+    service = SimilarItemsService(DirectorySource(path), ServiceSettings(reload_interval_s=None, warm_items=0,
+                                                                         exact_first_wave=10))
+    assert service.reload() and service.current.index.config.exact.first_wave == 10
+    served = service.current.index
+    unbounded.save(path)
+    assert not service.reload()
+    assert service.current.index is served and "rerank bound" in service.last_error
+
+
+@pytest.mark.parametrize("bad, key", [({"exact_first_wave": -1}, "exact_first_wave"),
+                                      ({"exact_first_wave": 2.5}, "exact_first_wave"),
+                                      ({"exact_confidence": 0.3}, "exact_confidence"),
+                                      ({"exact_first_wave": 10, "exact_confidence": "high"}, "exact_confidence")])
+def test_bad_wave_settings_are_refused_naming_the_setting(bad, key):
+    with pytest.raises(CodecError, match=key):
+        ServiceSettings(**bad)

@@ -947,6 +947,20 @@ class CascadeIndex:
             main = Segment(**{**st.main.__dict__, "exact": self._open_exact(path)})
             self._state = State(main=main, delta=st.delta, dead=st.dead, n_dead=st.n_dead)
 
+    def set_exact_waves(self, first_wave: int | None = None, confidence: float | None = None) -> None:
+        """Read the exact stage in two waves from now on (``config.exact.first_wave`` /
+        ``confidence``; None keeps the current value); refuses ``first_wave > 0`` on an index
+        without a fitted rerank bound, changing nothing."""
+        ex = self.config.exact
+        waves = ex.first_wave if first_wave is None else first_wave
+        level = ex.confidence if confidence is None else confidence
+        check_waves(waves, level, names=("first_wave", "confidence"))
+        if waves > 0 and self.rerank_bound_ is None:
+            raise CodecError(f"first_wave={waves} needs the rerank bound an index fits at build; this index has "
+                             "none (built without an exact stage on disk, or saved before format 4)")
+        with self._lock:
+            ex.first_wave, ex.confidence = int(waves), float(level)
+
     def exact_store_stats(self) -> dict[str, Any]:
         """The exact store reader's counters (``RowReader.stats``: pages read, pool hits and
         hit rate, bytes, reads, mode); empty without an exact store. For /metrics."""

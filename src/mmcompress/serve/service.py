@@ -25,7 +25,7 @@ from tenacity import wait_exponential
 
 from mmcompress.index.cache import LRUCache, TinyLFUCache, make_cache
 from mmcompress.index.cascade import SearchStats
-from mmcompress.index.config import check_exact_reader
+from mmcompress.index.config import check_exact_reader, check_waves
 from mmcompress.serve.metrics import ServiceMetrics
 from mmcompress.serve.source import IndexBundle, IndexSource
 
@@ -41,7 +41,10 @@ class ServiceSettings:
     (``index.exact`` of params.yaml: ``"mmap"``, ``"direct"`` with a buffer pool of
     ``exact_pool_bytes``, or ``"pread"``). None keeps what the index was saved with, so the
     pipeline's choice serves unless a replica says otherwise (e.g. a disk-resident replica
-    with a small pool where the build machine memory-mapped)."""
+    with a small pool where the build machine memory-mapped). ``exact_first_wave`` /
+    ``exact_confidence``: the exact stage's two-wave reading (``index.exact.first_wave`` /
+    ``confidence``), None keeping the index's; an index without a fitted rerank bound refuses
+    ``exact_first_wave > 0`` when it loads, and the service keeps the index it had."""
 
     max_k: int = 1000
     default_k: int = 10
@@ -54,10 +57,16 @@ class ServiceSettings:
     exact_reader: str | None = None
     exact_pool_bytes: int | None = None
     exact_reads_in_flight: int | None = None
+    exact_first_wave: int | None = None
+    exact_confidence: float | None = None
 
     def __post_init__(self) -> None:
         check_exact_reader(self.exact_reader, self.exact_pool_bytes, self.exact_reads_in_flight,
                            names=("exact_reader", "exact_pool_bytes", "exact_reads_in_flight"), allow_none=True)
+        if self.exact_first_wave is not None or self.exact_confidence is not None:
+            check_waves(0 if self.exact_first_wave is None else self.exact_first_wave,
+                        0.99 if self.exact_confidence is None else self.exact_confidence,
+                        names=("exact_first_wave", "exact_confidence"))
 
     @property
     def overrides_exact_reader(self) -> bool:
@@ -108,6 +117,8 @@ class SimilarItemsService:
         if s.overrides_exact_reader:
             bundle.index.reopen_exact(s.exact_reader, pool_bytes=s.exact_pool_bytes,
                                       reads_in_flight=s.exact_reads_in_flight)
+        if s.exact_first_wave is not None or s.exact_confidence is not None:
+            bundle.index.set_exact_waves(s.exact_first_wave, s.exact_confidence)
         cfg = bundle.index.config
         policy = self.settings.cache_policy or cfg.cache_policy
         nbytes = self.settings.cache_bytes if self.settings.cache_bytes is not None else cfg.cache_bytes
