@@ -66,6 +66,11 @@ READER_KINDS = ("mmap", "direct", "pread")
 ENGINES = ("auto", "kernel_aio", "threads")
 _BATCH_PAGES = 2048  # pages per internal batch of one read call (8 MiB of frames)
 _SPARE_SCRATCH = 8  # page-aligned scratch buffers kept for reuse (first touches fault, reuse does not)
+# the largest buffer kept: a spare stays resident up to the most pages a call ever wrote into it,
+# so one long read (a batch, a query's long first wave) would hold its size for the process's
+# life; longer calls map a buffer of their own and return it (a fault per page, a few
+# microseconds against the milliseconds their reads take)
+_SPARE_MAX_PAGES = 64
 _MAX_RUN_PAGES = 64  # adjacent missing pages coalesced into one read, up to 256 KiB
 _COUNTERS = ("calls", "rows", "pages_read", "pool_hits", "pool_misses", "bytes_read", "reads")
 
@@ -675,9 +680,13 @@ class DirectRowReader:
             self.pool.insert(pages, frames, share=share)
             del frames
         finally:
-            with self._scratch_lock:
-                if len(self._spare) < _SPARE_SCRATCH:
-                    self._spare.append(mem)
+            if len(mem) > _SPARE_MAX_PAGES * PAGE_BYTES:
+                with contextlib.suppress(BufferError):  # a view still open: the collector frees it later
+                    mem.close()
+            else:
+                with self._scratch_lock:
+                    if len(self._spare) < _SPARE_SCRATCH:
+                        self._spare.append(mem)
 
     def _scratch(self, n_pages: int) -> mmap.mmap:
         """A page-aligned buffer of at least ``n_pages`` pages (anonymous memory, as O_DIRECT
@@ -685,7 +694,10 @@ class DirectRowReader:
         of two (at least 16 pages), that takes the place of the largest spare. So there are about
         as many spares as reads that ran at once, each as large as the largest call that used
         it, not one per size a call happened to ask for (a search reading in two waves asks for
-        two sizes); only the pages a read wrote into are resident."""
+        two sizes); only the pages a read wrote into are resident. A call of more than
+        ``_SPARE_MAX_PAGES`` gets a buffer of its own and leaves the spares as they are."""
+        if n_pages > _SPARE_MAX_PAGES:
+            return mmap.mmap(-1, n_pages * PAGE_BYTES)
         with self._scratch_lock:
             sizes = [len(mem) for mem in self._spare]
             fits = [j for j, size in enumerate(sizes) if size >= n_pages * PAGE_BYTES]
@@ -767,7 +779,7 @@ class DirectRowReader:
         self._counters.reset()
 
     def resident_bytes(self) -> int:
-        """The pool, plus the spare read buffers (at most 8 of up to 8 MiB, as large as the
+        """The pool, plus the spare read buffers (at most 8 of up to 64 pages, as large as the
         largest calls made them)."""
         with self._scratch_lock:
             spare = sum(len(m) for m in self._spare)
