@@ -81,16 +81,21 @@ def test_at_full_confidence_two_waves_find_what_one_wave_finds(seed, first, keep
     assert counts.scored <= int((rows >= 0).sum())
 
 
-def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound(tmp_path):
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(20_000, 384)).astype(np.float32)  # 2 rows a page: few pages shared by queries
-    Q = rng.normal(size=(20, 384)).astype(np.float32)
+def _noisy_shortlists_on_disk(path, seed: int, nq: int):
+    """Queries, their 80 best rows of a 20,000-row store on disk (2 rows a page: few pages shared
+    by queries), exact scores, estimates with noise, the bound fitted on them, and a reader."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(20_000, 384)).astype(np.float32)
+    Q = rng.normal(size=(nq, 384)).astype(np.float32)
     rows = np.argsort(-(Q @ X.T), axis=1)[:, :80]
     exact = np.take_along_axis(Q @ X.T, rows, axis=1)
     est = exact + rng.normal(scale=3.0, size=exact.shape).astype(np.float32)
-    bound = fit_rerank_bound(est, exact)
-    write_rows(tmp_path / "x.rows", X)
-    reader = open_row_store(tmp_path / "x.rows", reader="pread")
+    write_rows(path, X)
+    return Q, rows, exact, est, fit_rerank_bound(est, exact), open_row_store(path, reader="pread")
+
+
+def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound(tmp_path):
+    Q, rows, exact, est, bound, reader = _noisy_shortlists_on_disk(tmp_path / "x.rows", 1, 20)
     one, c1 = ReadCounts(), ReadCounts()
     want = exact_rerank(reader, Q, rows, 10, counts=one)
     got = exact_rerank(reader, Q, rows, 10, estimates=est, bound=bound, first_wave=20, confidence=0.9, counts=c1)
@@ -115,15 +120,7 @@ def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound
 
 
 def test_the_first_wave_leaves_most_queries_a_single_round_of_reads(tmp_path):
-    rng = np.random.default_rng(2)
-    X = rng.normal(size=(20_000, 384)).astype(np.float32)
-    Q = rng.normal(size=(40, 384)).astype(np.float32)
-    rows = np.argsort(-(Q @ X.T), axis=1)[:, :80]
-    exact = np.take_along_axis(Q @ X.T, rows, axis=1)
-    est = exact + rng.normal(scale=3.0, size=exact.shape).astype(np.float32)
-    bound = fit_rerank_bound(est, exact)
-    write_rows(tmp_path / "x.rows", X)
-    reader = open_row_store(tmp_path / "x.rows", reader="pread")
+    Q, rows, exact, est, bound, reader = _noisy_shortlists_on_disk(tmp_path / "x.rows", 2, 40)
     calls, single = [], ReadCounts()
     read = reader.read
     reader.read = lambda rr, counts=None: calls.append(len(rr)) or read(rr, counts=counts)

@@ -377,9 +377,8 @@ class CascadeIndex:
         waves = cfg.exact.first_wave if first_wave is None else first_wave
         confidence = cfg.exact.confidence if confidence is None else confidence
         check_waves(waves, confidence, names=("first_wave", "confidence"))
-        if exact and 0 < waves < s2 and self.rerank_bound_ is None:
-            raise CodecError("first_wave > 0 needs the rerank bound an index fits at build; this index has none "
-                             "(built without an exact stage, or saved before format 4): rebuild it or read in one wave")
+        if exact and waves < s2:
+            self._check_bound_for(waves)
         params = dict(k=k, s1=s1, s2=s2, exact=exact, use_fine=use_fine, waves=waves, confidence=confidence,
                       nprobe=nprobe or cfg.coarse.nprobe,
                       excl=self._exclusions(st, modality))
@@ -955,11 +954,16 @@ class CascadeIndex:
         waves = ex.first_wave if first_wave is None else first_wave
         level = ex.confidence if confidence is None else confidence
         check_waves(waves, level, names=("first_wave", "confidence"))
-        if waves > 0 and self.rerank_bound_ is None:
-            raise CodecError(f"first_wave={waves} needs the rerank bound an index fits at build; this index has "
-                             "none (built without an exact stage on disk, or saved before format 4)")
+        self._check_bound_for(waves)
         with self._lock:
             ex.first_wave, ex.confidence = int(waves), float(level)
+
+    def _check_bound_for(self, first_wave: int) -> None:
+        """Refuse a two-wave exact stage (``first_wave > 0``) on an index without a rerank bound."""
+        if first_wave > 0 and self.rerank_bound_ is None:
+            raise CodecError(f"first_wave > 0 needs the rerank bound an index fits at build (first_wave="
+                             f"{first_wave}); this index has none (built without an exact stage, or saved before "
+                             "format 4): rebuild it or read in one wave")
 
     def exact_store_stats(self) -> dict[str, Any]:
         """The exact store reader's counters (``RowReader.stats``: pages read, pool hits and

@@ -162,11 +162,14 @@ def check_exact_reader(reader: Any, pool_bytes: Any, reads_in_flight: Any, *,
             raise CodecError(f"{name} must be >= {low}; found {value}")
 
 
-def check_waves(first_wave: Any, confidence: Any, *, names: tuple[str, str]) -> None:
-    """Refuse a two-wave exact stage setting that is not a count >= 0 and a confidence level."""
-    if isinstance(first_wave, bool) or not isinstance(first_wave, Integral) or first_wave < 0:
+def check_waves(first_wave: Any, confidence: Any, *, names: tuple[str, str], allow_none: bool = False) -> None:
+    """Refuse a two-wave exact stage setting that is not a count >= 0 and a confidence level;
+    ``allow_none``: None means "keep what the index has" and passes."""
+    if not (first_wave is None and allow_none) and (
+            isinstance(first_wave, bool) or not isinstance(first_wave, Integral) or first_wave < 0):
         raise CodecError(f"{names[0]} must be an integer >= 0; found {first_wave!r}")
-    check_confidence(confidence, names[1])
+    if not (confidence is None and allow_none):
+        check_confidence(confidence, names[1])
 
 
 def _from_mapping(cls: type, section: Mapping[str, Any], where: str) -> Any:

@@ -681,8 +681,7 @@ class DirectRowReader:
             del frames
         finally:
             if len(mem) > _SPARE_MAX_PAGES * PAGE_BYTES:
-                with contextlib.suppress(BufferError):  # a view still open: the collector frees it later
-                    mem.close()
+                _unmap(mem)
             else:
                 with self._scratch_lock:
                     if len(self._spare) < _SPARE_SCRATCH:
@@ -705,8 +704,7 @@ class DirectRowReader:
                 return self._spare.pop(min(fits, key=sizes.__getitem__))
             old = self._spare.pop(int(np.argmax(sizes))) if sizes else None
         if old is not None:
-            with contextlib.suppress(BufferError):  # a view still open: the collector frees it later
-                old.close()
+            _unmap(old)
         return mmap.mmap(-1, max(16, 1 << (n_pages - 1).bit_length()) * PAGE_BYTES)
 
     def _read_runs(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
@@ -789,6 +787,12 @@ class DirectRowReader:
         """Close the file and stop the read threads; reads after this fail."""
         self._fd = -1
         self._finalizer()
+
+
+def _unmap(mem: mmap.mmap) -> None:
+    """Release a read buffer now, or (a view of it still open) when the collector frees it."""
+    with contextlib.suppress(BufferError):
+        mem.close()
 
 
 def _open_for_reads(path: Path, io: str) -> tuple[int, str]:

@@ -63,10 +63,8 @@ class ServiceSettings:
     def __post_init__(self) -> None:
         check_exact_reader(self.exact_reader, self.exact_pool_bytes, self.exact_reads_in_flight,
                            names=("exact_reader", "exact_pool_bytes", "exact_reads_in_flight"), allow_none=True)
-        if self.exact_first_wave is not None or self.exact_confidence is not None:
-            check_waves(0 if self.exact_first_wave is None else self.exact_first_wave,
-                        0.99 if self.exact_confidence is None else self.exact_confidence,
-                        names=("exact_first_wave", "exact_confidence"))
+        check_waves(self.exact_first_wave, self.exact_confidence, names=("exact_first_wave", "exact_confidence"),
+                    allow_none=True)
 
     @property
     def overrides_exact_reader(self) -> bool:
