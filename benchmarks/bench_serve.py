@@ -392,12 +392,14 @@ def _store_bytes(b: Built) -> int:
 
 
 def measure_memory(b: Built, setting: dict[str, Any], *, reader: str, pool_bytes: int, workdir: Path,
-                   threads: int) -> dict[str, Any]:
-    """All-in resident bytes of ``b`` opened in a fresh process (see :mod:`benchmarks.serve_memory`)."""
+                   threads: int, run: str) -> dict[str, Any]:
+    """All-in resident bytes of ``b`` opened in a fresh process while it runs the test queries
+    one at a time (``run="single"``) or as one batch (``"batch"``): see
+    :mod:`benchmarks.serve_memory`."""
     spec = {"built": b.to_dict(), "setting": setting, "reader": reader, "pool_bytes": pool_bytes,
             "queries": str(workdir / "test.npy"), "warm_queries": str(workdir / "tune.npy") if pool_bytes else None,
-            "threads": threads}
-    path = workdir / f"memspec-{b.name}-{reader}-{pool_bytes}.json"
+            "threads": threads, "run": run}
+    path = workdir / f"memspec-{b.name}-{reader}-{pool_bytes}-{run}.json"
     path.write_text(json.dumps(spec, default=float))
     p = subprocess.run([sys.executable, "-m", "benchmarks.serve_memory", str(path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=1800,
@@ -457,13 +459,16 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
     memory: dict[str, Any] = {}
     for b in builts:
         memory[b.name] = {}
-        for mode, setting in picks[b.name].items():
+        # each figure beside the timing it belongs to: warm batches (page cache holds the store),
+        # cold single queries and cold batches (O_DIRECT, pool 0)
+        for key, mode, run in (("warm", "warm", "batch"), ("cold", "cold", "single"), ("cold_batch", "cold", "batch")):
+            setting = picks[b.name].get(mode)
             if setting is None:
                 continue
             reader = "mmap" if mode == "warm" else "direct"
-            memory[b.name][mode] = measure_memory(b, setting, reader=reader, pool_bytes=0, workdir=workdir,
-                                                  threads=args.threads)
-            print(f"    memory {mode} {b.name:<40} {memory[b.name][mode]}", flush=True)
+            memory[b.name][key] = measure_memory(b, setting, reader=reader, pool_bytes=0, workdir=workdir,
+                                                 threads=args.threads, run=run)
+            print(f"    memory {key} {b.name:<40} {memory[b.name][key]}", flush=True)
     peers = run_peers(workdir, truth_tune, truth_test, args.threads) if args.peers else {}
     result = {"name": cat["name"], "data": cat["data"], "n_items": len(xb), "d": int(xb.shape[1]),
               "n_tune": len(xtune), "n_test": len(xtest),
@@ -482,11 +487,11 @@ def _bpi(mem: dict[str, Any] | None, n: int) -> str:
     return f"{mem['all_in_bytes'] / n:.1f}"
 
 
-def _batch_cell(p: dict[str, Any]) -> str:
+def _batch_cell(p: dict[str, Any], mem: dict[str, Any] | None, n: int) -> str:
     if "batch_qps_median" not in p:
         return "-"
     return (f"{p['batch_qps_median']:.0f} ({p['batch_qps_min']:.0f}-{p['batch_qps_max']:.0f}), "
-            f"{p['batch_pages_per_query']:.1f} pages")
+            f"{p['batch_pages_per_query']:.1f} pages, {_bpi(mem, n)} B/item")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -504,10 +509,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['threads']} threads of single queries ({result['cold_rounds']} rounds, median); "
              "batch q/s: the whole test batch in one call on the same threads, as the peers are timed "
              "(a row several queries of one call share is read once, so its pages per query can be fewer). "
-             "All-in B/item: anonymous memory growth of a fresh process over a baseline with the same "
-             "imports, plus the page cache of the contender's files, after running the test queries "
-             "(warm: mmap reader; cold: O_DIRECT, pool 0); own B/item: the index's own accounting of "
-             "what it keeps in RAM (exact store excluded).", ""]
+             "All-in B/item: the highest anonymous memory of a fresh process over a baseline with the "
+             "same imports while it runs the test queries (sampled every 0.1 ms: read buffers and "
+             "scratch a search frees on return count), plus the page cache of the contender's files; "
+             "warm: one batch, mmap reader; cold: single queries, and for the batch column one batch, "
+             "O_DIRECT, pool 0. Own B/item: the index's own accounting of what it keeps in RAM (exact "
+             "store excluded).", ""]
     for cat in result["catalogs"]:
         n = cat["n_items"]
         lines += [f"## {cat['name']}", "", f"Data: {cat['data']}.", "",
@@ -543,14 +550,17 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{p['qps_median']:.0f} ({p['hit_rate_median']:.2f})" if p else "-")
             lines.append(f"| {label} | {describe_setting(cold['setting'])} | {p0['recall']:.3f} | "
                          f"{p0['pages_per_query']:.1f} | {p0['qps_median']:.0f} ({p0['qps_min']:.0f}-{p0['qps_max']:.0f}) | "
-                         f"{_batch_cell(p0)} | {p0['p50_ms']:.2f} / {p0['p99_ms']:.2f} | {cells[0]} | {cells[1]} | "
+                         f"{_batch_cell(p0, c['memory'].get('cold_batch'), n)} | {p0['p50_ms']:.2f} / {p0['p99_ms']:.2f} | {cells[0]} | {cells[1]} | "
                          f"{_bpi(c['memory'].get('cold'), n)} |")
         if cat.get("peers"):
             lines += ["", "Peers (own processes in .venv-peers, same base, queries and threads, after the "
                       "above; batch q/s; pages = bytes read per query / 4 KiB from /proc/self/io; "
-                      "B/item = RSS growth on loading the index, page cache not included):", "",
-                      "| peer | setting | recall | q/s | p50 / p99 ms | pages/query | RSS B/item | notes |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "RSS B/item = RSS growth on loading the index; all-in B/item = the highest anonymous "
+                      "memory while the batch / the single queries ran, over the one before load, plus the "
+                      "page cache of the index's files, measured as the contenders above):", "",
+                      "| peer | setting | recall | q/s | p50 / p99 ms | pages/query | RSS B/item "
+                      "| all-in B/item batch / single | notes |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for peer, r in cat["peers"].items():
                 lines.append(_peer_line(peer, r, n))
         lines.append("")
@@ -563,7 +573,7 @@ def markdown(result: dict[str, Any]) -> str:
 def _peer_line(peer: str, r: dict[str, Any], n: int) -> str:
     """One row per cache state of a peer's test run (``run_peer.py``'s summary)."""
     if "error" in r or "skipped" in r:
-        return f"| {peer} | - | - | - | - | - | - | {(r.get('error') or r.get('skipped'))[-160:]!r} |"
+        return f"| {peer} | - | - | - | - | - | - | - | {(r.get('error') or r.get('skipped'))[-160:]!r} |"
     s = r["summary"]
     setting = " ".join(f"{k}={v}" for k, v in s["chosen_setting"].items())
     out = []
@@ -571,9 +581,12 @@ def _peer_line(peer: str, r: dict[str, Any], n: int) -> str:
         lat = s["test_latency_ms"].get(cache, {})
         read = s["read_bytes_per_query"].get(f"{cache}/batch")
         pages = "-" if read is None else f"{read / 4096:.1f}"
+        held = s.get("all_in_bytes", {})
+        all_in = " / ".join("-" if held.get(f"{cache}/{kind}") is None else f"{held[f'{cache}/{kind}'] / n:.1f}"
+                            for kind in ("batch", "single-query latency"))
         out.append(f"| {peer} ({cache}) | {setting} | {s['test_recall_at_10']:.3f} | {qps:.0f} | "
                    f"{lat.get('p50', float('nan')):.2f} / {lat.get('p99', float('nan')):.2f} | {pages} | "
-                   f"{s['rss_index_delta_mib'] * 2**20 / n:.1f} | build {s['build_s']:.0f} s; "
+                   f"{s['rss_index_delta_mib'] * 2**20 / n:.1f} | {all_in} | build {s['build_s']:.0f} s; "
                    f"tuning target met: {s['target_met_on_tuning']} |")
     return "\n".join(out)
 

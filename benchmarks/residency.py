@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,3 +101,56 @@ def rss_anon_bytes() -> int:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("RssAnon not found in /proc/self/status")
+
+
+def _statm_anon(fd: int) -> int:
+    """Anonymous resident bytes from ``/proc/self/statm`` (resident minus file-backed and shared
+    pages), read through a descriptor kept open: a sample costs one ``pread``."""
+    fields = os.pread(fd, 256, 0).split()
+    return (int(fields[1]) - int(fields[2])) * PAGE
+
+
+class AnonPeak:
+    """The highest anonymous resident memory of this process while a block runs.
+
+    Memory a search holds only while it runs (read buffers, gathered rows, scan scratch) is
+    gone when it returns, so a figure taken after the work misses it. A thread samples
+    ``/proc/self/statm`` every ``interval`` seconds (the interpreter's switch interval is
+    shortened to match, so Python code between compiled calls cannot starve it); the kernel's
+    own high-water mark (``VmHWM``) would count file-backed pages too, which the page-cache
+    term already holds.
+
+        with AnonPeak() as peak:
+            run_queries()
+        peak.max_bytes
+    """
+
+    def __init__(self, interval: float = 1e-4) -> None:
+        self.interval = interval
+        self.max_bytes = 0
+        self.samples = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        self.max_bytes = max(self.max_bytes, _statm_anon(self._fd))
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> AnonPeak:
+        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(self.interval)
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="anon-peak", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        sys.setswitchinterval(self._switch)
+        os.close(self._fd)

@@ -1,6 +1,13 @@
 """Memory probe: open one contender in a fresh process, run the queries the timed run ran, and
-report what the process holds: anonymous memory grown over a baseline, plus the page cache of
-the contender's files, which are evicted first.
+report what the process holds while they run: the highest anonymous memory seen over a
+baseline (:class:`benchmarks.residency.AnonPeak`: read buffers, gathered rows and scan scratch
+that a search frees when it returns count; the garbage of loading is collected before the
+queries start), plus the page cache of the contender's files,
+which are evicted first. What is still held once the queries are done is reported beside it.
+
+``run`` says which timed work: ``single`` (the queries one at a time, one thread, as the
+latency runs) or ``batch`` (all of them in one call on ``threads`` threads, as the batch runs);
+each needs its own process, since a batch leaves page cache and buffers behind.
 
 The baseline is taken after a throwaway run of the *same* contender (opened, searched with a
 few of the queries, closed), so compiled kernels for its exact shapes and dtypes, thread pools
@@ -12,7 +19,7 @@ nothing and freed temporaries count nothing.
     python -m benchmarks.serve_memory SPEC.json      # prints one JSON object
 
 SPEC: {"built": Built.to_dict(), "setting": {...}, "reader": "mmap"|"direct", "pool_bytes": int,
-"queries": "test.npy", "warm_queries": "tune.npy" | null, "threads": int}
+"queries": "test.npy", "warm_queries": "tune.npy" | null, "threads": int, "run": "single"|"batch"}
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.contenders import Contender, set_threads
-from benchmarks.residency import cached_bytes_of, drop_cache, rss_anon_bytes, trim_heap
+from benchmarks.residency import AnonPeak, cached_bytes_of, drop_cache, rss_anon_bytes, trim_heap
 
 THROWAWAY_QUERIES = 20
 
@@ -37,6 +44,9 @@ def _settled_anon() -> int:
 
 
 def probe(spec: dict) -> dict:
+    run = spec.get("run", "single")
+    if run not in ("single", "batch"):
+        raise ValueError(f"run must be 'single' or 'batch'; found {run!r}")
     set_threads(spec["threads"])
     built = spec["built"]
     Q = np.load(spec["queries"])
@@ -44,6 +54,7 @@ def probe(spec: dict) -> dict:
     c = Contender(built, reader=spec["reader"], pool_bytes=spec["pool_bytes"])
     if warm_q is not None:
         c.search(warm_q[:THROWAWAY_QUERIES], spec["setting"], threads=spec["threads"])
+    c.search(Q[:THROWAWAY_QUERIES], spec["setting"], threads=spec["threads"])
     for i in range(min(len(Q), THROWAWAY_QUERIES)):
         c.search(Q[i:i + 1], spec["setting"], threads=1)
     c.close()
@@ -52,13 +63,21 @@ def probe(spec: dict) -> dict:
     c = Contender(built, reader=spec["reader"], pool_bytes=spec["pool_bytes"])
     files = c.files()
     drop_cache(files)
-    if warm_q is not None:
+    if warm_q is not None:  # a pool's warm-up: what it keeps counts, its transients do not
         c.search(warm_q, spec["setting"], threads=spec["threads"])
-    for i in range(len(Q)):
-        c.search(Q[i:i + 1], spec["setting"], threads=1)
-    anon = _settled_anon() - base_anon
+    _settled_anon()  # what loading left for the collector is not the queries' (a server collects it once)
+    with AnonPeak() as peak:
+        if run == "batch":
+            c.search(Q, spec["setting"], threads=spec["threads"])
+        else:
+            for i in range(len(Q)):
+                c.search(Q[i:i + 1], spec["setting"], threads=1)
     cached = cached_bytes_of(files)
-    out = {"anon_bytes": int(anon), "page_cache_bytes": int(cached), "all_in_bytes": int(anon + cached),
+    settled = _settled_anon() - base_anon
+    peak_anon = max(peak.max_bytes - base_anon, settled)
+    out = {"run": run, "peak_anon_bytes": int(peak_anon), "page_cache_bytes": int(cached),
+           "all_in_bytes": int(peak_anon + cached), "settled_anon_bytes": int(settled),
+           "settled_all_in_bytes": int(settled + cached), "samples": peak.samples,
            "own_accounting_bytes": built["resident_bytes"] + spec["pool_bytes"]}
     c.close()
     return out

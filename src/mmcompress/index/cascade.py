@@ -79,6 +79,12 @@ __all__ = ["FORMAT_VERSION", "KIND", "CascadeIndex", "PackedIds", "SearchStats",
            "smallest_counts", "smallest_per_row"]
 
 _CHUNK_ELEMENTS = 1 << 23  # coarse distance buffer per query chunk (int32 cells)
+# queries per chunk of a batch: with the exact store in RAM (or the page cache, which holds it
+# anyway) long chunks spread each chunk's fixed cost; read from disk, a chunk waits on its reads
+# for milliseconds, and its working arrays (projections, cell scores, shortlists and their
+# estimates: about 12 KB a query) are what the process holds beyond the index, so chunks stay short
+_CHUNK_QUERIES = 256
+_CHUNK_QUERIES_FROM_DISK = 16
 POPULAR_KEEP = 10_000  # most popular ids kept with the index, for cache warming
 
 
@@ -385,7 +391,8 @@ class CascadeIndex:
         want_compiled = cfg.compiled_scan if compiled is None else compiled
         params["compiled_coarse"] = want_compiled and self._compiled_coarse_applies(st)
         params["compiled"] = want_compiled and self._compiled_applies(st, use_fine)
-        per_chunk = max(1, min(256, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
+        longest = _CHUNK_QUERIES_FROM_DISK if exact and self._exact_from_disk(st) else _CHUNK_QUERIES
+        per_chunk = max(1, min(longest, _CHUNK_ELEMENTS // max(1, self._scan_width(st, params["nprobe"]))))
         chunks = [slice(s, min(s + per_chunk, len(Q))) for s in range(0, len(Q), per_chunk)]
 
         def run(sl: slice) -> tuple[np.ndarray, np.ndarray, SearchStats]:
@@ -429,6 +436,11 @@ class CascadeIndex:
         if self.fine_codec is not None:
             return self.fine_codec.decode(self._take(st, self._fine_attr, rows))[0]
         return self.coarse_codec.decode(self._take(st, "coarse", rows))[0]
+
+    @staticmethod
+    def _exact_from_disk(st: State) -> bool:
+        """Whether the exact stage reads rows from disk (a reader with bounded reads)."""
+        return getattr(st.exact(), "rows_per_read", None) is not None
 
     def _scan_width(self, st: State, nprobe: int) -> int:
         nd = st.delta.n if st.delta is not None else 0
@@ -916,6 +928,9 @@ class CascadeIndex:
         if saved.item_scales is not None:
             index.scale_gamma_, index.scale_range_ = saved.item_scales[0], saved.item_scales[1:]
         index._init_runtime(State(main=saved.main, delta=None, dead=None))
+        # the fine stage's table scorer is derived here rather than on the first query: it decodes
+        # every one-bit code to check the sign map (megabytes for a moment, milliseconds of work)
+        _ = index.sign_scorer, index._coarse_sign
         return index
 
     # ---- the exact store -------------------------------------------------------------------

@@ -13,7 +13,9 @@
 The cascade calls it for its last stage; a peer that reranks exactly (IVF-PQ + refine, ...)
 calls the same function over the same store, so both pay for the same pages. Rows of an
 in-RAM or memory-mapped store are scored where they lie (no gather); others are read once
-per call (each distinct row once, however many queries share it) and scored from the copy.
+per call (each distinct row once, however many queries share it) and scored from the copy,
+a few queries at a time where the reader bounds its calls (``rows_per_read``: a disk reader's
+buffers then hold one such range, not the whole batch).
 """
 
 from __future__ import annotations
@@ -92,6 +94,37 @@ def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, met
         reader.touch(rows[valid], counts)
         return kernels.exact_top(reader.groups, Q, rows, keep, metric,
                                  rows_per_line=reader.rows_per_group, d=reader.d)
+    groups = query_groups(valid.sum(axis=1), getattr(reader, "rows_per_read", None))
+    if len(groups) == 1:
+        return _read_and_score(reader, Q, rows, valid, keep, metric, counts)
+    parts = [_read_and_score(reader, Q[a:b], rows[a:b], valid[a:b], keep, metric, counts) for a, b in groups]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def query_groups(n_rows: np.ndarray, limit: int | None) -> list[tuple[int, int]]:
+    """Consecutive query ranges ``(a, b)`` whose rows add up to at most ``limit`` (a query with
+    more is a range of its own); one range when there is no limit.
+
+    A reader's buffers grow with the rows of one call, so a batch read at once would hold every
+    query's rows (and the pages under them) at the same time: tens of megabytes for a few
+    hundred queries. Read range by range, a batch holds what a single query does, and keeps
+    the same reads in flight (a call of up to ``limit`` rows already fills the reader's queue)."""
+    n_rows = np.asarray(n_rows, dtype=np.int64)
+    if limit is None or int(n_rows.sum()) <= limit:
+        return [(0, len(n_rows))]
+    out, start, held = [], 0, 0
+    for i, m in enumerate(n_rows.tolist()):
+        if held and held + m > limit:
+            out.append((start, i))
+            start, held = i, 0
+        held += m
+    out.append((start, len(n_rows)))
+    return out
+
+
+def _read_and_score(reader: RowReader, Q: np.ndarray, rows: np.ndarray, valid: np.ndarray, keep: int,
+                    metric: str, counts: ReadCounts | None) -> tuple[np.ndarray, np.ndarray]:
+    """One read of the distinct rows of ``rows``, then each query's best ``keep`` of them."""
     uniq, inv = unique_inverse(rows[valid])
     if len(uniq) == 0:
         return np.full((len(Q), keep), -1, np.int64), np.full((len(Q), keep), -np.inf, np.float32)

@@ -618,6 +618,13 @@ class DirectRowReader:
     def nbytes(self) -> int:
         return self.layout.file_bytes
 
+    @property
+    def rows_per_read(self) -> int:
+        """The most rows a caller should ask of one :meth:`read` for its buffers to stay
+        bounded: as many as always fit the largest spare read buffer (a call of more maps a
+        buffer of its own, and returns rows as large as what it read)."""
+        return max(1, _SPARE_MAX_PAGES // self.layout.max_pages_per_row)
+
     def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).ravel()
         if self._fd < 0:
@@ -875,6 +882,8 @@ class StackedRowReader:
         self.parts = list(parts)
         self.bounds = np.cumsum([0] + [p.n for p in self.parts])
         self.n, self.d = int(self.bounds[-1]), self.parts[0].d
+        limits = [p.rows_per_read for p in self.parts if getattr(p, "rows_per_read", None)]
+        self.rows_per_read = min(limits) if limits else None
 
     def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).ravel()
