@@ -47,3 +47,23 @@ def test_codecs_without_a_per_byte_score_have_no_tables(split, spec):
     base, queries = split
     codec = make_codec(spec).fit(base)
     assert codec.search_tables(queries[:3]) is None
+
+
+def test_a_sign_codec_builds_its_scan_tables_only_when_it_scans(split, tmp_path):
+    """A binary codec's own scan keeps a product quantizer of sign patterns (8 KiB a code
+    bit); an index that scores the codes with its own kernels never asks for it, so fitting
+    and loading do not build it; the scan that does ranks as the fitted codec's own scan."""
+    from mmcompress.codecs.io import load_codec, save_codec
+
+    base, queries = split
+    codec = make_codec("BIN64").fit(base)
+    assert codec._scan_index is None
+    save_codec(codec, tmp_path / "c")
+    loaded = load_codec(tmp_path / "c")
+    assert loaded._scan_index is None
+    codes = loaded.encode(base[:200])
+    D, ids = loaded.search(codes, queries[:5], 10)
+    assert loaded._scan_index is not None
+    want_d, want_ids = codec.search(codes, queries[:5], 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(D, want_d, rtol=1e-5, atol=1e-5)

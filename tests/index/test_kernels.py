@@ -69,6 +69,24 @@ def test_a_sample_that_misleads_falls_back_to_counting_every_row():
     np.testing.assert_array_equal(scores[0], -dist[want].astype(np.float32))
 
 
+def test_more_candidates_than_the_sample_promised_fall_back_to_counting_every_row():
+    """The sampled rows are far, the others all tie near the query: the sample's bound holds
+    nearly every row, far more than the candidate buffer (sized from ``s1``, not from the
+    scan) takes; the selection must still be exact, ties in scan order."""
+    rng = np.random.default_rng(4)
+    n, cs, s1 = 20_000, 16, 50
+    q = rng.integers(0, 256, (1, cs), dtype=np.uint8)
+    codes = np.repeat(q, n, axis=0)
+    codes[:, 0] ^= 1  # every row at distance 1 ...
+    codes[::8] = ~q  # ... but the sampled ones, at 128
+    codes[::8, 0] ^= rng.integers(0, 2, n // 8 if n % 8 == 0 else n // 8 + 1, dtype=np.uint8)
+    rows, scores, _, kept = kernels.coarse_scan(q, codes, np.array([0, n]), np.zeros((1, 1), np.int64), None, s1)
+    dist = hamming_distances(q, codes)[0]
+    want = smallest_counts(dist.astype(np.uint8), s1, 255)
+    assert kept[0] == s1 and list(rows[0]) == list(want)
+    np.testing.assert_array_equal(scores[0], -dist[want].astype(np.float32))
+
+
 def test_sign_tables_sum_the_signed_projections_of_each_byte():
     rng = np.random.default_rng(1)
     proj = rng.standard_normal((3, 16)).astype(np.float32)

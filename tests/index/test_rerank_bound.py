@@ -121,15 +121,13 @@ def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound
 
 def test_the_first_wave_leaves_most_queries_a_single_round_of_reads(tmp_path):
     Q, rows, exact, est, bound, reader = _noisy_shortlists_on_disk(tmp_path / "x.rows", 2, 40)
-    calls, single = [], ReadCounts()
-    read = reader.read
-    reader.read = lambda rr, counts=None: calls.append(len(rr)) or read(rr, counts=counts)
+    single = ReadCounts()
     rounds = []
     for i in range(len(Q)):
-        calls.clear()
+        calls = reader.stats()["calls"]
         exact_rerank(reader, Q[i:i + 1], rows[i:i + 1], 10, estimates=est[i:i + 1], bound=bound,
                      first_wave=10, confidence=0.95, counts=single)
-        rounds.append(len(calls))
+        rounds.append(reader.stats()["calls"] - calls)
     reader.close()
     # a first wave of the 10 best-estimated rows alone leaves nearly every query a second round
     order = np.argsort(-est, axis=1, kind="stable")

@@ -556,3 +556,4 @@ def test_a_batch_from_disk_runs_in_short_chunks_and_from_memory_in_long_ones(sav
         loaded.search(Q, 10, threads=2)
         assert max(sizes) == longest and sum(sizes) == len(Q), (reader, sizes)
         loaded.close()
+

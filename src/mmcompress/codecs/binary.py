@@ -100,7 +100,6 @@ class BinaryCodec(Codec):
         self._set_params(mean, W, alpha)
 
     def _set_params(self, mean: np.ndarray, W: np.ndarray, alpha: np.ndarray) -> None:
-        import faiss
 
         self.mean_ = np.asarray(mean, dtype=np.float32)
         self.W_ = np.ascontiguousarray(W, dtype=np.float16 if self.half else np.float32)
@@ -111,10 +110,21 @@ class BinaryCodec(Codec):
         self._orthonormal = bool(np.allclose(W32.T @ W32, np.eye(self.bits), atol=atol))
         # a view where W is orthonormal: a second (d, bits) copy would double the codec's RAM
         self._recon = self.W_.T if self._orthonormal else np.linalg.pinv(W32).astype(np.float32)
-        index = faiss.IndexPQ(self.bits, self.bits // 8, 8, faiss.METRIC_INNER_PRODUCT)
-        faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
-        index.is_trained = True
-        self._scan_index = index
+        self._scan_index = None  # built by the first scan (see _sign_pq)
+
+    def _sign_pq(self) -> Any:
+        """The faiss product quantizer whose codebooks are the sign patterns, for :meth:`_scan`;
+        built on first use: its tables (8 floats for each of 256 values of each code byte,
+        ``8 * bits`` KiB) serve this codec's own scan only, so an index that scores the codes
+        with its own kernels never holds them. Call under ``self._lock``."""
+        import faiss
+
+        if self._scan_index is None:
+            index = faiss.IndexPQ(self.bits, self.bits // 8, 8, faiss.METRIC_INNER_PRODUCT)
+            faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
+            index.is_trained = True
+            self._scan_index = index
+        return self._scan_index
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         return matmul_half(X - self.mean_, self.W_)
@@ -135,12 +145,13 @@ class BinaryCodec(Codec):
         mapped = matmul_half(queries - 2.0 * norm_weight * self.mean_, self.W_)
         const = queries @ self.mean_ - norm_weight * float(self.mean_ @ self.mean_ + self.alpha_ @ self.alpha_)
         with self._lock:
-            self._scan_index.reset()
+            index = self._sign_pq()
+            index.reset()
             try:
-                self._scan_index.add_sa_codes(codes)
-                D, ids = self._scan_index.search(np.ascontiguousarray(mapped, dtype=np.float32), k)
+                index.add_sa_codes(codes)
+                D, ids = index.search(np.ascontiguousarray(mapped, dtype=np.float32), k)
             finally:
-                self._scan_index.reset()
+                index.reset()
         return D + const[:, None].astype(np.float32), ids
 
     def sign_projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -104,11 +104,12 @@ def _lowest_bit(x: np.uint64) -> np.uint64:
 
 def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) -> int:
     """Positions in ``dist[:w]`` whose distance is below ``t``, plus the first ``ties`` equal to
-    it, in scan order, into ``out``; returns their count. ``dist`` is padded to a multiple of 64
-    with 0x7FFF. Sixteen words of four distances are compared at once (SWAR) into two 64-bit
+    it, in scan order, into ``out``; returns their count, or -1 where more than ``len(out)``
+    qualify. ``dist`` is padded to a multiple of 64 with 0x7FFF. Sixteen words of four distances are compared at once (SWAR) into two 64-bit
     masks per block; only the set bits (about one row in ten) are visited, so the loop neither
     branches on each row nor stores for rows it drops."""
     lanes = dist.view(np.uint64)
+    limit = out.shape[0]
     below_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t) - _LANES_ONE  # d <= t - 1
     equal_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t)  # d <= t
     m = 0
@@ -133,6 +134,8 @@ def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) 
                 eq ^= rest
                 ties = 0
             lt |= eq
+        if m + np.int64(_popcount64(lt)) > limit:
+            return -1
         while lt != 0:
             out[m] = blk + np.int64(_lowest_bit(lt))
             m += 1
@@ -143,6 +146,7 @@ def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) 
 #: Scans at least this long pick their threshold from a sample (:func:`_select_sampled`).
 _SAMPLED_MIN_ROWS = 8192
 _SAMPLE_STRIDE = 8
+_CAND_PER_S1 = 8
 
 
 def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.ndarray,
@@ -152,9 +156,9 @@ def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.nda
     ``s1`` rows should lie bounds the candidates (one SWAR pass, :func:`_select_below`); the
     exact threshold and its first ties in scan order then come from the candidates alone.
     Exact whenever at least ``s1`` rows lie within the bound, since every row the full
-    selection keeps is then a candidate; returns -1 otherwise (the caller counts everything).
-    The histogram pass is a third of a long scan's cost, and this replaces it with an eighth
-    of it."""
+    selection keeps is then a candidate; returns -1 otherwise, or where more candidates lie
+    within it than ``cand`` holds (the caller counts everything). The histogram pass is a third
+    of a long scan's cost, and this replaces it with an eighth of it."""
     hist[:] = 0
     for x in range(0, w, _SAMPLE_STRIDE):
         hist[dist[x]] += 1
@@ -287,7 +291,9 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
     dist = np.empty((width // 64 + 2) * 64, dtype=np.uint16)  # whole 64-row blocks plus padding
     hist = np.zeros((4, n_bins), dtype=np.int32)
     pos = np.empty(s1, dtype=np.int64)
-    cand = np.empty(width + 64 if width >= _SAMPLED_MIN_ROWS else 0, dtype=np.int64)
+    # candidates of a sampled selection: about 2 s1 expected; room for 8 s1 (a threshold bin of
+    # many ties), not for the whole scan (8 bytes a row scanned: megabytes at a million rows)
+    cand = np.empty(_CAND_PER_S1 * s1 + 512 if width >= _SAMPLED_MIN_ROWS else 0, dtype=np.int64)
     sel = np.empty(s1, dtype=np.int64)
     sel_probe = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
