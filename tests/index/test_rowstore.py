@@ -235,6 +235,25 @@ def test_kernel_aio_reads_the_same_rows_as_threads(row_file, matrix, aio_reader_
         aio.read(np.array([0]))
 
 
+def test_kernel_aio_batches_in_flight_together_each_get_their_own_reads(row_file, matrix, aio_reader_kw):
+    """Two submitted batches and a blocking read share one context: every completion lands in
+    its own batch, whichever is waited for first."""
+    reader = DirectRowReader(row_file, reads_in_flight=8, **aio_reader_kw)
+    rng = np.random.default_rng(12)
+    pending = []
+    for size in (8, 5):  # two calls' reads in flight (the context has room for two)
+        rows = np.unique(rng.integers(0, len(matrix), size * 3))[:size]
+        pending.append((rows, reader.read_ahead(rows)))
+    ctx = reader._aio_context()
+    assert ctx.free_slots < ctx.depth
+    rows = rng.integers(0, len(matrix), 200)  # a blocking read between them, refilling its window
+    np.testing.assert_array_equal(reader.read(rows), matrix[rows])
+    for rows, finish in reversed(pending):
+        np.testing.assert_array_equal(finish(), matrix[rows])
+    assert ctx.free_slots == ctx.depth and not ctx.closed
+    reader.close()
+
+
 def test_kernel_aio_contexts_per_thread_under_concurrency(row_file, matrix, aio_reader_kw):
     reader = DirectRowReader(row_file, pool_bytes=16 * PAGE_BYTES, reads_in_flight=8, **aio_reader_kw)
 

@@ -72,10 +72,13 @@ def available() -> bool:
 class AioContext:
     """A kernel AIO context of ``depth`` slots, used by one thread at a time.
 
-    :meth:`read` keeps up to ``depth`` reads in flight, submitting the next as each
-    finishes. On any failure after a submission the context is destroyed (which waits for
-    the reads in flight, so no buffer is written after the error is raised) and the error
-    raised; the context cannot be used again."""
+    :meth:`read` keeps up to ``limit`` (default ``depth``) reads in flight, submitting the
+    next as each finishes. :meth:`submit` puts a batch in flight and returns at once, and
+    :meth:`wait` collects it: several batches may be in flight together (their reads share the
+    ``depth`` slots), so a caller works on one while the next is read. On any failure after a
+    submission the context is destroyed (which waits for the reads in flight, so no buffer is
+    written after the error is raised) and the error raised; the context cannot be used
+    again."""
 
     def __init__(self, depth: int) -> None:
         if _LIBC is None:
@@ -90,63 +93,131 @@ class AioContext:
         self._ptrs = (self._iocbs.ctypes.data + IOCB.itemsize * np.arange(self.depth)).astype(np.uint64)
         self._events = np.zeros(self.depth, dtype=IO_EVENT)
         self._wait = _Timespec(int(WAIT_SECONDS), int(WAIT_SECONDS % 1 * 1e9))
+        self._batches: dict[int, list] = {}  # token -> [bytes got per read, reads outstanding, lengths, offsets]
+        self._next_token = 1
+        self._inflight = 0
 
     @property
     def closed(self) -> bool:
         return self._ctx.value == 0
 
-    def read(self, fd: int, bufs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Read ``lengths[i]`` bytes at ``offsets[i]`` of ``fd`` into the memory at address
-        ``bufs[i]`` (aligned as ``O_DIRECT`` needs), and return the bytes each read got
-        (int64). A read the kernel fails raises ``OSError`` with its error number."""
+    @property
+    def free_slots(self) -> int:
+        """Reads that can still be put in flight beside the submitted batches."""
+        return self.depth - self._inflight
+
+    def _submit(self, token: int, fd: int, bufs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                first: int, k: int) -> int:
+        """Submit reads ``first:first + k`` of batch ``token``; returns how many the kernel took
+        (0 when it asks to try again). The kernel copies each iocb at submission, so the slots
+        are reused at once."""
+        cb = self._iocbs[:k]
+        cb["fildes"] = fd
+        cb["buf"] = bufs[first:first + k]
+        cb["nbytes"] = lengths[first:first + k]
+        cb["offset"] = offsets[first:first + k]
+        cb["data"] = (np.uint64(token) << np.uint64(32)) | np.arange(first, first + k, dtype=np.uint64)
+        r = _LIBC.syscall(_NR["submit"], self._ctx, ctypes.c_long(k), ctypes.c_void_p(int(self._ptrs.ctypes.data)))
+        if r < 0:
+            e = ctypes.get_errno()
+            if e not in (errno.EAGAIN, errno.EINTR):
+                raise OSError(e, f"io_submit: {os.strerror(e)}")
+            return 0
+        self._inflight += r
+        return r
+
+    def _reap(self, least: int) -> None:
+        """Wait for at least ``least`` completions and file each with its batch."""
+        while True:
+            r = _LIBC.syscall(_NR["getevents"], self._ctx, ctypes.c_long(least), ctypes.c_long(self._inflight),
+                              ctypes.c_void_p(int(self._events.ctypes.data)), ctypes.byref(self._wait))
+            if r >= 0:
+                break
+            e = ctypes.get_errno()
+            if e != errno.EINTR:
+                raise OSError(e, f"io_getevents: {os.strerror(e)}")
+        if r == 0:
+            raise OSError(errno.ETIMEDOUT, f"{self._inflight} reads not done after {WAIT_SECONDS:.0f} s")
+        ev = self._events[:r]
+        owner = (ev["data"] >> np.uint64(32)).astype(np.int64)
+        index = (ev["data"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        for t in np.unique(owner).tolist():
+            mine = owner == t
+            batch = self._batches[t]
+            batch[0][index[mine]] = ev["res"][mine]
+            batch[1] -= int(mine.sum())
+        self._inflight -= r
+
+    def _open_batch(self, n: int, offsets: np.ndarray, lengths: np.ndarray) -> int:
         if self.closed:
             raise OSError(errno.EBADF, "AIO context is closed")
+        token = self._next_token
+        self._next_token += 1
+        self._batches[token] = [np.zeros(n, dtype=np.int64), n, lengths, offsets]
+        return token
+
+    def submit(self, fd: int, bufs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
+        """Put the reads of :meth:`read` in flight (at most :attr:`free_slots` of them) and
+        return a token for :meth:`wait` without waiting."""
         n = len(offsets)
-        got = np.empty(n, dtype=np.int64)
-        sent = inflight = done = 0
+        if n > self.free_slots:
+            raise ValueError(f"{n} reads do not fit the {self.free_slots} free slots of the context")
+        token = self._open_batch(n, offsets, lengths)
+        sent = 0
         try:
-            while done < n:
-                k = min(self.depth - inflight, n - sent)
-                if k:  # the kernel copies each iocb at submission: the slots are reused at once
-                    cb = self._iocbs[:k]
-                    cb["fildes"] = fd
-                    cb["buf"] = bufs[sent:sent + k]
-                    cb["nbytes"] = lengths[sent:sent + k]
-                    cb["offset"] = offsets[sent:sent + k]
-                    cb["data"] = np.arange(sent, sent + k, dtype=np.uint64)
-                    r = _LIBC.syscall(_NR["submit"], self._ctx, ctypes.c_long(k),
-                                      ctypes.c_void_p(int(self._ptrs.ctypes.data)))
-                    if r < 0:
-                        e = ctypes.get_errno()
-                        if e not in (errno.EAGAIN, errno.EINTR) or inflight == 0:
-                            raise OSError(e, f"io_submit: {os.strerror(e)}")
-                    else:
-                        sent += r
-                        inflight += r
-                if inflight == 0:
+            while sent < n:
+                sent += self._submit(token, fd, bufs, offsets, lengths, sent, n - sent)
+        except BaseException:
+            self.close()
+            raise
+        return token
+
+    def wait(self, token: int) -> np.ndarray:
+        """Wait for the batch of ``token`` (completions of other batches are filed for theirs)
+        and return the bytes each of its reads got, as :meth:`read` does."""
+        if self.closed:
+            raise OSError(errno.EBADF, "AIO context is closed")
+        batch = self._batches[token]
+        try:
+            while batch[1] > 0:
+                self._reap(1)
+        except BaseException:
+            self.close()
+            raise
+        got, _, lengths, offsets = self._batches.pop(token)
+        _raise_failed(got, lengths, offsets)
+        return got
+
+    def read(self, fd: int, bufs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, *,
+             limit: int | None = None) -> np.ndarray:
+        """Read ``lengths[i]`` bytes at ``offsets[i]`` of ``fd`` into the memory at address
+        ``bufs[i]`` (aligned as ``O_DIRECT`` needs), and return the bytes each read got
+        (int64), with at most ``limit`` (default ``depth``) of them in flight, the next
+        submitted as each finishes; submitted batches may be in flight meanwhile. A read the
+        kernel fails raises ``OSError`` with its error number."""
+        n = len(offsets)
+        token = self._open_batch(n, offsets, lengths)
+        batch = self._batches[token]
+        depth = self.depth if limit is None else max(1, int(limit))
+        sent = 0
+        try:
+            while batch[1] > 0:
+                mine = sent - (n - batch[1])  # this call's reads in flight
+                k = min(depth - mine, n - sent, self.free_slots)
+                if k > 0:
+                    took = self._submit(token, fd, bufs, offsets, lengths, sent, k)
+                    sent += took
+                    mine += took
+                if mine == 0:  # every slot taken by submitted batches: wait for one of theirs
+                    self._reap(1)
                     continue
                 # all submitted: one wait for the lot; else wake at the first to refill its slot
-                least = inflight if sent == n else 1
-                r = _LIBC.syscall(_NR["getevents"], self._ctx, ctypes.c_long(least), ctypes.c_long(inflight),
-                                  ctypes.c_void_p(int(self._events.ctypes.data)), ctypes.byref(self._wait))
-                if r < 0:
-                    e = ctypes.get_errno()
-                    if e == errno.EINTR:
-                        continue
-                    raise OSError(e, f"io_getevents: {os.strerror(e)}")
-                if r == 0:
-                    raise OSError(errno.ETIMEDOUT, f"{inflight} reads not done after {WAIT_SECONDS:.0f} s")
-                ev = self._events[:r]
-                got[ev["data"].astype(np.int64)] = ev["res"]
-                inflight -= r
-                done += r
+                self._reap(mine if sent == n else 1)
         except BaseException:
             self.close()  # waits for what is in flight before the buffers are handed back
             raise
-        bad = np.flatnonzero(got < 0)
-        if len(bad):
-            e = int(-got[bad[0]])
-            raise OSError(e, f"read of {int(lengths[bad[0]])} bytes at {int(offsets[bad[0]])}: {os.strerror(e)}")
+        got = self._batches.pop(token)[0]
+        _raise_failed(got, lengths, offsets)
         return got
 
     def close(self) -> None:
@@ -157,3 +228,11 @@ class AioContext:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _raise_failed(got: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -> None:
+    """``OSError`` with the error number of the first read the kernel failed, if any."""
+    bad = np.flatnonzero(got < 0)
+    if len(bad):
+        e = int(-got[bad[0]])
+        raise OSError(e, f"read of {int(lengths[bad[0]])} bytes at {int(offsets[bad[0]])}: {os.strerror(e)}")

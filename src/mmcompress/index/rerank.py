@@ -97,7 +97,22 @@ def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, met
     groups = query_groups(valid.sum(axis=1), getattr(reader, "rows_per_read", None))
     if len(groups) == 1:
         return _read_and_score(reader, Q, rows, valid, keep, metric, counts)
-    parts = [_read_and_score(reader, Q[a:b], rows[a:b], valid[a:b], keep, metric, counts) for a, b in groups]
+    start = getattr(reader, "read_ahead", None)
+    if start is None:
+        parts = [_read_and_score(reader, Q[a:b], rows[a:b], valid[a:b], keep, metric, counts) for a, b in groups]
+    else:  # the next range's reads in flight while this one is scored
+        def begin(a: int, b: int) -> tuple:
+            uniq, inv = unique_inverse(rows[a:b][valid[a:b]])
+            return a, b, uniq, inv, start(uniq, counts=counts)
+
+        parts, ahead = [], begin(*groups[0])
+        for j in range(len(groups)):
+            a, b, uniq, inv, finish = ahead
+            try:
+                ahead = begin(*groups[j + 1]) if j + 1 < len(groups) else None
+            finally:
+                X = finish()
+            parts.append(_score(X, uniq, inv, Q[a:b], valid[a:b], keep, metric))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -107,8 +122,9 @@ def query_groups(n_rows: np.ndarray, limit: int | None) -> list[tuple[int, int]]
 
     A reader's buffers grow with the rows of one call, so a batch read at once would hold every
     query's rows (and the pages under them) at the same time: tens of megabytes for a few
-    hundred queries. Read range by range, a batch holds what a single query does, and keeps
-    the same reads in flight (a call of up to ``limit`` rows already fills the reader's queue)."""
+    hundred queries. Read range by range, a batch holds about what two single queries do; a
+    reader with ``read_ahead`` has the next range's reads in flight while a range is scored,
+    so the device waits on neither the scoring nor the end of each range's reads."""
     n_rows = np.asarray(n_rows, dtype=np.int64)
     if limit is None or int(n_rows.sum()) <= limit:
         return [(0, len(n_rows))]
@@ -126,10 +142,15 @@ def _read_and_score(reader: RowReader, Q: np.ndarray, rows: np.ndarray, valid: n
                     metric: str, counts: ReadCounts | None) -> tuple[np.ndarray, np.ndarray]:
     """One read of the distinct rows of ``rows``, then each query's best ``keep`` of them."""
     uniq, inv = unique_inverse(rows[valid])
+    return _score(reader.read(uniq, counts=counts), uniq, inv, Q, valid, keep, metric)
+
+
+def _score(X: np.ndarray, uniq: np.ndarray, inv: np.ndarray, Q: np.ndarray, valid: np.ndarray, keep: int,
+           metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best ``keep`` of the rows ``uniq`` (read as ``X``) it has in ``valid``."""
     if len(uniq) == 0:
         return np.full((len(Q), keep), -1, np.int64), np.full((len(Q), keep), -np.inf, np.float32)
-    X = reader.read(uniq, counts=counts)
-    local = np.full(rows.shape, -1, dtype=np.int64)
+    local = np.full(valid.shape, -1, dtype=np.int64)
     local[valid] = inv  # uniq is sorted: local order is storage order
     top = kernels.exact_top if kernels.AVAILABLE else _faiss_top
     found, scores = top(X, Q, local, keep, metric)

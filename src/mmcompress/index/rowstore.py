@@ -687,12 +687,7 @@ class DirectRowReader:
             self.pool.insert(pages, frames, share=share)
             del frames
         finally:
-            if len(mem) > _SPARE_MAX_PAGES * PAGE_BYTES:
-                _unmap(mem)
-            else:
-                with self._scratch_lock:
-                    if len(self._spare) < _SPARE_SCRATCH:
-                        self._spare.append(mem)
+            self._give_back(mem)
 
     def _scratch(self, n_pages: int) -> mmap.mmap:
         """A page-aligned buffer of at least ``n_pages`` pages (anonymous memory, as O_DIRECT
@@ -720,24 +715,105 @@ class DirectRowReader:
             return self._read_runs_aio(mem, pages, runs)
         return self._read_runs_threads(mem, pages, runs)
 
-    def _read_runs_aio(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
-        """The runs as one batch of kernel AIO reads from this thread's context."""
+    def _aio_context(self) -> kernelaio.AioContext:
+        """This thread's AIO context: room for two calls' reads, one read while the next is
+        submitted (:meth:`read_ahead`)."""
         ctx = getattr(self._aio_local, "ctx", None)
         if ctx is None or ctx.closed:
-            ctx = kernelaio.AioContext(self.reads_in_flight)
+            ctx = kernelaio.AioContext(2 * self.reads_in_flight)
             self._aio_local.ctx = ctx
             with self._scratch_lock:
                 self._aio_contexts[:] = [c for c in self._aio_contexts if not c.closed] + [ctx]
+        return ctx
+
+    def _aio_batch(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Addresses, file offsets and lengths of the runs' reads into ``mem``."""
         first, count = np.array(runs, dtype=np.int64).reshape(-1, 2).T
         base = ctypes.addressof(ctypes.c_char.from_buffer(mem))
-        lengths = count * PAGE_BYTES
-        offsets = pages[first] * PAGE_BYTES
-        got = ctx.read(self._fd, (base + first * PAGE_BYTES).astype(np.uint64), offsets, lengths)
+        return (base + first * PAGE_BYTES).astype(np.uint64), pages[first] * PAGE_BYTES, count * PAGE_BYTES
+
+    def _check_got(self, got: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
         short = np.flatnonzero((got < lengths) & (offsets + got < self.layout.file_bytes))
         if len(short):
             j = int(short[0])
             raise OSError(errno.EIO, f"{self.path}: short read of {int(got[j])} bytes at {int(offsets[j])}")
         return int(got.sum())
+
+    def _read_runs_aio(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
+        """The runs as one batch of kernel AIO reads from this thread's context."""
+        bufs, offsets, lengths = self._aio_batch(mem, pages, runs)
+        got = self._aio_context().read(self._fd, bufs, offsets, lengths, limit=self.reads_in_flight)
+        return self._check_got(got, offsets, lengths)
+
+    def read_ahead(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> Callable[[], np.ndarray]:
+        """Start reading ``rows`` (sorted and distinct) and return a function that waits for
+        them and returns them as :meth:`read` does (call it once, from the same thread).
+
+        With kernel AIO, a call of at most :attr:`rows_per_read` rows of a page each has its
+        reads in flight while the caller works: scoring one range of a batch while the next
+        is read keeps the device as busy as one long call would, with two calls' buffers
+        instead of the whole batch's. Otherwise the rows are read at once."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if (self.engine != "kernel_aio" or self.layout.max_pages_per_row != 1 or len(rows) == 0
+                or len(rows) > self.rows_per_read or self._fd < 0):
+            X = self.read(rows, counts=counts)
+            return lambda: X
+        self.layout.check_rows(rows)
+        c = ReadCounts(rows=len(rows))
+        start = self.layout.offsets(rows)
+        page, at = start // PAGE_BYTES, start % PAGE_BYTES // 4
+        pages = _distinct(page)
+        pidx = np.searchsorted(pages, page)
+        X = np.empty((len(rows), self.d), dtype=np.float32)
+        hit = self.pool.lookup(pages, rows=(pidx, at, X))
+        miss = np.flatnonzero(~hit)
+        c.pool_hits += len(pages) - len(miss)
+        if len(miss) == 0 or len(miss) > self.reads_in_flight:
+            if len(miss):  # more pages than one call's reads: read them now
+                share = min(1.0, self.pool.admit_limit / max(1, len(pages)))
+                X = self._read_unique(rows, c, share)
+                c.pool_hits -= len(pages) - len(miss)  # _read_unique counted the hits again
+            self._counters.add(c, counts)
+            return lambda: X
+        want = pages[miss]
+        mem = self._scratch(len(want))
+        runs = _runs(want, np.arange(len(want)))
+        ctx = self._aio_context()
+        try:
+            bufs, offsets, lengths = self._aio_batch(memoryview(mem), want, runs)
+            token = ctx.submit(self._fd, bufs, offsets, lengths)
+        except BaseException:
+            self._give_back(mem)
+            raise
+
+        def finish() -> np.ndarray:
+            try:
+                c.bytes_read += self._check_got(ctx.wait(token), offsets, lengths)
+                c.pages_read += len(want)
+                c.reads += len(runs)
+                frames = np.frombuffer(mem, dtype=np.uint8, count=len(want) * PAGE_BYTES).reshape(-1, PAGE_BYTES)
+                pos = np.full(len(pages), -1, dtype=np.int64)
+                pos[miss] = np.arange(len(miss))
+                todo = ~hit[pidx]
+                X[todo] = _windows(frames, self.d)[pos[pidx[todo]] * (PAGE_BYTES // 4) + at[todo]]
+                self.pool.insert(want, frames, share=min(1.0, self.pool.admit_limit / max(1, len(pages))))
+                del frames
+            finally:
+                self._give_back(mem)
+            self._counters.add(c, counts)
+            return X
+
+        return finish
+
+    def _give_back(self, mem: mmap.mmap) -> None:
+        """A scratch buffer back to the spares, or unmapped if larger than they are kept."""
+        if len(mem) > _SPARE_MAX_PAGES * PAGE_BYTES:
+            _unmap(mem)
+        else:
+            with self._scratch_lock:
+                if len(self._spare) < _SPARE_SCRATCH:
+                    self._spare.append(mem)
 
     def _read_runs_threads(self, mem: memoryview, pages: np.ndarray, runs: list[tuple[int, int]]) -> int:
         """Read each run of adjacent pages into its frames, up to ``reads_in_flight`` at once:
