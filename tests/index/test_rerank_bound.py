@@ -104,11 +104,13 @@ def test_two_waves_read_fewer_pages_from_disk_and_skip_only_rows_below_the_bound
     assert c1.pages_read < 0.8 * one.pages_read
     assert recall_at_k(want[0], got[0], 10) >= 0.9
     # the first wave: the 20 best-estimated rows and those whose bound reaches the predicted 10th
-    # best score; what the second wave skipped was below the first wave's 10th best exact score
+    # best score, up to a read's worth (64 rows); what the second wave skipped was below the
+    # first wave's 10th best exact score
     order = np.argsort(-est, axis=1, kind="stable")
     e, x, r = (np.take_along_axis(a, order, axis=1) for a in (est, exact, rows))
     upper = bound.upper(e, 0.9)
     in_first = upper >= np.sort(bound.upper(e, 0.5), axis=1)[:, -10:-9]
+    in_first[:, reader.rows_per_read:] = False
     in_first[:, :20] = True
     assert (in_first.sum(axis=1) > 20).any()
     kth = np.sort(np.where(in_first, x, -np.inf), axis=1)[:, -10]
@@ -136,6 +138,34 @@ def test_the_first_wave_leaves_most_queries_a_single_round_of_reads(tmp_path):
     assert np.mean((bound.upper(e[:, 10:], 0.95) >= kth10[:, None]).any(axis=1)) > 0.9
     assert np.mean(np.array(rounds) == 1) >= 0.6
     assert single.scored < 0.75 * 40 * 80
+
+
+def test_a_first_wave_longer_than_one_read_leaves_the_rest_to_the_second(tmp_path):
+    """Where the bound admits more rows than one read holds (``rows_per_read``), a single
+    query's first read takes that many and the second wave the rest that still matter, so no
+    read maps a buffer larger than the reader keeps; at full confidence nothing is lost."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20_000, 384)).astype(np.float32)
+    Q = rng.normal(size=(6, 384)).astype(np.float32)
+    rows = np.argsort(-(Q @ X.T), axis=1)[:, :160]  # long shortlists, noisy estimates: wide first waves
+    exact = np.take_along_axis(Q @ X.T, rows, axis=1)
+    est = exact + rng.normal(scale=6.0, size=exact.shape).astype(np.float32)
+    bound = fit_rerank_bound(est, exact)
+    write_rows(tmp_path / "x.rows", X)
+    reader = open_row_store(tmp_path / "x.rows", reader="pread")
+    e = np.sort(est, axis=1)[:, ::-1]
+    admitted = (bound.upper(e, 1.0) >= np.sort(bound.upper(e, 0.5), axis=1)[:, -10:-9]).sum(axis=1)
+    assert admitted.max() > reader.rows_per_read  # the bound alone would read more at once
+    want = exact_rerank(reader, Q, rows, 10)
+    asked: list[int] = []
+    read = reader.read
+    reader.read = lambda rr, **kw: asked.append(len(rr)) or read(rr, **kw)
+    for i in range(len(Q)):
+        got = exact_rerank(reader, Q[i:i + 1], rows[i:i + 1], 10, estimates=est[i:i + 1], bound=bound,
+                           first_wave=10, confidence=1.0)
+        np.testing.assert_array_equal(got[0], want[0][i:i + 1])
+    reader.close()
+    assert max(asked) <= reader.rows_per_read == 64 and len(asked) > len(Q)  # second waves ran
 
 
 def test_two_waves_need_estimates_and_a_bound():

@@ -42,8 +42,9 @@ def exact_rerank(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, 
     ``bound``), rows are read in two waves. The first: each query's ``first_wave``
     best-estimated rows and every row whose ``bound.upper(estimate, confidence)`` reaches the
     predicted ``keep``-th best exact score (the ``keep``-th best bound at confidence 0.5, the
-    median). The second: only the other rows whose bound reaches the ``keep``-th best exact
-    score of the first wave; most queries have none, so they pay one round of reads."""
+    median), up to the reader's ``rows_per_read`` best-estimated where it has one. The second:
+    only the other rows whose bound reaches the ``keep``-th best exact score of the first wave;
+    most queries have none, so they pay one round of reads."""
     rows = np.asarray(rows, dtype=np.int64)
     if first_wave > 0 and rows.ndim == 2 and rows.shape[1] > first_wave:
         if estimates is None or bound is None:
@@ -72,6 +73,12 @@ def _two_waves(reader: RowReader, Q: np.ndarray, rows: np.ndarray, estimates: np
     kth_predicted = -np.partition(-predicted, keep - 1, axis=1)[:, keep - 1] if rows.shape[1] >= keep \
         else np.full(len(rows), -np.inf, np.float32)
     in_first = upper >= kth_predicted[:, None]
+    # at most one read's worth of rows beyond the minimum (a longer first wave would map a
+    # buffer of its own): rows past it whose bound still reaches the k-th best exact score
+    # found go to the second wave
+    cap = getattr(reader, "rows_per_read", None)
+    if cap is not None:
+        in_first[:, max(first_wave, cap):] = False
     in_first[:, :first_wave] = True
     first = np.where(in_first, rows, -1)
     r1, s1 = _one_wave(reader, Q, first, keep, metric, counts)
@@ -94,7 +101,17 @@ def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, met
         reader.touch(rows[valid], counts)
         return kernels.exact_top(reader.groups, Q, rows, keep, metric,
                                  rows_per_line=reader.rows_per_group, d=reader.d)
-    groups = query_groups(valid.sum(axis=1), getattr(reader, "rows_per_read", None))
+    limit = getattr(reader, "rows_per_read", None)
+    n_rows = valid.sum(axis=1)
+    if limit is not None and rows.shape[1] > limit and int(n_rows.max(initial=0)) > limit:
+        # a query with more rows than one read holds: its rows a column range at a time, so no
+        # read maps a buffer larger than the reader keeps (one round of reads per range)
+        parts = [_one_wave(reader, Q, rows[:, c:c + limit], keep, metric, counts)
+                 for c in range(0, rows.shape[1], limit)]
+        out, scores = best_columns(np.concatenate([p[0] for p in parts], axis=1),
+                                   np.concatenate([p[1] for p in parts], axis=1), keep)
+        return out, scores.astype(np.float32, copy=False)
+    groups = query_groups(n_rows, limit)
     if len(groups) == 1:
         return _read_and_score(reader, Q, rows, valid, keep, metric, counts)
     start = getattr(reader, "read_ahead", None)
