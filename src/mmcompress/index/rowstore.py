@@ -655,10 +655,7 @@ class DirectRowReader:
             miss = np.flatnonzero(~hit)
             if len(miss):
                 with self._missing(pages[miss], c, share) as frames:
-                    pos = np.empty(len(pages), dtype=np.int64)
-                    pos[miss] = np.arange(len(miss))
-                    todo = ~hit[pidx]
-                    X[todo] = _windows(frames, self.d)[pos[pidx[todo]] * (PAGE_BYTES // 4) + at[todo]]
+                    _cut_rows(X, frames, hit, pidx, at)
         else:  # rows over several pages: whole pages, then rows cut out
             pages = self.layout.pages(rows)
             frames = np.empty((len(pages), PAGE_BYTES), dtype=np.uint8)
@@ -769,14 +766,14 @@ class DirectRowReader:
         hit = self.pool.lookup(pages, rows=(pidx, at, X))
         miss = np.flatnonzero(~hit)
         c.pool_hits += len(pages) - len(miss)
+        want = pages[miss]
+        share = min(1.0, self.pool.admit_limit / max(1, len(pages)))
         if len(miss) == 0 or len(miss) > self.reads_in_flight:
             if len(miss):  # more pages than one call's reads: read them now
-                share = min(1.0, self.pool.admit_limit / max(1, len(pages)))
-                X = self._read_unique(rows, c, share)
-                c.pool_hits -= len(pages) - len(miss)  # _read_unique counted the hits again
+                with self._missing(want, c, share) as frames:
+                    _cut_rows(X, frames, hit, pidx, at)
             self._counters.add(c, counts)
             return lambda: X
-        want = pages[miss]
         mem = self._scratch(len(want))
         runs = _runs(want, np.arange(len(want)))
         ctx = self._aio_context()
@@ -793,11 +790,8 @@ class DirectRowReader:
                 c.pages_read += len(want)
                 c.reads += len(runs)
                 frames = np.frombuffer(mem, dtype=np.uint8, count=len(want) * PAGE_BYTES).reshape(-1, PAGE_BYTES)
-                pos = np.full(len(pages), -1, dtype=np.int64)
-                pos[miss] = np.arange(len(miss))
-                todo = ~hit[pidx]
-                X[todo] = _windows(frames, self.d)[pos[pidx[todo]] * (PAGE_BYTES // 4) + at[todo]]
-                self.pool.insert(want, frames, share=min(1.0, self.pool.admit_limit / max(1, len(pages))))
+                _cut_rows(X, frames, hit, pidx, at)
+                self.pool.insert(want, frames, share=share)
                 del frames
             finally:
                 self._give_back(mem)
@@ -923,6 +917,16 @@ def _release(fd: int, executor: list[ThreadPoolExecutor | None], contexts: list[
         os.close(fd)
     except OSError:
         pass
+
+
+def _cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray) -> None:
+    """Fill the rows of ``X`` whose page missed the pool (``hit`` per distinct page; row ``i``
+    lies at float ``at[i]`` of page ``pidx[i]``) from ``frames``, the missed pages in order."""
+    miss = np.flatnonzero(~hit)
+    pos = np.empty(len(hit), dtype=np.int64)
+    pos[miss] = np.arange(len(miss))
+    todo = ~hit[pidx]
+    X[todo] = _windows(frames, X.shape[1])[pos[pidx[todo]] * (PAGE_BYTES // 4) + at[todo]]
 
 
 def _windows(frames: np.ndarray, d: int) -> np.ndarray:
