@@ -576,3 +576,22 @@ def test_a_batch_from_disk_runs_in_short_chunks_and_from_memory_in_long_ones(sav
         assert max(sizes) == longest and sum(sizes) == len(Q), (reader, sizes)
         loaded.close()
 
+
+
+def test_runs_of_adjacent_pages_are_cut_at_the_longest_read():
+    from mmcompress.index.rowstore import _MAX_RUN_PAGES, _runs
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        pages = np.unique(np.concatenate([rng.integers(0, 400, rng.integers(0, 60)),
+                                          np.arange(rng.integers(0, 300), rng.integers(300, 450))]))
+        first, count = _runs(pages)
+        # the reads cover every page once, in order, each a run of adjacent pages
+        covered = np.concatenate([pages[f:f + c] for f, c in zip(first, count, strict=True)]) if len(first) else []
+        np.testing.assert_array_equal(covered, pages)
+        assert all(1 <= c <= _MAX_RUN_PAGES for c in count)
+        assert all(np.all(np.diff(pages[f:f + c]) == 1) for f, c in zip(first, count, strict=True))
+        # and as few as that allows: a read ends only at a gap or at the longest read
+        ends = first + count
+        for e, f in zip(ends[:-1], first[1:], strict=True):
+            assert e == f and (pages[f] != pages[f - 1] + 1 or (f - first[first <= f - 1][-1]) % _MAX_RUN_PAGES == 0)

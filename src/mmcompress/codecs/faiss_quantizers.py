@@ -400,9 +400,14 @@ def _pq_candidates(budget: int, d: int, metric: str) -> list[str]:
 def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
     # Encoding costs about M * 256 * d flops for the look-up tables plus the beam search: up to
     # 16 bytes the default beam is fast; up to 32 bytes a beam of 2 sits near the encode-rate
-    # floor (auto measures it); beyond, residual stacks (RQ then PQ) take over.
+    # floor (auto measures it); beyond, residual stacks (RQ then PQ) take over. Up to 16 bytes
+    # both beams are offered and auto's held-out recall decides: a wider beam is not always
+    # better. Measured on scikit-learn digits (L2, 1,438 rows, 359 held-out queries): RQ8x8
+    # recall@10 0.929 with a beam of 2, 0.914 / 0.910 / 0.905 with 4 / 8 / 16 (faiss's beam of 5:
+    # 0.918); RQ16x8 0.983 against 0.980; on the Debian text vectors (ip, 8 B) 0.5685 against
+    # 0.5689, with half the fit time.
     if budget <= 16:
-        return [f"RQ{budget}x8"]
+        return [f"RQ{budget}x8", f"RQ{budget}x8_b2"]
     return [f"RQ{budget}x8_b2"] if budget <= 32 else []
 
 
