@@ -28,6 +28,8 @@ Memory: each chosen setting is opened again in a fresh process (:mod:`benchmarks
 that evicts the contender's files, runs the test queries and reports its anonymous memory growth
 over a baseline with the same imports plus the page cache of the contender's files: the all-in
 resident bytes, next to the index's own accounting.
+Exact stores hold float16 rows by default (``--store-dtype``; the cascades' stores and the
+faiss first stages' shared one alike): half the file and more rows per page.
 Results: benchmarks/results/serve.{json,md} (``--quick``: serve.quick.*).
 """
 
@@ -149,9 +151,11 @@ def cascade_ivf_grid(nlist: int, quick: bool, n: int = 0) -> list[dict[str, Any]
                   for w in two_wave({"nprobe": p, "s1": 600, "s2": s2}, quick)]
 
 
-def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None) -> list[Built]:
+def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None,
+              store_dtype: str = "float32") -> list[Built]:
     """The contenders at their documented good settings (grids to tune over); ``only``: label
-    substrings to keep (every contender without it)."""
+    substrings to keep (every contender without it); ``store_dtype``: the values of every exact
+    store the benchmark writes (the cascades' own and the faiss first stages' shared one)."""
 
     def wanted(label: str) -> bool:
         return not only or any(o in label for o in only)
@@ -186,7 +190,7 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
         built.append(build_cascade(xb, workdir, name=name.replace(" ", "_").replace(">", ""), coarse=coarse,
                                    fine="coarse", nlist=cells if ivf else 0,
                                    grid=cascade_ivf_grid(cells, quick, n) if ivf else cascade_grid(n, quick),
-                                   fine_options=options))
+                                   fine_options=options, store_dtype=store_dtype))
         built[-1].extra.update({"coarse": coarse, "fine": "coarse", "fine_options": options, "label": name,
                                 "nlist": cells if ivf else 0})
     faiss_specs = [
@@ -203,15 +207,18 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
             continue
         print(f"  build faiss {factory} + exact rerank", flush=True)
         b = build_faiss(xb, workdir, name=factory.replace(",", "_").replace("-", "_"), factory=factory, grid=grid, rerank=True,
-                        ef_construction=efc)
+                        ef_construction=efc, store_dtype=store_dtype)
         b.extra["label"] = f"faiss {factory} -> exact rerank"
         built.append(b)
     flat_label = "faiss HNSW32,Flat (in RAM)"
     if not wanted(flat_label):
         return built
+    # the in-RAM anchor's search breadth finely near its operating point (efSearch 16 can reach
+    # recall 0.95 on tuning without clearing the pick rule's margin, and 32 is far above it)
     print("  build faiss HNSW32,Flat (efConstruction 200)", flush=True)
     b = build_faiss(xb, workdir, name="HNSW32_Flat", factory="HNSW32,Flat",
-                    grid=[{"efSearch": e} for e in (*efs, 192, 256)], rerank=False, ef_construction=200)
+                    grid=[{"efSearch": e} for e in sorted({*efs, 20, 24, 192, 256})], rerank=False,
+                    ef_construction=200)
     b.extra["label"] = flat_label
     built.append(b)
     return built
@@ -447,7 +454,7 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
         np.save(workdir / f"{name}.npy", arr)
     truth_tune, truth_test = ground_truth(xb, xtune), ground_truth(xb, xtest)
     set_threads(args.threads)
-    builts = build_all(xb, workdir, args.quick, args.contenders)
+    builts = build_all(xb, workdir, args.quick, args.contenders, args.store_dtype)
     tuned, picks = {}, {}
     for b in builts:
         print(f"  tune {b.extra['label']}", flush=True)
@@ -508,7 +515,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"{PAGES_BUDGET} pages a query where one is), run once on the test queries. Settings with "
              "fw / conf read the exact stage in two waves: the rows whose bound (fitted at build, "
              "confidence conf) reaches the predicted 10th best exact score, at least the fw "
-             "best-estimated; then the others whose bound reaches the 10th best exact score so far.", "",
+             "best-estimated; then the others whose bound reaches the 10th best exact score so far. "
+             f"Exact stores (each cascade's own and the faiss first stages' shared one) hold "
+             f"{result.get('store_dtype', 'float32')} rows (index.exact.dtype), widened to float32 to be "
+             "scored; DiskANN and LanceDB keep their own formats.", "",
              "Warm: exact store through the page cache, whole test batches, contenders alternating "
              f"batch by batch ({result['rounds']} rounds: median (min-max)). Cold: exact store read with "
              "O_DIRECT into the index's own buffer pool (0 / 1% / 10% of the store), "
@@ -612,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="label substrings of the contenders to build (default: all), e.g. for a scale row")
     ap.add_argument("--peers", action="store_true", help="also DiskANN, ScaNN, LanceDB, usearch (.venv-peers)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
+    ap.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
+                    help="values of the exact stores (cascades' and the faiss first stages' shared one)")
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
@@ -630,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
                    f"{os.getloadavg()[0]:.1f} at start", "threads": args.threads, "quick": args.quick,
         "rounds": args.rounds, "cold_rounds": args.cold_rounds, "target_recall": TARGET_RECALL,
-        "budget_bytes_per_item": BUDGET_BYTES, "pages_budget": PAGES_BUDGET, "catalogs": []}
+        "budget_bytes_per_item": BUDGET_BYTES, "pages_budget": PAGES_BUDGET, "store_dtype": args.store_dtype,
+        "catalogs": []}
     stem = "serve.quick" if args.quick else "serve"
     workroot = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     try:

@@ -62,8 +62,9 @@ def training_sample(xb: np.ndarray, rows: int) -> np.ndarray:
 
 def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine: str, nlist: int,
                   grid: list[dict[str, Any]], train_rows: int = 50_000,
-                  fine_options: dict[str, Any] | None = None) -> Built:
-    """Fit the codecs on a sample of the base, build, save (page-aligned exact row file)."""
+                  fine_options: dict[str, Any] | None = None, store_dtype: str = "float32") -> Built:
+    """Fit the codecs on a sample of the base, build, save (page-aligned exact row file of
+    ``store_dtype`` values)."""
     from mmcompress.codecs import make_codec
     from mmcompress.index import CascadeConfig, CascadeIndex
 
@@ -74,7 +75,8 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     config = CascadeConfig.from_params({"coarse": {"codec": coarse, "shortlist": grid[0]["s1"], "nlist": nlist,
                                                    "nprobe": grid[0].get("nprobe", 1)},
                                         "fine": {"codec": fine, "shortlist": grid[0]["s2"],
-                                                 **(fine_options or {})}})
+                                                 **(fine_options or {})},
+                                        "exact": {"dtype": store_dtype}})
     directory = workdir / name
     scratch = workdir / f"{name}.exact.rows"
     index = CascadeIndex.build(coarse_codec, fine_codec, xb, np.arange(len(xb)), scratch, config=config)
@@ -87,20 +89,21 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     return Built("cascade", name, str(directory), build_s, float(resident), grid, extra)
 
 
-def write_base_rows(xb: np.ndarray, workdir: Path) -> Path:
-    """The shared exact store of the faiss first stages: base rows in base order."""
+def write_base_rows(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> Path:
+    """The shared exact store of the faiss first stages: base rows in base order, as ``dtype``."""
     from mmcompress.index.rowstore import write_rows
 
-    path = workdir / "base.rows"
+    path = workdir / f"base.{dtype}.rows"
     if not path.exists():
-        write_rows(path, xb)
+        write_rows(path, xb, dtype=dtype)
     return path
 
 
 def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid: list[dict[str, Any]],
-                rerank: bool, ef_construction: int | None = None, train_rows: int = 100_000) -> Built:
+                rerank: bool, ef_construction: int | None = None, train_rows: int = 100_000,
+                store_dtype: str = "float32") -> Built:
     """A faiss index from a factory string, saved with ``faiss.write_index``; ``rerank``: its
-    candidates go to the shared exact store."""
+    candidates go to the shared exact store (of ``store_dtype`` rows)."""
     import faiss
 
     t = time.perf_counter()
@@ -116,7 +119,7 @@ def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid:
     resident = float(faiss.serialize_index(index).nbytes)
     rows = None
     if rerank:
-        rows = str(write_base_rows(xb, workdir))
+        rows = str(write_base_rows(xb, workdir, store_dtype))
     meta = {"factory": factory, "rerank": rerank, "rows": rows, "ef_construction": ef_construction,
             "bounds": rerank_bounds(index, xb, grid) if rerank else {}}
     (directory / "contender.json").write_text(json.dumps(meta))

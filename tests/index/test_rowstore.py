@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcompress.artifacts import sha256_file
+from mmcompress.errors import CodecError
 from mmcompress.evaluation.metrics import recall_at_k
 from mmcompress.index import CascadeConfig, CascadeIndex, exact_rerank
 from mmcompress.index import store as index_store
@@ -484,8 +485,6 @@ def test_memory_reader_accounts_pages_like_the_file(matrix):
 
 
 def test_exact_reader_config_is_checked():
-    from mmcompress.errors import CodecError
-
     with pytest.raises(CodecError, match="exact.reader"):
         CascadeConfig.from_params({"exact": {"reader": "nfs"}})
     with pytest.raises(CodecError, match="unknown keys"):
@@ -595,3 +594,82 @@ def test_runs_of_adjacent_pages_are_cut_at_the_longest_read():
         ends = first + count
         for e, f in zip(ends[:-1], first[1:], strict=True):
             assert e == f and (pages[f] != pages[f - 1] + 1 or (f - first[first <= f - 1][-1]) % _MAX_RUN_PAGES == 0)
+
+
+# ---- float16 stores ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def half_file(matrix, tmp_path_factory):
+    path = tmp_path_factory.mktemp("half") / "exact.rows"
+    write_rows(path, matrix, dtype="float16")
+    return path
+
+
+@pytest.mark.parametrize("kind, kw", READERS, ids=[f"{k}-{kw.get('pool_bytes', '')}" for k, kw in READERS])
+def test_a_float16_store_holds_twice_the_rows_a_page_and_reads_back_as_float32(matrix, half_file, kind, kw):
+    layout = read_layout(half_file)
+    assert layout == RowLayout.paged(*matrix.shape, "float16") and layout.rows_per_group == 21  # 192-byte rows
+    assert os.path.getsize(half_file) == PAGE_BYTES * (1 + -(-len(matrix) // 21))
+    want = matrix.astype(np.float16).astype(np.float32)
+    reader = _open(half_file, kind, **kw)
+    rng = np.random.default_rng(4)
+    for size in (1, 7, 300, 2500):
+        rows = rng.integers(0, len(matrix), size)
+        got = reader.read(rows)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want[rows])
+    # the same rows touch fewer pages than in the float32 file
+    rows = np.sort(rng.choice(len(matrix), 200, replace=False))
+    assert RowLayout.paged(*matrix.shape, "float16").page_count(rows) < RowLayout.paged(*matrix.shape).page_count(rows)
+
+
+def test_kernel_aio_reads_float16_rows_with_read_ahead(matrix, half_file, aio_reader_kw):
+    want = matrix.astype(np.float16).astype(np.float32)
+    reader = DirectRowReader(half_file, reads_in_flight=8, pool_bytes=8 * PAGE_BYTES, **aio_reader_kw)
+    rng = np.random.default_rng(6)
+    for _ in range(5):  # later calls hit the pool for some pages and read the others
+        rows = np.sort(rng.choice(len(matrix), 40, replace=False))
+        np.testing.assert_array_equal(reader.read_ahead(rows)(), want[rows])
+    assert reader.stats()["pool_hits"] > 0
+
+
+def test_rows_float16_cannot_hold_are_refused_by_row_and_column(matrix, tmp_path):
+    bad = matrix.copy()
+    bad[123, 7] = 1e5
+    with pytest.raises(ValueError, match=r"row 123 .*column 7.*float16"):
+        write_rows(tmp_path / "bad.rows", bad, dtype="float16")
+    bad[123, 7] = np.nan
+    with pytest.raises(ValueError, match=r"row 123 "):
+        write_rows(tmp_path / "bad.rows", bad, dtype="float16", step=64)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+    with pytest.raises(ValueError, match="dtype"):
+        write_rows(tmp_path / "x.rows", matrix, dtype="int8")
+    with pytest.raises(CodecError, match="index.exact.dtype"):
+        CascadeConfig.from_params({"exact": {"dtype": "bfloat16"}})
+
+
+def test_a_cascade_with_a_float16_store_saves_loads_and_reranks_by_it(digits, tmp_path):
+    section = {**SECTION, "exact": {"dtype": "float16"}}
+    idx = CascadeIndex.from_config(CascadeConfig.from_params(section), digits["xb"], digits["ids"])
+    idx.save(tmp_path / "half")
+    full = CascadeIndex.from_config(CascadeConfig.from_params(SECTION), digits["xb"], digits["ids"])
+    full.save(tmp_path / "full")
+    half_bytes = os.path.getsize(tmp_path / "half" / "exact.rows")
+    assert half_bytes <= 0.55 * os.path.getsize(tmp_path / "full" / "exact.rows")
+    manifest = json.loads((tmp_path / "half" / "manifest.json").read_text())
+    assert manifest["exact_store"]["layout"]["dtype"] == "float16" == manifest["arrays"]["exact"]["dtype"]
+    want = full.search(digits["xq"], 10)[1]
+    for reader in ("mmap", "direct"):
+        loaded = CascadeIndex.load(tmp_path / "half", exact_reader=reader)
+        scores, found, stats = loaded.search(digits["xq"], 10, return_stats=True)
+        assert recall_at_k(want, found, 10) >= 0.99  # float16 values reorder only near-ties
+        # the scores are those of the float16 rows
+        i, j = 0, 0
+        row = loaded.vector_of(int(found[i, j]))
+        np.testing.assert_array_equal(row, digits["xb"][list(digits["ids"]).index(found[i, j])].astype(np.float16)
+                                      .astype(np.float32))
+        assert stats.disk_bytes == pytest.approx(stats.exact_reranked * 2 * digits["xb"].shape[1])
+        loaded.close()
+    # a float16 store saved again (as loaded) is copied as it is
+    again = CascadeIndex.load(tmp_path / "half")
+    again.save(tmp_path / "again")
+    assert os.path.getsize(tmp_path / "again" / "exact.rows") == half_bytes

@@ -99,3 +99,7 @@ if AVAILABLE:
     _matmul_half_t = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_half_t_py)
 else:  # pragma: no cover - numba is a project dependency
     _matmul_half, _matmul_half_t = _matmul_half_py, _matmul_half_t_py
+
+#: float16 bit patterns (uint16) -> float32 values written into a uint32 buffer's bits; compiled
+#: where numba is, so other kernels (the row store's float16 rows) can call it
+widen_half_row = _widen_row

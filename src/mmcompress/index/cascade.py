@@ -405,8 +405,8 @@ class CascadeIndex:
             parts = [run(sl) for sl in chunks]
         scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.float32)
         found = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.int64)
-        stats = SearchStats()
-        for p in parts:
+        stats = parts[0][2] if len(parts) == 1 else SearchStats()  # one chunk: nothing to merge
+        for p in parts if len(parts) > 1 else ():
             stats = stats.merge(p[2])
         with self._stats_lock:
             self.total_stats = self.total_stats.merge(stats)
@@ -515,7 +515,8 @@ class CascadeIndex:
             rows, scores = exact_rerank(st.exact(), Q, rows, k, self.config.metric, counts=counts, estimates=scores,
                                         bound=self.rerank_bound_, first_wave=p["waves"], confidence=p["confidence"])
             stats.exact_reranked = counts.scored / max(nq, 1)
-            stats.disk_bytes = counts.scored * self.d_ * 4 / max(nq, 1)
+            row_bytes = getattr(getattr(st.main.exact, "layout", None), "row_bytes", 4 * self.d_)
+            stats.disk_bytes = counts.scored * row_bytes / max(nq, 1)
             stats.exact_pages = counts.pages_read / max(nq, 1)
             stats.exact_pool_hits = counts.pool_hits / max(nq, 1)
         stats.seconds["exact"] = time.perf_counter() - t2
@@ -935,8 +936,9 @@ class CascadeIndex:
 
     # ---- the exact store -------------------------------------------------------------------
     def _write_exact(self, path: str | Path, source: Any, order: np.ndarray) -> RowReader:
-        """Write ``source[order]`` as a row file at ``path`` and open it as ``config.exact`` says."""
-        write_rows(path, source, order)
+        """Write ``source[order]`` as a row file of ``config.exact.dtype`` at ``path`` and open it
+        as ``config.exact`` says."""
+        write_rows(path, source, order, dtype=self.config.exact.dtype)
         return self._open_exact(path)
 
     def _open_exact(self, path: str | Path) -> RowReader:

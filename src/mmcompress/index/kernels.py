@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmcompress.codecs.halfmath import widen_half_row
+
 try:
     import numba
 
@@ -492,28 +494,53 @@ def _exact_top(E: np.ndarray, g: int, d: int, Q: np.ndarray, rows: np.ndarray, k
             out_rows[i, p] = r[j]
 
 
-def _cut_rows(flat: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray, X: np.ndarray,
-              page_floats: int) -> None:
-    """Rows of ``X`` whose page missed (``hit[pidx[i]]`` false) copied from ``flat``, the missed
-    pages' frames back to back as float32: row ``i`` starts at float ``at[i]`` of the
-    ``k``-th missed page, ``k`` counting the misses before page ``pidx[i]``."""
+def _missed_positions(hit: np.ndarray) -> np.ndarray:
+    """For each page, how many pages before it missed: where its frame sits among the misses."""
     pos = np.empty(hit.shape[0], dtype=np.int64)
     k = 0
     for p in range(hit.shape[0]):
         pos[p] = k
         if not hit[p]:
             k += 1
+    return pos
+
+
+def _cut_rows(flat: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray, X: np.ndarray,
+              page_values: int) -> None:
+    """Rows of ``X`` whose page missed (``hit[pidx[i]]`` false) copied from ``flat``, the missed
+    pages' frames back to back as float32: row ``i`` starts at value ``at[i]`` of the
+    ``k``-th missed page, ``k`` counting the misses before page ``pidx[i]``."""
+    pos = _missed_positions(hit)
     d = X.shape[1]
     for i in range(X.shape[0]):
         p = pidx[i]
         if not hit[p]:
-            o = pos[p] * page_floats + at[i]
+            o = pos[p] * page_values + at[i]
             for j in range(d):
                 X[i, j] = flat[o + j]
 
 
+def _cut_rows_half(flat: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray, X: np.ndarray,
+                   page_values: int) -> None:
+    """:func:`_cut_rows` for frames of float16 values (``flat``: their uint16 bit patterns),
+    widened to float32 as they are copied."""
+    pos = _missed_positions(hit)
+    d = X.shape[1]
+    bits = np.empty(d, dtype=np.uint32)
+    row = bits.view(np.float32)
+    for i in range(X.shape[0]):
+        p = pidx[i]
+        if not hit[p]:
+            o = pos[p] * page_values + at[i]
+            widen_half_row(flat[o:o + d], bits)
+            for j in range(d):
+                X[i, j] = row[j]
+
+
 if AVAILABLE:
+    _missed_positions = numba.njit(cache=True, nogil=True)(_missed_positions)
     _cut_rows = numba.njit(cache=True, nogil=True)(_cut_rows)
+    _cut_rows_half = numba.njit(cache=True, nogil=True)(_cut_rows_half)
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
     _lanes_at_most = numba.njit(cache=True, nogil=True, inline="always")(_lanes_at_most)
@@ -532,22 +559,27 @@ if AVAILABLE:
     _exact_top = numba.njit(cache=True, nogil=True)(_exact_top)
 
 
-def cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray) -> None:
+def cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray, *,
+             half: bool = False) -> None:
     """Fill the rows of ``X`` (n, d) float32 whose page missed the pool (``hit`` per distinct
-    page; row ``i`` lies at float ``at[i]`` of page ``pidx[i]``) from ``frames`` (the missed
-    pages in order, uint8 (m, page bytes)): a copy loop, where numpy's gather of strided
-    windows took ~40 µs for the few dozen rows of one query."""
-    flat = frames.reshape(-1).view(np.float32)
+    page; row ``i`` lies at value ``at[i]`` of page ``pidx[i]``) from ``frames`` (the missed
+    pages in order, uint8 (m, page bytes)) holding float32 values, or float16 ones (``half``),
+    widened as they are copied. A copy loop: numpy's gather of strided windows took ~40 µs for
+    the few dozen rows of one query."""
+    flat = frames.reshape(-1).view(np.uint16 if half else np.float32)
+    page_values = frames.shape[1] // flat.itemsize
     if not AVAILABLE:  # pragma: no cover - numba is a project dependency
+        values = flat.view(np.float16) if half else flat
         miss = np.flatnonzero(~hit)
         pos = np.empty(len(hit), dtype=np.int64)
         pos[miss] = np.arange(len(miss))
         for i in np.flatnonzero(~hit[pidx]):
-            o = pos[pidx[i]] * (frames.shape[1] // 4) + at[i]
-            X[i] = flat[o:o + X.shape[1]]
+            o = pos[pidx[i]] * page_values + at[i]
+            X[i] = values[o:o + X.shape[1]]
         return
-    _cut_rows(flat, np.ascontiguousarray(hit, dtype=np.bool_), np.ascontiguousarray(pidx, dtype=np.int64),
-              np.ascontiguousarray(at, dtype=np.int64), X, frames.shape[1] // 4)
+    args = (flat, np.ascontiguousarray(hit, dtype=np.bool_), np.ascontiguousarray(pidx, dtype=np.int64),
+            np.ascontiguousarray(at, dtype=np.int64), X, page_values)
+    (_cut_rows_half if half else _cut_rows)(*args)
 
 
 def best_cells(S: np.ndarray, nprobe: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The exact-vector row store: a page-aligned row file and the readers that fetch its rows.
 
-The exact rerank reads a few dozen float32 rows per query from a store far larger than RAM;
+The exact rerank reads a few dozen rows per query from a store far larger than RAM;
 what it costs is the 4 KiB pages those rows touch. This module owns that layer, apart from
 the index stages that use it: the cascade and any peer that reranks exactly call
 :meth:`RowReader.read` and read the counts from :meth:`RowReader.stats`.
@@ -9,13 +9,16 @@ File format (``exact.rows``)::
 
     page 0        b"MMROWS1\\n" + JSON layout (n, d, dtype, rows_per_group, group_bytes, ...)
                   zero-padded to 4096 bytes
-    pages 1..     rows of d float32 (little-endian), packed so no row straddles a page:
+    pages 1..     rows of d float32 or float16 (``dtype``; little-endian), packed so no row
+                  straddles a page:
                   row_bytes <= 4096: 4096 // row_bytes rows per page, the rest of the page zero;
                   row_bytes >  4096: each row starts on a page and spans ceil(row_bytes / 4096)
 
 A row is then one page read (or exactly its own pages), which an ``.npy`` (rows back to back
 after a 128-byte header) does not give: there a 1536-byte row straddles two pages one time in
 three. :class:`RowLayout` describes both, so older indexes with ``exact.npy`` stay readable.
+A float16 store holds twice the rows per page (5 instead of 2 at d=384): half the file, and
+fewer pages per query where a query's rows share pages. Readers always return float32.
 
 Readers (one interface, :class:`RowReader`):
 
@@ -72,13 +75,15 @@ _SPARE_SCRATCH = 8  # page-aligned scratch buffers kept for reuse (first touches
 # microseconds against the milliseconds their reads take)
 _SPARE_MAX_PAGES = 64
 _MAX_RUN_PAGES = 64  # adjacent missing pages coalesced into one read, up to 256 KiB
+DTYPES = ("float32", "float16")  # what a row file may hold; rows are read back as float32
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 _COUNTERS = ("calls", "rows", "pages_read", "pool_hits", "pool_misses", "bytes_read", "reads")
 
 
 # ---- layout ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RowLayout:
-    """Where row ``r`` of a float32 (n, d) store lies in its file.
+    """Where row ``r`` of an (n, d) store of ``dtype`` (float32 or float16) lies in its file.
 
     Rows come in groups of ``rows_per_group`` laid out ``group_bytes`` apart from
     ``data_offset``; inside a group rows are back to back. The page-aligned format has one
@@ -92,14 +97,15 @@ class RowLayout:
     rows_per_group: int
     group_bytes: int
     format: str = PAGED
+    dtype: str = "float32"
 
     @classmethod
-    def paged(cls, n: int, d: int) -> RowLayout:
-        """The page-aligned layout of ``n`` rows of ``d`` float32 after a one-page header."""
-        row_bytes = 4 * int(d)
+    def paged(cls, n: int, d: int, dtype: str = "float32") -> RowLayout:
+        """The page-aligned layout of ``n`` rows of ``d`` values of ``dtype`` after a one-page header."""
+        row_bytes = _itemsize(dtype) * int(d)
         if row_bytes <= PAGE_BYTES:
-            return cls(int(n), int(d), PAGE_BYTES, PAGE_BYTES // row_bytes, PAGE_BYTES)
-        return cls(int(n), int(d), PAGE_BYTES, 1, -(-row_bytes // PAGE_BYTES) * PAGE_BYTES)
+            return cls(int(n), int(d), PAGE_BYTES, PAGE_BYTES // row_bytes, PAGE_BYTES, PAGED, dtype)
+        return cls(int(n), int(d), PAGE_BYTES, 1, -(-row_bytes // PAGE_BYTES) * PAGE_BYTES, PAGED, dtype)
 
     @classmethod
     def npy(cls, n: int, d: int, data_offset: int) -> RowLayout:
@@ -107,8 +113,12 @@ class RowLayout:
         return cls(int(n), int(d), int(data_offset), 1, 4 * int(d), NPY)
 
     @property
+    def itemsize(self) -> int:
+        return _itemsize(self.dtype)
+
+    @property
     def row_bytes(self) -> int:
-        return 4 * self.d
+        return self.itemsize * self.d
 
     @property
     def n_groups(self) -> int:
@@ -161,14 +171,23 @@ class RowLayout:
             raise IndexError(f"row out of range [0, {self.n}): {int(rows.min())}..{int(rows.max())}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dtype": "float32", "page_bytes": PAGE_BYTES}
+        return {**asdict(self), "page_bytes": PAGE_BYTES}
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any]) -> RowLayout:
-        if meta.get("dtype", "float32") != "float32" or meta.get("page_bytes", PAGE_BYTES) != PAGE_BYTES:
+        dtype = meta.get("dtype", "float32")
+        fmt = str(meta.get("format", PAGED))
+        if (dtype not in DTYPES or meta.get("page_bytes", PAGE_BYTES) != PAGE_BYTES
+                or (fmt == NPY and dtype != "float32")):
             raise ArtifactError(f"unsupported row layout {meta}")
         return cls(int(meta["n"]), int(meta["d"]), int(meta["data_offset"]), int(meta["rows_per_group"]),
-                   int(meta["group_bytes"]), str(meta.get("format", PAGED)))
+                   int(meta["group_bytes"]), fmt, dtype)
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype not in DTYPES:
+        raise ValueError(f"row store dtype must be one of {DTYPES}; found {dtype!r}")
+    return np.dtype(dtype).itemsize
 
 
 def _distinct(a: np.ndarray) -> np.ndarray:
@@ -196,8 +215,11 @@ def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- writing --------------------------------------------------------------------------------
 def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = None, *,
-               step: int = 65536, progress: Callable[[int], None] | None = None) -> RowLayout:
-    """Write ``source[order]`` (all rows when ``order`` is None) as a page-aligned row file.
+               step: int = 65536, progress: Callable[[int], None] | None = None,
+               dtype: str = "float32") -> RowLayout:
+    """Write ``source[order]`` (all rows when ``order`` is None) as a page-aligned row file of
+    ``dtype`` values (``float16``: half the bytes; a value beyond float16's range is refused,
+    naming its row, rather than stored as infinity).
 
     ``source``: a float32 (n, d) array (memory-mapped or not) or a :class:`RowReader`. The file
     is written beside ``path``, fsynced, renamed into place and its directory fsynced
@@ -207,7 +229,7 @@ def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = 
     d = int(source.shape[1]) if hasattr(source, "shape") else int(source.d)
     n_src = int(source.shape[0]) if hasattr(source, "shape") else int(source.n)
     order = np.arange(n_src, dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
-    layout = RowLayout.paged(len(order), d)
+    layout = RowLayout.paged(len(order), d, dtype)
     g = layout.rows_per_group
     step = max(g, step // g * g)  # each block starts a group
     with atomic_path(path) as tmp:
@@ -215,7 +237,10 @@ def write_rows(path: str | os.PathLike, source: Any, order: np.ndarray | None = 
             f.write(_header(layout))
             for s in range(0, len(order), step):
                 idx = order[s:s + step]
-                f.write(_pack_groups(layout, _fetch_sorted(source, idx)).data)
+                block = _fetch_sorted(source, idx)
+                if layout.dtype == "float16":
+                    _check_half_range(block, s)
+                f.write(_pack_groups(layout, block).data)
                 if progress is not None:
                     progress(len(idx))
     return layout  # atomic_path fsynced the file and its directory
@@ -239,14 +264,23 @@ def _header(layout: RowLayout) -> bytes:
     return head + b"\0" * (layout.data_offset - len(head))
 
 
+def _check_half_range(block: np.ndarray, first: int) -> None:
+    """Refuse rows float16 cannot hold (beyond +-65504, or not finite), naming the first."""
+    bad = ~np.isfinite(block) | (np.abs(block) > _FLOAT16_MAX)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"row {first + r} (in write order), column {c}: {block[r, c]!r} is outside "
+                         f"float16's range (+-{_FLOAT16_MAX:g}); store the rows as float32")
+
+
 def _pack_groups(layout: RowLayout, block: np.ndarray) -> np.ndarray:
     """Rows (m, d) starting a group, as whole zero-padded groups: uint8 (groups, group_bytes)."""
     g, d = layout.rows_per_group, layout.d
     n_groups = -(-len(block) // g)
     out = np.zeros((n_groups, layout.group_bytes), dtype=np.uint8)
-    rows = np.zeros((n_groups * g, d), dtype=np.float32)
+    rows = np.zeros((n_groups * g, d), dtype=layout.dtype)
     rows[:len(block)] = block
-    out[:, :g * layout.row_bytes].view(np.float32).reshape(n_groups, g, d)[...] = rows.reshape(n_groups, g, d)
+    out[:, :g * layout.row_bytes].view(layout.dtype).reshape(n_groups, g, d)[...] = rows.reshape(n_groups, g, d)
     return out
 
 
@@ -331,7 +365,8 @@ class ReadCounts:
 
 @runtime_checkable
 class RowReader(Protocol):
-    """Reads rows of a float32 (n, d) store and counts the 4 KiB pages it costs. Thread safe.
+    """Reads rows of an (n, d) store (float32 or float16 on disk) as float32 and counts the
+    4 KiB pages it costs. Thread safe.
 
     ``stats()`` counters (since the last ``reset_stats``): ``calls``, ``rows``, ``pages_read``
     (pages fetched from below the index's pool: the disk, or the page cache for ``mmap``),
@@ -393,15 +428,15 @@ class _Counters:
 class MemoryRowReader:
     """Rows of an in-RAM or memory-mapped store, with the page accounting of a disk reader.
 
-    ``groups``: the store as float32 (n_groups, group_floats), C-contiguous, row ``r`` at
-    ``groups[r // rows_per_group, (r % rows_per_group) * d:][:d]`` (a plain (n, d) matrix is
-    one row per group: ``rows_per_group=1``). The rerank scores rows in place from it (no
-    gather); ``layout`` says which file pages a row touches (for ``stats()``), and how rows are
+    ``groups``: the store as float32 or float16 (n_groups, values per group), C-contiguous, row
+    ``r`` at ``groups[r // rows_per_group, (r % rows_per_group) * d:][:d]`` (a plain (n, d)
+    matrix is one row per group: ``rows_per_group=1``). The rerank scores float32 rows in place
+    from it (no gather); float16 rows are gathered and widened; ``layout`` says which file pages a row touches (for ``stats()``), and how rows are
     grouped unless ``rows_per_group`` says otherwise (an in-RAM matrix accounted as the file)."""
 
     def __init__(self, groups: np.ndarray, layout: RowLayout, *, mode: str = "memory",
                  path: str | os.PathLike | None = None, rows_per_group: int | None = None) -> None:
-        assert groups.dtype == np.float32 and groups.ndim == 2 and groups.flags.c_contiguous
+        assert groups.dtype in (np.float32, np.float16) and groups.ndim == 2 and groups.flags.c_contiguous
         self.groups, self.layout, self.mode = groups, layout, mode
         self.n, self.d = layout.n, layout.d
         self.rows_per_group = layout.rows_per_group if rows_per_group is None else int(rows_per_group)
@@ -419,13 +454,13 @@ class MemoryRowReader:
                   in_memory: bool = False) -> MemoryRowReader:
         """The file memory-mapped (``mmap`` mode), or read into RAM when ``in_memory``."""
         layout = read_layout(path) if layout is None else layout
-        shape = (layout.n_groups, layout.group_bytes // 4)
+        shape = (layout.n_groups, layout.group_bytes // layout.itemsize)
         if in_memory:
             with open(path, "rb") as f:
                 f.seek(layout.data_offset)
-                data = np.fromfile(f, dtype=np.float32, count=shape[0] * shape[1]).reshape(shape)
+                data = np.fromfile(f, dtype=layout.dtype, count=shape[0] * shape[1]).reshape(shape)
             return cls(data, layout, mode="memory", path=path)
-        mm = np.memmap(path, dtype=np.float32, mode="r", offset=layout.data_offset, shape=shape)
+        mm = np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.data_offset, shape=shape)
         return cls(np.asarray(mm), layout, mode="mmap", path=path)  # a plain view: no subclass wrap per read
 
     def read(self, rows: np.ndarray, *, counts: ReadCounts | None = None) -> np.ndarray:
@@ -434,9 +469,10 @@ class MemoryRowReader:
         self.touch(rows, counts)
         g = self.rows_per_group
         if g == 1:
-            return self.groups[rows, :self.d]
-        cols = ((rows % g) * self.d)[:, None] + np.arange(self.d)
-        return self.groups[(rows // g)[:, None], cols]
+            X = self.groups[rows, :self.d]
+        else:
+            X = self.groups[(rows // g)[:, None], ((rows % g) * self.d)[:, None] + np.arange(self.d)]
+        return X.astype(np.float32, copy=False)
 
     def touch(self, rows: np.ndarray, counts: ReadCounts | None = None) -> None:
         """Account a read of ``rows`` without copying them (the rerank scores them in place)."""
@@ -496,11 +532,12 @@ class PagePool:
         return np.array(found, dtype=np.int64)
 
     def lookup(self, pages: np.ndarray, frames: np.ndarray | None = None, *,
-               rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+               rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+               dtype: str = "float32") -> np.ndarray:
         """Copy what the pool holds of ``pages`` and return the hit mask over them: whole pages
         into ``frames[i]``, or with ``rows = (page_of_row, at, out)`` only rows that lie in one
-        page each (row ``i``: ``out.shape[1]`` float32 from float ``at[i]`` of page
-        ``pages[page_of_row[i]]``), into ``out``."""
+        page each (row ``i``: ``out.shape[1]`` values of ``dtype`` from value ``at[i]`` of page
+        ``pages[page_of_row[i]]``), into ``out`` (float32)."""
         if self.slots == 0:
             return np.zeros(len(pages), dtype=bool)
         with self._lock:
@@ -512,8 +549,9 @@ class PagePool:
                 else:
                     page_of_row, at, out = rows
                     held = hit[page_of_row]
-                    out[held] = _windows(self._frames, out.shape[1])[slot[page_of_row[held]] * (PAGE_BYTES // 4)
-                                                                     + at[held]]
+                    per_page = PAGE_BYTES // np.dtype(dtype).itemsize
+                    out[held] = _windows(self._frames, out.shape[1], dtype)[slot[page_of_row[held]] * per_page
+                                                                            + at[held]]
                 self._ref[slot[hit]] = True
         return hit
 
@@ -648,14 +686,14 @@ class DirectRowReader:
         start = self.layout.offsets(rows)
         X = np.empty((len(rows), self.d), dtype=np.float32)
         if self.layout.max_pages_per_row == 1:  # the page-aligned file with rows of <= 4 KiB
-            page, at = start // PAGE_BYTES, start % PAGE_BYTES // 4
+            page, at = start // PAGE_BYTES, start % PAGE_BYTES // self.layout.itemsize
             pages = _distinct(page)
             pidx = np.searchsorted(pages, page)
-            hit = self.pool.lookup(pages, rows=(pidx, at, X))
+            hit = self.pool.lookup(pages, rows=(pidx, at, X), dtype=self.layout.dtype)
             miss = np.flatnonzero(~hit)
             if len(miss):
                 with self._missing(pages[miss], c, share) as frames:
-                    _cut_rows(X, frames, hit, pidx, at)
+                    _cut_rows(X, frames, hit, pidx, at, self.layout.dtype)
         else:  # rows over several pages: whole pages, then rows cut out
             pages = self.layout.pages(rows)
             frames = np.empty((len(pages), PAGE_BYTES), dtype=np.uint8)
@@ -664,8 +702,8 @@ class DirectRowReader:
             if len(miss):
                 with self._missing(pages[miss], c, share) as read:
                     frames[miss] = read
-            X[:] = _windows(frames, self.d)[(np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES
-                                             + start % PAGE_BYTES) // 4]
+            X[:] = _windows(frames, self.d, self.layout.dtype)[
+                (np.searchsorted(pages, start // PAGE_BYTES) * PAGE_BYTES + start % PAGE_BYTES) // self.layout.itemsize]
         c.pool_hits += len(pages) - len(miss)
         return X
 
@@ -759,11 +797,11 @@ class DirectRowReader:
         self.layout.check_rows(rows)
         c = ReadCounts(rows=len(rows))
         start = self.layout.offsets(rows)
-        page, at = start // PAGE_BYTES, start % PAGE_BYTES // 4
+        page, at = start // PAGE_BYTES, start % PAGE_BYTES // self.layout.itemsize
         pages = _distinct(page)
         pidx = np.searchsorted(pages, page)
         X = np.empty((len(rows), self.d), dtype=np.float32)
-        hit = self.pool.lookup(pages, rows=(pidx, at, X))
+        hit = self.pool.lookup(pages, rows=(pidx, at, X), dtype=self.layout.dtype)
         miss = np.flatnonzero(~hit)
         c.pool_hits += len(pages) - len(miss)
         want = pages[miss]
@@ -771,7 +809,7 @@ class DirectRowReader:
         if len(miss) == 0 or len(miss) > self.reads_in_flight:
             if len(miss):  # more pages than one call's reads: read them now
                 with self._missing(want, c, share) as frames:
-                    _cut_rows(X, frames, hit, pidx, at)
+                    _cut_rows(X, frames, hit, pidx, at, self.layout.dtype)
             self._counters.add(c, counts)
             return lambda: X
         mem = self._scratch(len(want))
@@ -790,7 +828,7 @@ class DirectRowReader:
                 c.pages_read += len(want)
                 c.reads += len(runs[0])
                 frames = np.frombuffer(mem, dtype=np.uint8, count=len(want) * PAGE_BYTES).reshape(-1, PAGE_BYTES)
-                _cut_rows(X, frames, hit, pidx, at)
+                _cut_rows(X, frames, hit, pidx, at, self.layout.dtype)
                 self.pool.insert(want, frames, share=share)
                 del frames
             finally:
@@ -920,18 +958,21 @@ def _release(fd: int, executor: list[ThreadPoolExecutor | None], contexts: list[
         pass
 
 
-def _cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray) -> None:
+def _cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray,
+              dtype: str) -> None:
     """Fill the rows of ``X`` whose page missed the pool (``hit`` per distinct page; row ``i``
-    lies at float ``at[i]`` of page ``pidx[i]``) from ``frames``, the missed pages in order."""
-    kernels.cut_rows(X, frames, hit, pidx, at)
+    lies at value ``at[i]`` of page ``pidx[i]``) from ``frames``, the missed pages in order,
+    holding values of ``dtype``."""
+    kernels.cut_rows(X, frames, hit, pidx, at, half=dtype == "float16")
 
 
-def _windows(frames: np.ndarray, d: int) -> np.ndarray:
-    """Every run of ``d`` float32 in a block of page frames, as rows of a view: indexing it
-    with float offsets copies whole rows (faster than gathering element by element)."""
-    flat = frames.reshape(-1).view(np.float32)
+def _windows(frames: np.ndarray, d: int, dtype: str = "float32") -> np.ndarray:
+    """Every run of ``d`` values of ``dtype`` in a block of page frames, as rows of a view:
+    indexing it with value offsets copies whole rows (faster than gathering element by element)."""
+    flat = frames.reshape(-1).view(dtype)
+    size = flat.itemsize
     return np.lib.stride_tricks.as_strided(flat, shape=(max(len(flat) - d + 1, 0), d),
-                                           strides=(4, 4), writeable=False)
+                                           strides=(size, size), writeable=False)
 
 
 def _runs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@ page-aligned row file and a JSON manifest.
     <dir>/coarse.npy           uint8 (n, coarse_code_size), rows sorted by coarse cell
     <dir>/fine.npy             uint8 (n, fine_code_size)             (when a fine stage exists)
     <dir>/ids.npy              uint8 (n, w): item id - ids_base, little-endian in w bytes
-    <dir>/exact.rows           float32 (n, d) exact vectors, no row straddling a 4 KiB page
+    <dir>/exact.rows           float32 or float16 (index.exact.dtype) (n, d) exact vectors, no row
+                               straddling a 4 KiB page
                                (:mod:`.rowstore`; the manifest's ``exact_store`` names file and
                                layout; format 3. Formats 1-2 kept an ``exact.npy``, still read)
     <dir>/id_sorted.npy, id_order.npy   sorted ids and their rows (binary-search lookup)
@@ -117,7 +118,8 @@ def write_index(saved: SavedIndex, directory: str | Path) -> Path:
             arrays["centroids"] = saved.partition[1]["centroids"]
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-        exact_store = None if main.exact is None else _write_exact(main.exact, main.n, tmp / EXACT_FILE)
+        exact_store = (None if main.exact is None else
+                       _write_exact(main.exact, main.n, tmp / EXACT_FILE, saved.config.exact.dtype))
         saved.coarse_codec.save(tmp / "coarse_codec.json")
         if saved.fine_codec is not None and not saved.fine_shares_coarse:
             saved.fine_codec.save(tmp / "fine_codec.json")
@@ -151,20 +153,22 @@ def write_index(saved: SavedIndex, directory: str | Path) -> Path:
             "files": files,
         }
         if main.exact is not None:
-            manifest["arrays"]["exact"] = {"shape": [main.n, saved.d], "dtype": "float32"}
+            manifest["arrays"]["exact"] = {"shape": [main.n, saved.d], "dtype": exact_store["layout"]["dtype"]}
         write_json_atomic(tmp / MANIFEST, manifest)
     return directory
 
 
-def _write_exact(reader: RowReader, n: int, path: Path) -> dict[str, Any]:
-    """The exact store as a row file at ``path``: the reader's own file copied when it already
-    is one holding exactly these rows, else written row by row. Returns its manifest entry."""
+def _write_exact(reader: RowReader, n: int, path: Path, dtype: str) -> dict[str, Any]:
+    """The exact store as a row file of ``dtype`` values at ``path``: the reader's own file
+    copied when it already is one holding exactly these rows in that dtype, else written row
+    by row. Returns its manifest entry."""
     src = getattr(reader, "path", None)
     layout = getattr(reader, "layout", None)
-    if src is not None and layout is not None and layout.format == PAGED and layout.n == n and src.exists():
+    if (src is not None and layout is not None and layout.format == PAGED and layout.n == n
+            and layout.dtype == dtype and src.exists()):
         copy_row_file(src, path)
     else:
-        layout = write_rows(path, reader)
+        layout = write_rows(path, reader, dtype=dtype)
     return {"file": path.name, "layout": layout.to_dict()}
 
 
@@ -301,6 +305,7 @@ def _open_exact(directory: Path, manifest: dict[str, Any], config: CascadeConfig
     reader = open_row_store(path, reader=config.exact.reader, pool_bytes=config.exact.pool_bytes,
                             reads_in_flight=config.exact.reads_in_flight, in_memory=in_memory, layout=layout)
     want = manifest["arrays"].get("exact")
-    if want is not None and (want["shape"] != [reader.n, reader.d] or want["dtype"] != "float32"):
-        raise ArtifactError(f"{path}: store float32 {[reader.n, reader.d]} differs from the manifest {want}")
+    dtype = reader.layout.dtype
+    if want is not None and (want["shape"] != [reader.n, reader.d] or want["dtype"] != dtype):
+        raise ArtifactError(f"{path}: store {dtype} {[reader.n, reader.d]} differs from the manifest {want}")
     return reader
