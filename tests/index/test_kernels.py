@@ -206,13 +206,15 @@ def test_best_cells_are_the_highest_scores_best_first_with_ties_by_column():
         np.testing.assert_array_equal(got, np.argsort(-S, axis=1, kind="stable")[:, :nprobe])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("d", [7, 64, 474])
-def test_exact_top_is_the_best_of_each_querys_rows(metric, d):
+def test_exact_top_is_the_best_of_each_querys_rows(metric, d, dtype):
     """The exact rerank kernel returns each query's best rows by exact score, best first,
-    whatever the order of its rows and wherever the -1 padding sits (ragged shortlists)."""
+    whatever the order of its rows and wherever the -1 padding sits (ragged shortlists); a
+    float16 store is scored by its values."""
     rng = np.random.default_rng(d)
-    E = rng.standard_normal((500, d)).astype(np.float32)
+    E = rng.standard_normal((500, d)).astype(dtype)
     Q = rng.standard_normal((12, d)).astype(np.float32)
     rows = np.stack([rng.permutation(500)[:37] for _ in range(len(Q))])
     rows[rng.random(rows.shape) < 0.2] = -1

@@ -463,36 +463,78 @@ def _exact_scores(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray
         j += 1
 
 
+def _exact_scores_half(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray, m: int, l2: bool,
+                       out: np.ndarray, bits: np.ndarray) -> None:
+    """:func:`_exact_scores` for a float16 store (``E``: its uint16 bit patterns), each row
+    widened into ``bits`` (uint32, d) before it is scored."""
+    row = bits.view(np.float32)
+    for j in range(m):
+        widen_half_row(_line(E, g, d, rows[j]), bits)
+        a = np.float32(0.0)
+        if l2:
+            for c in range(d):
+                a += (q[c] - row[c]) ** 2
+            a = -a
+        else:
+            for c in range(d):
+                a += q[c] * row[c]
+        out[j] = a
+
+
+def _keep_best(sc: np.ndarray, r: np.ndarray, m: int, keep: int, out_rows: np.ndarray,
+               out_scores: np.ndarray) -> None:
+    """The best ``keep`` of scores ``sc[:m]`` of rows ``r[:m]`` by insertion, best first; equal
+    scores keep storage order."""
+    n = 0
+    for j in range(m):
+        v = sc[j]
+        if n < keep:
+            p = n
+            n += 1
+        elif v > out_scores[keep - 1]:
+            p = keep - 1
+        else:
+            continue
+        while p > 0 and out_scores[p - 1] < v:
+            out_scores[p] = out_scores[p - 1]
+            out_rows[p] = out_rows[p - 1]
+            p -= 1
+        out_scores[p] = v
+        out_rows[p] = r[j]
+
+
+def _valid_sorted(rows_i: np.ndarray, r: np.ndarray) -> int:
+    """A query's valid rows into ``r``, in storage order (neighbouring rows share pages)."""
+    m = 0
+    for j in range(rows_i.shape[0]):
+        if rows_i[j] >= 0:
+            r[m] = rows_i[j]
+            m += 1
+    r[:m].sort()
+    return m
+
+
 def _exact_top(E: np.ndarray, g: int, d: int, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bool,
                out_rows: np.ndarray, out_scores: np.ndarray) -> None:
     nq, s = rows.shape
     r = np.empty(s, dtype=np.int64)
     sc = np.empty(s, dtype=np.float32)
     for i in range(nq):
-        m = 0
-        for j in range(s):
-            if rows[i, j] >= 0:
-                r[m] = rows[i, j]
-                m += 1
-        r[:m].sort()  # storage order: neighbouring rows share pages
+        m = _valid_sorted(rows[i], r)
         _exact_scores(E, g, d, Q[i], r, m, l2, sc)
-        n = 0  # the best ``keep`` by insertion, best first; equal scores keep storage order
-        for j in range(m):
-            v = sc[j]
-            if n < keep:
-                p = n
-                n += 1
-            elif v > out_scores[i, keep - 1]:
-                p = keep - 1
-            else:
-                continue
-            while p > 0 and out_scores[i, p - 1] < v:
-                out_scores[i, p] = out_scores[i, p - 1]
-                out_rows[i, p] = out_rows[i, p - 1]
-                p -= 1
-            out_scores[i, p] = v
-            out_rows[i, p] = r[j]
+        _keep_best(sc, r, m, keep, out_rows[i], out_scores[i])
 
+
+def _exact_top_half(E: np.ndarray, g: int, d: int, Q: np.ndarray, rows: np.ndarray, keep: int, l2: bool,
+                    out_rows: np.ndarray, out_scores: np.ndarray) -> None:
+    nq, s = rows.shape
+    r = np.empty(s, dtype=np.int64)
+    sc = np.empty(s, dtype=np.float32)
+    bits = np.empty(d, dtype=np.uint32)
+    for i in range(nq):
+        m = _valid_sorted(rows[i], r)
+        _exact_scores_half(E, g, d, Q[i], r, m, l2, sc, bits)
+        _keep_best(sc, r, m, keep, out_rows[i], out_scores[i])
 
 def _missed_positions(hit: np.ndarray) -> np.ndarray:
     """For each page, how many pages before it missed: where its frame sits among the misses."""
@@ -556,7 +598,11 @@ if AVAILABLE:
     _line = numba.njit(cache=True, nogil=True, inline="always")(_line)
     # reassociation lets the eight row sums vectorise over dimensions; nothing else is relaxed
     _exact_scores = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores)
+    _exact_scores_half = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores_half)
+    _keep_best = numba.njit(cache=True, nogil=True)(_keep_best)
+    _valid_sorted = numba.njit(cache=True, nogil=True)(_valid_sorted)
     _exact_top = numba.njit(cache=True, nogil=True)(_exact_top)
+    _exact_top_half = numba.njit(cache=True, nogil=True)(_exact_top_half)
 
 
 def cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.ndarray, *,
@@ -649,7 +695,8 @@ def coarse_fine_scan(qcodes: np.ndarray, codes: np.ndarray, offsets: np.ndarray,
 def exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, metric: str, *,
               rows_per_line: int = 1, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The exact rerank: each query's best ``keep`` of its ``rows`` (nq, s; -1 = none) of the
-    float32 store ``E`` (memory-mapped or not) by inner product (``ip``) or negative squared
+    float32 or float16 store ``E`` (memory-mapped or not; float16 rows are widened as they are
+    scored) by inner product (``ip``) or negative squared
     distance (``l2``). ``E`` is (n, d), or holds ``rows_per_line`` rows of ``d`` per line (the
     page-aligned row file's pages: :class:`~mmcompress.index.rowstore.MemoryRowReader`).
     Returns rows (nq, keep) and scores, best first, padded with -1 / -inf."""
@@ -657,6 +704,8 @@ def exact_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int, metric:
     d = E.shape[1] if d is None else int(d)
     out_rows = np.full((nq, keep), -1, dtype=np.int64)
     out_scores = np.full((nq, keep), -np.inf, dtype=np.float32)
-    _exact_top(E, int(rows_per_line), d, np.ascontiguousarray(Q, dtype=np.float32),
-               np.ascontiguousarray(rows, dtype=np.int64), int(keep), metric == "l2", out_rows, out_scores)
+    half = E.dtype == np.float16  # a float16 store: rows widened one at a time as they are scored
+    (_exact_top_half if half else _exact_top)(
+        E.view(np.uint16) if half else E, int(rows_per_line), d, np.ascontiguousarray(Q, dtype=np.float32),
+        np.ascontiguousarray(rows, dtype=np.int64), int(keep), metric == "l2", out_rows, out_scores)
     return out_rows, out_scores

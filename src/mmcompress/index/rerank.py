@@ -97,7 +97,7 @@ def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, met
               counts: ReadCounts | None) -> tuple[np.ndarray, np.ndarray]:
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     valid = rows >= 0
-    if isinstance(reader, MemoryRowReader) and kernels.AVAILABLE and reader.groups.dtype == np.float32:
+    if isinstance(reader, MemoryRowReader) and kernels.AVAILABLE:  # float32 or float16 rows, in place
         reader.touch(rows[valid], counts)
         return kernels.exact_top(reader.groups, Q, rows, keep, metric,
                                  rows_per_line=reader.rows_per_group, d=reader.d)
