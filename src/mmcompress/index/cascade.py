@@ -405,9 +405,12 @@ class CascadeIndex:
             parts = [run(sl) for sl in chunks]
         scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.float32)
         found = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.int64)
-        stats = parts[0][2] if len(parts) == 1 else SearchStats()  # one chunk: nothing to merge
-        for p in parts if len(parts) > 1 else ():
-            stats = stats.merge(p[2])
+        if len(parts) == 1:  # one chunk: its stats as they are
+            stats = parts[0][2]
+        else:
+            stats = SearchStats()
+            for p in parts:
+                stats = stats.merge(p[2])
         with self._stats_lock:
             self.total_stats = self.total_stats.merge(stats)
         return (scores, found, stats) if return_stats else (scores, found)

@@ -430,8 +430,8 @@ class MemoryRowReader:
 
     ``groups``: the store as float32 or float16 (n_groups, values per group), C-contiguous, row
     ``r`` at ``groups[r // rows_per_group, (r % rows_per_group) * d:][:d]`` (a plain (n, d)
-    matrix is one row per group: ``rows_per_group=1``). The rerank scores float32 rows in place
-    from it (no gather); float16 rows are gathered and widened; ``layout`` says which file pages a row touches (for ``stats()``), and how rows are
+    matrix is one row per group: ``rows_per_group=1``). The rerank scores rows in place from it
+    (no gather; float16 rows widened in the kernel), ``read`` returns them as float32; ``layout`` says which file pages a row touches (for ``stats()``), and how rows are
     grouped unless ``rows_per_group`` says otherwise (an in-RAM matrix accounted as the file)."""
 
     def __init__(self, groups: np.ndarray, layout: RowLayout, *, mode: str = "memory",
