@@ -89,13 +89,28 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     return Built("cascade", name, str(directory), build_s, float(resident), grid, extra)
 
 
+def base_order(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> np.ndarray:
+    """Row positions of the faiss first stages' shared exact store: the library's locality order
+    (near rows on the same page), as the cascades lay out their own stores, so that first stages
+    are compared on the same kind of layout. Computed once per base and dtype."""
+    from mmcompress.index.locality import locality_order
+    from mmcompress.index.rowstore import RowLayout
+
+    path = workdir / f"base.{dtype}.order.npy"
+    if not path.exists():
+        rows_per_page = RowLayout.paged(len(xb), xb.shape[1], dtype).rows_per_group
+        np.save(path, locality_order(xb, rows_per_page, metric="ip").astype(np.int32))
+    return np.load(path)
+
+
 def write_base_rows(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> Path:
-    """The shared exact store of the faiss first stages: base rows in base order, as ``dtype``."""
+    """The shared exact store of the faiss first stages: base rows in :func:`base_order`, as
+    ``dtype``."""
     from mmcompress.index.rowstore import write_rows
 
     path = workdir / f"base.{dtype}.rows"
     if not path.exists():
-        write_rows(path, xb, dtype=dtype)
+        write_rows(path, xb, base_order(xb, workdir, dtype).astype(np.int64), dtype=dtype)
     return path
 
 
@@ -103,25 +118,31 @@ def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid:
                 rerank: bool, ef_construction: int | None = None, train_rows: int = 100_000,
                 store_dtype: str = "float32") -> Built:
     """A faiss index from a factory string, saved with ``faiss.write_index``; ``rerank``: its
-    candidates go to the shared exact store (of ``store_dtype`` rows)."""
+    candidates go to the shared exact store (of ``store_dtype`` rows), and it holds the base
+    rows in that store's order (faiss ids = store rows; the order array maps them back to base
+    rows, and counts in its memory)."""
     import faiss
 
     t = time.perf_counter()
+    order = base_order(xb, workdir, store_dtype) if rerank else None
+    xs = xb if order is None else xb[order]
     index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if ef_construction is not None:
         faiss.downcast_index(index).hnsw.efConstruction = ef_construction
-    index.train(training_sample(xb, train_rows))
-    index.add(xb)
+    index.train(training_sample(xs, train_rows))
+    index.add(xs)
     build_s = time.perf_counter() - t
     directory = workdir / name
     directory.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(directory / "index.faiss"))
     resident = float(faiss.serialize_index(index).nbytes)
-    rows = None
+    rows = order_path = None
     if rerank:
         rows = str(write_base_rows(xb, workdir, store_dtype))
-    meta = {"factory": factory, "rerank": rerank, "rows": rows, "ef_construction": ef_construction,
-            "bounds": rerank_bounds(index, xb, grid) if rerank else {}}
+        order_path = str(workdir / f"base.{store_dtype}.order.npy")
+        resident += float(order.nbytes)
+    meta = {"factory": factory, "rerank": rerank, "rows": rows, "order": order_path,
+            "ef_construction": ef_construction, "bounds": rerank_bounds(index, xs, grid) if rerank else {}}
     (directory / "contender.json").write_text(json.dumps(meta))
     kind = "faiss+rerank" if rerank else "faiss"
     return Built(kind, name, str(directory), build_s, resident, grid, meta)
@@ -175,6 +196,7 @@ class Contender:
             meta = built["extra"]
             self.index = faiss.read_index(str(self.directory / "index.faiss"))
             self.rows = None
+            self.order = np.load(meta["order"]) if meta.get("order") else None
             self.bounds = {k: RerankBound.from_dict(v) for k, v in meta.get("bounds", {}).items() if v}
             if meta["rerank"]:
                 from mmcompress.index.rowstore import open_row_store
@@ -212,8 +234,9 @@ class Contender:
         from mmcompress.index.rerank import exact_rerank
 
         est, cand = self.index.search(Q, setting["R"], params=params)
-        return exact_rerank(self.rows, Q, cand, K, "ip", estimates=est,
+        rows = exact_rerank(self.rows, Q, cand, K, "ip", estimates=est,
                             bound=self.bounds.get(first_stage_key(setting)), **waves)[0]
+        return rows if self.order is None else np.where(rows >= 0, self.order[np.maximum(rows, 0)], -1)
 
     def close(self) -> None:
         if self.kind == "cascade":

@@ -57,12 +57,14 @@ from mmcompress.index import kernels
 from mmcompress.index.cellprior import choose_cell_weight
 from mmcompress.index.coarse import codec_shortlist, hamming_shortlist
 from mmcompress.index.config import CascadeConfig, check_waves
+from mmcompress.index.locality import locality_order
 from mmcompress.index.partition import CoarsePartition
 from mmcompress.index.rerank import exact_rerank
 from mmcompress.index.rerankbound import RerankBound, calibrate_rerank_bound
 from mmcompress.index.rowstore import (
     MemoryRowReader,
     ReadCounts,
+    RowLayout,
     RowReader,
     RowSubset,
     open_row_store,
@@ -167,10 +169,10 @@ class CascadeIndex:
                                              max_train_rows=cfg.train_rows,
                                              dtype="float16" if half else "float32").fit(train, projection)
             cells = self.partition.assign(X)
-            order = np.argsort(cells, kind="stable")
+            order = self._store_order(X, cells)
             offsets = np.searchsorted(cells[order], np.arange(nlist + 1)).astype(np.int64)
         else:
-            order = np.arange(len(X))
+            order = self._store_order(X, None)
             offsets = np.array([0, len(X)], dtype=np.int64)
         coarse, fine = self._encode(X, order, progress=progress)
         scales = None
@@ -245,6 +247,15 @@ class CascadeIndex:
                                    expected=(n,), found=col.shape)
             out[:, j] = col.astype(bool)
         return names, out
+
+    def _store_order(self, X: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
+        """Row positions of the built segment: by cell, and inside a cell (or the whole catalog)
+        near rows on the same exact-store page where ``config.exact.layout`` is ``locality``."""
+        cfg = self.config
+        if not cfg.exact_rerank or cfg.exact.layout == "insertion":
+            return np.arange(len(X)) if cells is None else np.argsort(cells, kind="stable")
+        rows_per_page = RowLayout.paged(len(X), X.shape[1], cfg.exact.dtype).rows_per_group
+        return locality_order(X, rows_per_page, groups=cells, metric=cfg.metric, seed=cfg.seed)
 
     def _encode(self, X: np.ndarray, order: np.ndarray, *, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from tqdm.auto import tqdm
