@@ -152,10 +152,12 @@ def cascade_ivf_grid(nlist: int, quick: bool, n: int = 0) -> list[dict[str, Any]
 
 
 def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None,
-              store_dtype: str = "float32") -> list[Built]:
+              store_dtype: str = "float32", layout_ablation: bool = False) -> list[Built]:
     """The contenders at their documented good settings (grids to tune over); ``only``: label
     substrings to keep (every contender without it); ``store_dtype``: the values of every exact
-    store the benchmark writes (the cascades' own and the faiss first stages' shared one)."""
+    store the benchmark writes (the cascades' own and the faiss first stages' shared one);
+    ``layout_ablation``: also the wide full-scan cascade with its rows stored in insertion order
+    instead of the locality order every other store uses."""
 
     def wanted(label: str) -> bool:
         return not only or any(o in label for o in only)
@@ -180,6 +182,8 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
     if d >= 256:  # between the two: 24 bytes of codes, for catalogs whose projection costs more
         specs.append(("cascade BIN192_f16 -> sign tables x item scales", "BIN192_f16", {"item_scales": True}))
     specs.append((f"cascade {wide} -> sign tables x item scales", wide, {"item_scales": True}))
+    if layout_ablation:
+        specs.append((f"cascade {wide} -> sign tables x item scales, insertion layout", wide, {"item_scales": True}))
     # IVF routing for the wide codes: about sqrt(n) cells (centroids in the code's subspace), so a
     # query scans a fraction of the codes instead of all of them
     cells = max(16, int(np.sqrt(n)) // 16 * 16)
@@ -189,10 +193,11 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
             continue
         print(f"  build {name}", flush=True)
         ivf = "IVF" in name
-        built.append(build_cascade(xb, workdir, name=name.replace(" ", "_").replace(">", ""), coarse=coarse,
-                                   fine="coarse", nlist=cells if ivf else 0,
+        layout = "insertion" if name.endswith("insertion layout") else "locality"
+        built.append(build_cascade(xb, workdir, name=name.replace(" ", "_").replace(">", "").replace(",", ""),
+                                   coarse=coarse, fine="coarse", nlist=cells if ivf else 0,
                                    grid=cascade_ivf_grid(cells, quick, n) if ivf else cascade_grid(n, quick),
-                                   fine_options=options, store_dtype=store_dtype))
+                                   fine_options=options, store_dtype=store_dtype, store_layout=layout))
         built[-1].extra.update({"coarse": coarse, "fine": "coarse", "fine_options": options, "label": name,
                                 "nlist": cells if ivf else 0})
     faiss_specs = [
@@ -456,7 +461,7 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
         np.save(workdir / f"{name}.npy", arr)
     truth_tune, truth_test = ground_truth(xb, xtune), ground_truth(xb, xtest)
     set_threads(args.threads)
-    builts = build_all(xb, workdir, args.quick, args.contenders, args.store_dtype)
+    builts = build_all(xb, workdir, args.quick, args.contenders, args.store_dtype, args.layout_ablation)
     tuned, picks = {}, {}
     for b in builts:
         print(f"  tune {b.extra['label']}", flush=True)
@@ -520,7 +525,10 @@ def markdown(result: dict[str, Any]) -> str:
              "best-estimated; then the others whose bound reaches the 10th best exact score so far. "
              f"Exact stores (each cascade's own and the faiss first stages' shared one) hold "
              f"{result.get('store_dtype', 'float32')} rows (index.exact.dtype), widened to float32 to be "
-             "scored; DiskANN and LanceDB keep their own formats.", "",
+             "scored, " + ("in locality order (index.exact.layout: near items on the same page; the "
+                           "row labelled insertion layout keeps catalog order)"
+                           if result.get("store_layout") == "locality" else "in catalog order")
+             + "; DiskANN and LanceDB keep their own formats.", "",
              "Warm: exact store through the page cache, whole test batches, contenders alternating "
              f"batch by batch ({result['rounds']} rounds: median (min-max)). Cold: exact store read with "
              "O_DIRECT into the index's own buffer pool (0 / 1% / 10% of the store), "
@@ -626,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
                     help="values of the exact stores (cascades' and the faiss first stages' shared one)")
+    ap.add_argument("--layout-ablation", action="store_true",
+                    help="also the wide full-scan cascade with its exact store in insertion order")
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON results")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
@@ -645,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{os.getloadavg()[0]:.1f} at start", "threads": args.threads, "quick": args.quick,
         "rounds": args.rounds, "cold_rounds": args.cold_rounds, "target_recall": TARGET_RECALL,
         "budget_bytes_per_item": BUDGET_BYTES, "pages_budget": PAGES_BUDGET, "store_dtype": args.store_dtype,
-        "catalogs": []}
+        "store_layout": "locality", "catalogs": []}
     stem = "serve.quick" if args.quick else "serve"
     workroot = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     try:

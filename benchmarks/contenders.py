@@ -62,9 +62,10 @@ def training_sample(xb: np.ndarray, rows: int) -> np.ndarray:
 
 def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine: str, nlist: int,
                   grid: list[dict[str, Any]], train_rows: int = 50_000,
-                  fine_options: dict[str, Any] | None = None, store_dtype: str = "float32") -> Built:
+                  fine_options: dict[str, Any] | None = None, store_dtype: str = "float32",
+                  store_layout: str = "locality") -> Built:
     """Fit the codecs on a sample of the base, build, save (page-aligned exact row file of
-    ``store_dtype`` values)."""
+    ``store_dtype`` values, rows in ``store_layout`` order)."""
     from mmcompress.codecs import make_codec
     from mmcompress.index import CascadeConfig, CascadeIndex
 
@@ -76,7 +77,7 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
                                                    "nprobe": grid[0].get("nprobe", 1)},
                                         "fine": {"codec": fine, "shortlist": grid[0]["s2"],
                                                  **(fine_options or {})},
-                                        "exact": {"dtype": store_dtype}})
+                                        "exact": {"dtype": store_dtype, "layout": store_layout}})
     directory = workdir / name
     scratch = workdir / f"{name}.exact.rows"
     index = CascadeIndex.build(coarse_codec, fine_codec, xb, np.arange(len(xb)), scratch, config=config)
