@@ -1,10 +1,10 @@
 """Row order of the exact store that puts near items on the same 4 KiB page.
 
 A query's exact stage reads the pages of its fine shortlist: the near neighbours of the query,
-and so of each other. Stored in insertion order those rows sit on as many pages as there are
-rows; stored so that a page holds items near each other, several of them share a page and one
-read serves them (DiskANN and Starling reorder their graphs' disk blocks, SPANN keeps each
-posting list contiguous, for the same reason). On the Debian text embeddings (58k x 384,
+and so of each other. Stored in an order unrelated to the vectors those rows sit on nearly as
+many pages as there are rows; stored so that a page holds items near each other, several of
+them share a page and one read serves them (Starling reorders a DiskANN graph's disk blocks and
+SPANN keeps each posting list contiguous for the same reason). On the Debian text embeddings (58k x 384,
 float16 rows, 5 a page) the exact top-40 of 1,000 held-out queries sits on 40.0 pages in a
 random order and 26.4 in this order; the serving benchmark's full-scan cascade read 27.6 pages
 a query against 31.2 in catalog order (which already groups related packages).
