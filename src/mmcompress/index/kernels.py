@@ -450,17 +450,20 @@ def _exact_scores(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray
         out[j + 4], out[j + 5], out[j + 6], out[j + 7] = a4, a5, a6, a7
         j += 8
     while j < m:
-        r = _line(E, g, d, rows[j])
-        a = np.float32(0.0)
-        if l2:
-            for c in range(d):
-                a += (q[c] - r[c]) ** 2
-            a = -a
-        else:
-            for c in range(d):
-                a += q[c] * r[c]
-        out[j] = a
+        out[j] = _row_score(q, _line(E, g, d, rows[j]), d, l2)
         j += 1
+
+
+def _row_score(q: np.ndarray, r: np.ndarray, d: int, l2: bool) -> np.float32:
+    """One row's exact score: inner product, or negative squared distance (``l2``)."""
+    a = np.float32(0.0)
+    if l2:
+        for c in range(d):
+            a += (q[c] - r[c]) ** 2
+        return -a
+    for c in range(d):
+        a += q[c] * r[c]
+    return a
 
 
 def _exact_scores_half(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray, m: int, l2: bool,
@@ -470,15 +473,7 @@ def _exact_scores_half(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.nd
     row = bits.view(np.float32)
     for j in range(m):
         widen_half_row(_line(E, g, d, rows[j]), bits)
-        a = np.float32(0.0)
-        if l2:
-            for c in range(d):
-                a += (q[c] - row[c]) ** 2
-            a = -a
-        else:
-            for c in range(d):
-                a += q[c] * row[c]
-        out[j] = a
+        out[j] = _row_score(q, row, d, l2)
 
 
 def _keep_best(sc: np.ndarray, r: np.ndarray, m: int, keep: int, out_rows: np.ndarray,
@@ -597,6 +592,7 @@ if AVAILABLE:
     _best_cells = numba.njit(cache=True, nogil=True)(_best_cells)
     _line = numba.njit(cache=True, nogil=True, inline="always")(_line)
     # reassociation lets the eight row sums vectorise over dimensions; nothing else is relaxed
+    _row_score = numba.njit(cache=True, nogil=True, inline="always", fastmath={"reassoc", "contract"})(_row_score)
     _exact_scores = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores)
     _exact_scores_half = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores_half)
     _keep_best = numba.njit(cache=True, nogil=True)(_keep_best)
