@@ -90,6 +90,10 @@ def build_cascade(xb: np.ndarray, workdir: Path, *, name: str, coarse: str, fine
     return Built("cascade", name, str(directory), build_s, float(resident), grid, extra)
 
 
+def base_order_path(workdir: Path, dtype: str) -> Path:
+    return workdir / f"base.{dtype}.order.npy"
+
+
 def base_order(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> np.ndarray:
     """Row positions of the faiss first stages' shared exact store: the library's locality order
     (near rows on the same page), as the cascades lay out their own stores, so that first stages
@@ -97,21 +101,21 @@ def base_order(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> np.ndar
     from mmcompress.index.locality import locality_order
     from mmcompress.index.rowstore import RowLayout
 
-    path = workdir / f"base.{dtype}.order.npy"
+    path = base_order_path(workdir, dtype)
     if not path.exists():
         rows_per_page = RowLayout.paged(len(xb), xb.shape[1], dtype).rows_per_group
         np.save(path, locality_order(xb, rows_per_page, metric="ip").astype(np.int32))
     return np.load(path)
 
 
-def write_base_rows(xb: np.ndarray, workdir: Path, dtype: str = "float32") -> Path:
-    """The shared exact store of the faiss first stages: base rows in :func:`base_order`, as
-    ``dtype``."""
+def write_base_rows(xb: np.ndarray, order: np.ndarray, workdir: Path, dtype: str = "float32") -> Path:
+    """The shared exact store of the faiss first stages: base rows in ``order``
+    (:func:`base_order`), as ``dtype``."""
     from mmcompress.index.rowstore import write_rows
 
     path = workdir / f"base.{dtype}.rows"
     if not path.exists():
-        write_rows(path, xb, base_order(xb, workdir, dtype).astype(np.int64), dtype=dtype)
+        write_rows(path, xb, order.astype(np.int64), dtype=dtype)
     return path
 
 
@@ -139,8 +143,8 @@ def build_faiss(xb: np.ndarray, workdir: Path, *, name: str, factory: str, grid:
     resident = float(faiss.serialize_index(index).nbytes)
     rows = order_path = None
     if rerank:
-        rows = str(write_base_rows(xb, workdir, store_dtype))
-        order_path = str(workdir / f"base.{store_dtype}.order.npy")
+        rows = str(write_base_rows(xb, order, workdir, store_dtype))
+        order_path = str(base_order_path(workdir, store_dtype))
         resident += float(order.nbytes)
     meta = {"factory": factory, "rerank": rerank, "rows": rows, "order": order_path,
             "ef_construction": ef_construction, "bounds": rerank_bounds(index, xs, grid) if rerank else {}}
