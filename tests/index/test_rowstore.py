@@ -677,3 +677,63 @@ def test_a_cascade_with_a_float16_store_saves_loads_and_reranks_by_it(digits, tm
     again = CascadeIndex.load(tmp_path / "half")
     again.save(tmp_path / "again")
     assert os.path.getsize(tmp_path / "again" / "exact.rows") == half_bytes
+
+
+# ---- the lean path of a query's read --------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(d=st.integers(1, 1024), n=st.integers(1, 3000), dtype=st.sampled_from(["float32", "float16"]),
+       seed=st.integers(0, 2**16))
+def test_page_plan_places_rows_as_the_layout_does(d, n, dtype, seed):
+    from mmcompress.index import kernels
+    from mmcompress.index.rowstore import _MAX_RUN_PAGES, _runs
+
+    layout = RowLayout.paged(n, d, dtype)
+    if layout.max_pages_per_row != 1 or not kernels.AVAILABLE:
+        return
+    rng = np.random.default_rng(seed)
+    rows = np.unique(rng.integers(0, n, rng.integers(1, 200)))
+    args = (n, layout.data_offset, layout.rows_per_group, layout.group_bytes, layout.row_bytes, layout.itemsize,
+            PAGE_BYTES, _MAX_RUN_PAGES)
+    pidx, at, pages, first, count = kernels.page_plan(rows, *args)
+    start = layout.offsets(rows)
+    np.testing.assert_array_equal(pages, layout.pages(rows))
+    np.testing.assert_array_equal(pages[pidx], start // PAGE_BYTES)
+    np.testing.assert_array_equal(at, start % PAGE_BYTES // layout.itemsize)
+    want_first, want_count = _runs(pages)
+    np.testing.assert_array_equal(first, want_first)
+    np.testing.assert_array_equal(count, want_count)
+    # rows it cannot plan go to the general path, which checks and orders them
+    if len(rows) > 1:
+        assert kernels.page_plan(rows[::-1].copy(), *args) is None
+        assert kernels.page_plan(np.repeat(rows, 2), *args) is None
+    assert kernels.page_plan(np.append(rows, n), *args) is None
+    assert kernels.page_plan(np.array([-1], np.int64), *args) is None
+
+
+@pytest.mark.parametrize("pool_pages", [0, 12])
+def test_a_querys_sorted_rows_take_the_lean_path_and_read_the_same(matrix, row_file, half_file, aio_reader_kw,
+                                                                   pool_pages, monkeypatch):
+    """A query's read (sorted, distinct, at most rows_per_read rows) is planned by one compiled
+    call; it returns the same rows and counts the same pages and hits as the general path."""
+    from mmcompress.index import kernels
+
+    planned = []
+    real = kernels.page_plan
+    monkeypatch.setattr(kernels, "page_plan", lambda *a: planned.append(1) or real(*a))
+    rng = np.random.default_rng(21)
+    for path, tol in ((row_file, 0), (half_file, 2e-3)):
+        lean = DirectRowReader(path, pool_bytes=pool_pages * PAGE_BYTES, **aio_reader_kw)
+        general = DirectRowReader(path, pool_bytes=pool_pages * PAGE_BYTES, reads_in_flight=4, io="direct",
+                                  engine="threads")
+        for _ in range(30):
+            rows = np.unique(rng.integers(0, len(matrix), rng.integers(1, lean.rows_per_read + 1)))
+            got = lean.read(rows)
+            np.testing.assert_allclose(got, matrix[rows], rtol=tol, atol=tol)
+            np.testing.assert_array_equal(got, general.read(rows))
+            np.testing.assert_array_equal(lean.read_ahead(rows)(), general.read(rows))
+        a, b = lean.stats(), general.stats()
+        assert (a["pages_read"], a["pool_hits"], a["rows"]) == (b["pages_read"], b["pool_hits"], b["rows"])
+        assert (a["pool_hits"] > 0) == (pool_pages > 0)
+        lean.close()
+        general.close()
+    assert len(planned) >= 120  # every call above went through the plan

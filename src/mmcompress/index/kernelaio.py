@@ -23,6 +23,8 @@ import platform
 
 import numpy as np
 
+from mmcompress.index import kernels
+
 # x86-64 and arm64 system call numbers (the only ones we map; elsewhere AIO is unavailable)
 _SYSCALLS = {
     "x86_64": {"setup": 206, "destroy": 207, "getevents": 208, "submit": 209},
@@ -37,6 +39,35 @@ IOCB = np.dtype([("data", "<u8"), ("key", "<u4"), ("rw_flags", "<i4"), ("opcode"
                  ("offset", "<i8"), ("reserved2", "<u8"), ("flags", "<u4"), ("resfd", "<u4")])
 IO_EVENT = np.dtype([("data", "<u8"), ("obj", "<u8"), ("res", "<i8"), ("res2", "<i8")])
 WAIT_SECONDS = 30.0  # a read batch not done by then is an I/O error, not a hang
+_IOCB_WORDS = IOCB.itemsize // 8  # both structs as rows of 64-bit words (little-endian)
+_EVENT_WORDS = IO_EVENT.itemsize // 8
+
+
+def _fill_iocbs(words: np.ndarray, fd: int, bufs: np.ndarray, lengths: np.ndarray, offsets: np.ndarray,
+                token: int, first: int, k: int) -> None:
+    """Reads ``first:first + k`` of batch ``token`` into the iocb slots ``words[:k]`` (each a
+    struct iocb as eight 64-bit words: data, key | rw_flags, opcode | reqprio | fildes, buf,
+    nbytes, offset, reserved2, flags | resfd)."""
+    for j in range(k):
+        words[j, 0] = (np.uint64(token) << np.uint64(32)) | np.uint64(first + j)
+        words[j, 2] = np.uint64(fd) << np.uint64(32)  # opcode 0 (IOCB_CMD_PREAD), reqprio 0
+        words[j, 3] = bufs[first + j]
+        words[j, 4] = np.uint64(lengths[first + j])
+        words[j, 5] = np.uint64(offsets[first + j])
+
+
+def _file_events(words: np.ndarray, r: int, got: np.ndarray) -> None:
+    """The results of ``r`` completions (struct io_event as four 64-bit words: data, obj, res,
+    res2) into ``got``, indexed by the read's number in its batch (all of one batch)."""
+    for j in range(r):
+        got[np.int64(words[j, 0] & np.uint64(0xFFFFFFFF))] = np.int64(words[j, 2])
+
+
+if kernels.AVAILABLE:  # one compiled call each instead of a dozen numpy ones per batch
+    import numba
+
+    _fill_iocbs = numba.njit(cache=True, nogil=True)(_fill_iocbs)
+    _file_events = numba.njit(cache=True, nogil=True)(_file_events)
 
 
 class _Timespec(ctypes.Structure):
@@ -90,8 +121,12 @@ class AioContext:
             raise OSError(e, f"io_setup({self.depth}): {os.strerror(e)}")
         self._iocbs = np.zeros(self.depth, dtype=IOCB)
         self._iocbs["opcode"] = _IOCB_CMD_PREAD
+        self._iocb_words = self._iocbs.view(np.uint64).reshape(self.depth, _IOCB_WORDS)
         self._ptrs = (self._iocbs.ctypes.data + IOCB.itemsize * np.arange(self.depth)).astype(np.uint64)
         self._events = np.zeros(self.depth, dtype=IO_EVENT)
+        self._event_words = self._events.view(np.uint64).reshape(self.depth, _EVENT_WORDS)
+        self._iocbs_at = ctypes.c_void_p(int(self._ptrs.ctypes.data))
+        self._events_at = ctypes.c_void_p(int(self._events.ctypes.data))
         self._wait = _Timespec(int(WAIT_SECONDS), int(WAIT_SECONDS % 1 * 1e9))
         self._batches: dict[int, list] = {}  # token -> [bytes got per read, reads outstanding, lengths, offsets]
         self._next_token = 1
@@ -111,13 +146,8 @@ class AioContext:
         """Submit reads ``first:first + k`` of batch ``token``; returns how many the kernel took
         (0 when it asks to try again). The kernel copies each iocb at submission, so the slots
         are reused at once."""
-        cb = self._iocbs[:k]
-        cb["fildes"] = fd
-        cb["buf"] = bufs[first:first + k]
-        cb["nbytes"] = lengths[first:first + k]
-        cb["offset"] = offsets[first:first + k]
-        cb["data"] = (np.uint64(token) << np.uint64(32)) | np.arange(first, first + k, dtype=np.uint64)
-        r = _LIBC.syscall(_NR["submit"], self._ctx, ctypes.c_long(k), ctypes.c_void_p(int(self._ptrs.ctypes.data)))
+        _fill_iocbs(self._iocb_words, fd, bufs, lengths, offsets, token, first, k)
+        r = _LIBC.syscall(_NR["submit"], self._ctx, ctypes.c_long(k), self._iocbs_at)
         if r < 0:
             e = ctypes.get_errno()
             if e not in (errno.EAGAIN, errno.EINTR):
@@ -130,7 +160,7 @@ class AioContext:
         """Wait for at least ``least`` completions and file each with its batch."""
         while True:
             r = _LIBC.syscall(_NR["getevents"], self._ctx, ctypes.c_long(least), ctypes.c_long(self._inflight),
-                              ctypes.c_void_p(int(self._events.ctypes.data)), ctypes.byref(self._wait))
+                              self._events_at, ctypes.byref(self._wait))
             if r >= 0:
                 break
             e = ctypes.get_errno()
@@ -138,6 +168,12 @@ class AioContext:
                 raise OSError(e, f"io_getevents: {os.strerror(e)}")
         if r == 0:
             raise OSError(errno.ETIMEDOUT, f"{self._inflight} reads not done after {WAIT_SECONDS:.0f} s")
+        self._inflight -= r
+        if len(self._batches) == 1:  # one batch in flight (a single query's read): all of them its own
+            batch = next(iter(self._batches.values()))
+            _file_events(self._event_words, r, batch[0])
+            batch[1] -= r
+            return
         ev = self._events[:r]
         owner = (ev["data"] >> np.uint64(32)).astype(np.int64)
         index = (ev["data"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
@@ -146,7 +182,6 @@ class AioContext:
             batch = self._batches[t]
             batch[0][index[mine]] = ev["res"][mine]
             batch[1] -= int(mine.sum())
-        self._inflight -= r
 
     def _open_batch(self, n: int, offsets: np.ndarray, lengths: np.ndarray) -> int:
         if self.closed:

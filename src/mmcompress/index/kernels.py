@@ -574,10 +574,46 @@ def _cut_rows_half(flat: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.n
                 X[i, j] = row[j]
 
 
+
+def _page_plan(rows: np.ndarray, n: int, data_offset: int, g: int, group_bytes: int, row_bytes: int,
+               itemsize: int, page_bytes: int, max_run: int, pidx: np.ndarray, at: np.ndarray,
+               pages: np.ndarray, run_first: np.ndarray, run_count: np.ndarray) -> tuple[int, int]:
+    """Where sorted, distinct ``rows`` of a store with one-page rows lie: per row its page's
+    index in ``pages`` and its first value in that page; the distinct pages in order; and the
+    runs of adjacent pages (first index, count; at most ``max_run`` pages each). Returns
+    (pages, runs), or (-1, -1) where ``rows`` are not sorted and distinct or fall outside
+    ``[0, n)`` (the caller takes its general path)."""
+    n_pages = 0
+    n_runs = 0
+    prev_row = -1
+    prev_page = -1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r <= prev_row or r >= n:
+            return -1, -1
+        prev_row = r
+        start = data_offset + (r // g) * group_bytes + (r % g) * row_bytes
+        page = start // page_bytes
+        at[i] = (start % page_bytes) // itemsize
+        if page != prev_page:
+            pages[n_pages] = page
+            if n_runs > 0 and page == prev_page + 1 and run_count[n_runs - 1] < max_run:
+                run_count[n_runs - 1] += 1
+            else:
+                run_first[n_runs] = n_pages
+                run_count[n_runs] = 1
+                n_runs += 1
+            n_pages += 1
+            prev_page = page
+        pidx[i] = n_pages - 1
+    return n_pages, n_runs
+
+
 if AVAILABLE:
     _missed_positions = numba.njit(cache=True, nogil=True)(_missed_positions)
     _cut_rows = numba.njit(cache=True, nogil=True)(_cut_rows)
     _cut_rows_half = numba.njit(cache=True, nogil=True)(_cut_rows_half)
+    _page_plan = numba.njit(cache=True, nogil=True)(_page_plan)
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
     _lanes_at_most = numba.njit(cache=True, nogil=True, inline="always")(_lanes_at_most)
@@ -622,6 +658,31 @@ def cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarra
     args = (flat, np.ascontiguousarray(hit, dtype=np.bool_), np.ascontiguousarray(pidx, dtype=np.int64),
             np.ascontiguousarray(at, dtype=np.int64), X, page_values)
     (_cut_rows_half if half else _cut_rows)(*args)
+
+
+
+def page_plan(rows: np.ndarray, n: int, data_offset: int, rows_per_group: int, group_bytes: int,
+              row_bytes: int, itemsize: int, page_bytes: int, max_run: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """For sorted, distinct int64 ``rows`` of a store whose rows each lie in one page:
+    (page index of each row in the distinct pages, first value of each row in its page, the
+    distinct pages, first index and page count of each run of adjacent pages of at most
+    ``max_run``), in one pass; None where the rows are not sorted and distinct or lie outside
+    ``[0, n)``, or without numba. One call in place of a dozen numpy ones: a query's read asks
+    for a few dozen rows, where each numpy call costs about as much as its work."""
+    if not AVAILABLE:  # pragma: no cover - numba is a project dependency
+        return None
+    m = len(rows)
+    pidx = np.empty(m, dtype=np.int64)
+    at = np.empty(m, dtype=np.int64)
+    pages = np.empty(m, dtype=np.int64)
+    first = np.empty(m, dtype=np.int64)
+    count = np.empty(m, dtype=np.int64)
+    n_pages, n_runs = _page_plan(rows, n, data_offset, rows_per_group, group_bytes, row_bytes, itemsize,
+                                 page_bytes, max_run, pidx, at, pages, first, count)
+    if n_pages < 0:
+        return None
+    return pidx, at, pages[:n_pages], first[:n_runs], count[:n_runs]
 
 
 def best_cells(S: np.ndarray, nprobe: int) -> np.ndarray:

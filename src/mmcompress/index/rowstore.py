@@ -651,6 +651,11 @@ class DirectRowReader:
         self._spare: list[mmap.mmap] = []
         self._scratch_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _release, self._fd, [None], self._aio_contexts)
+        lay = self.layout
+        # the lean path's fixed arguments (kernels.page_plan), and the most rows it takes
+        self._lean = ((lay.n, lay.data_offset, lay.rows_per_group, lay.group_bytes, lay.row_bytes, lay.itemsize,
+                       PAGE_BYTES, _MAX_RUN_PAGES, self.rows_per_read)
+                      if self.engine == "kernel_aio" and lay.format == PAGED and lay.max_pages_per_row == 1 else None)
 
     @property
     def nbytes(self) -> int:
@@ -670,6 +675,9 @@ class DirectRowReader:
         if len(rows) == 0:
             self._counters.add(ReadCounts(), counts)
             return np.empty((0, self.d), dtype=np.float32)
+        plan = self._plan(rows)
+        if plan is not None:  # a query's few dozen sorted rows: the lean path of read_ahead
+            return self._start(rows, plan, counts)()
         self.layout.check_rows(rows)
         distinct = bool(np.all(rows[1:] > rows[:-1]))  # already sorted and distinct (the rerank's ask)
         uniq, inv = (rows, None) if distinct else unique_inverse(rows)
@@ -769,6 +777,8 @@ class DirectRowReader:
         return (base + first * PAGE_BYTES).astype(np.uint64), pages[first] * PAGE_BYTES, count * PAGE_BYTES
 
     def _check_got(self, got: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
+        if np.array_equal(got, lengths):  # every read whole (the usual case)
+            return int(lengths.sum())
         short = np.flatnonzero((got < lengths) & (offsets + got < self.layout.file_bytes))
         if len(short):
             j = int(short[0])
@@ -790,30 +800,44 @@ class DirectRowReader:
         is read keeps the device as busy as one long call would, with two calls' buffers
         instead of the whole batch's. Otherwise the rows are read at once."""
         rows = np.asarray(rows, dtype=np.int64).ravel()
-        if (self.engine != "kernel_aio" or self.layout.max_pages_per_row != 1 or len(rows) == 0
-                or len(rows) > self.rows_per_read or self._fd < 0):
+        plan = self._plan(rows) if self._fd >= 0 else None
+        if plan is None:
             X = self.read(rows, counts=counts)
             return lambda: X
-        self.layout.check_rows(rows)
+        return self._start(rows, plan, counts)
+
+    def _plan(self, rows: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """:func:`~mmcompress.index.kernels.page_plan` of ``rows`` where the lean path reads
+        them (kernel AIO, rows of one page, at most :attr:`rows_per_read` of them, sorted and
+        distinct, in range); else None."""
+        if self._lean is None or not 0 < len(rows) <= self._lean[-1]:
+            return None
+        return kernels.page_plan(rows, *self._lean[:-1])
+
+    def _start(self, rows: np.ndarray, plan: tuple[np.ndarray, ...], counts: ReadCounts | None
+               ) -> Callable[[], np.ndarray]:
+        """Put the reads of ``rows`` (planned by :meth:`_plan`) in flight; the returned function
+        waits for them and returns the rows."""
+        pidx, at, pages, run_first, run_count = plan
         c = ReadCounts(rows=len(rows))
-        start = self.layout.offsets(rows)
-        page, at = start // PAGE_BYTES, start % PAGE_BYTES // self.layout.itemsize
-        pages = _distinct(page)
-        pidx = np.searchsorted(pages, page)
         X = np.empty((len(rows), self.d), dtype=np.float32)
-        hit = self.pool.lookup(pages, rows=(pidx, at, X), dtype=self.layout.dtype)
-        miss = np.flatnonzero(~hit)
-        c.pool_hits += len(pages) - len(miss)
-        want = pages[miss]
-        share = min(1.0, self.pool.admit_limit / max(1, len(pages)))
-        if len(miss) == 0 or len(miss) > self.reads_in_flight:
-            if len(miss):  # more pages than one call's reads: read them now
+        if self.pool.slots:
+            hit = self.pool.lookup(pages, rows=(pidx, at, X), dtype=self.layout.dtype)
+            miss = np.flatnonzero(~hit)
+            want = pages[miss]
+            runs = _runs(want) if len(want) < len(pages) else (run_first, run_count)
+            share = min(1.0, self.pool.admit_limit / max(1, len(pages)))
+        else:  # no pool: every page from disk, as planned
+            hit = np.zeros(len(pages), dtype=bool)
+            want, runs, share = pages, (run_first, run_count), 1.0
+        c.pool_hits += len(pages) - len(want)
+        if len(want) == 0 or len(want) > self.reads_in_flight:
+            if len(want):  # more pages than one call's reads: read them now
                 with self._missing(want, c, share) as frames:
                     _cut_rows(X, frames, hit, pidx, at, self.layout.dtype)
             self._counters.add(c, counts)
             return lambda: X
         mem = self._scratch(len(want))
-        runs = _runs(want)
         ctx = self._aio_context()
         try:
             bufs, offsets, lengths = self._aio_batch(memoryview(mem), want, runs)

@@ -23,18 +23,21 @@ class SearchStats:
     exact_pool_hits: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: {"coarse": 0.0, "fine": 0.0, "exact": 0.0})
 
-    _MEANS = ("coarse_scanned", "coarse_shortlist", "fine_shortlist", "exact_reranked", "disk_bytes",
-              "exact_pages", "exact_pool_hits")
-
     def merge(self, other: SearchStats) -> SearchStats:
         n = self.n_queries + other.n_queries
         if n == 0:
             return SearchStats()
-        means = {k: (getattr(self, k) * self.n_queries + getattr(other, k) * other.n_queries) / n
-                 for k in self._MEANS}
-        return SearchStats(n_queries=n, **means,
-                           seconds={k: self.seconds.get(k, 0.0) + other.seconds.get(k, 0.0)
-                                    for k in set(self.seconds) | set(other.seconds)})
+        a, b = self.n_queries / n, other.n_queries / n  # written out: this runs once per search call
+        seconds = dict(self.seconds)
+        for k, v in other.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        return SearchStats(n, a * self.coarse_scanned + b * other.coarse_scanned,
+                           a * self.coarse_shortlist + b * other.coarse_shortlist,
+                           a * self.fine_shortlist + b * other.fine_shortlist,
+                           a * self.exact_reranked + b * other.exact_reranked,
+                           a * self.disk_bytes + b * other.disk_bytes,
+                           a * self.exact_pages + b * other.exact_pages,
+                           a * self.exact_pool_hits + b * other.exact_pool_hits, seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_queries": self.n_queries, "coarse_scanned": self.coarse_scanned,
