@@ -232,6 +232,29 @@ def test_exact_top_is_the_best_of_each_querys_rows(metric, d, dtype):
         assert np.all(got_rows[i, n:] == -1) and np.all(np.isneginf(got_scores[i, n:]))
 
 
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_a_float16_store_scores_its_values_widened(metric):
+    """The float16 kernel scores the widened rows' values (to float32 rounding): subnormal,
+    zero, negative and extreme halves included, and queries whose components are too large
+    for the inner product's 2^112 prescaling (they take the widening path)."""
+    rng = np.random.default_rng(5)
+    d = 96
+    E = (rng.standard_normal((300, d)) * 0.05).astype(np.float16)
+    E[:, :8] = np.array([0.0, -0.0, 6e-8, -6e-8, 3e-5, -5e-6, 60000, -2.0], np.float16)  # subnormals, zeros, extremes
+    E[::3, 6] = 0.0
+    Q = rng.standard_normal((6, d)).astype(np.float32)
+    Q[5, 3] = 40000.0  # times 2^112 would overflow float32
+    rows = np.stack([rng.permutation(300)[:50] for _ in range(len(Q))])
+    got_rows, got_scores = kernels.exact_top(E, Q, rows, 20, metric)
+    X = E.astype(np.float64)
+    for i in range(len(Q)):
+        s = X[rows[i]] @ Q[i] if metric == "ip" else -((X[rows[i]] - Q[i]) ** 2).sum(axis=1)
+        want = np.sort(s)[::-1][:20]
+        np.testing.assert_allclose(got_scores[i], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+        exact = (X[got_rows[i]] @ Q[i]) if metric == "ip" else -((X[got_rows[i]] - Q[i]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(got_scores[i], exact, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
 def test_one_query_product_serves_codes_routing_and_sign_tables(digits, bin64, tmp_path):
     """Where the cells are routed in the BIN codec's space and the sign tables read the same
     codec, a query is multiplied by its projection once; the codes, cells and results are those

@@ -467,13 +467,31 @@ def _row_score(q: np.ndarray, r: np.ndarray, d: int, l2: bool) -> np.float32:
 
 
 def _exact_scores_half(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.ndarray, m: int, l2: bool,
-                       out: np.ndarray, bits: np.ndarray) -> None:
+                       out: np.ndarray, bits: np.ndarray, scaled: bool = False) -> None:
     """:func:`_exact_scores` for a float16 store (``E``: its uint16 bit patterns), each row
-    widened into ``bits`` (uint32, d) before it is scored."""
+    widened into ``bits`` (uint32, d) before it is scored.
+
+    ``scaled`` (inner product only): ``q`` comes times 2^112, so each row needs only its bits
+    moved (one integer pass that vectorises), not the 2^112 product that renormalises them;
+    (v 2^-112)(q 2^112) is v q exactly, powers of two changing no rounding."""
     row = bits.view(np.float32)
+    if scaled and not l2:
+        for j in range(m):
+            _half_bits(_line(E, g, d, rows[j]), bits)
+            out[j] = _row_score(q, row, d, False)
+        return
     for j in range(m):
         widen_half_row(_line(E, g, d, rows[j]), bits)
         out[j] = _row_score(q, row, d, l2)
+
+
+def _half_bits(src: np.ndarray, bits: np.ndarray) -> None:
+    """float16 bit patterns -> float32 patterns of the same values times 2^-112: the sign moved
+    to bit 31, exponent and mantissa shifted up 13 bits (subnormal halves become subnormal
+    floats, still exact)."""
+    for j in range(src.shape[0]):
+        h = np.uint32(src[j])
+        bits[j] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
 
 
 def _keep_best(sc: np.ndarray, r: np.ndarray, m: int, keep: int, out_rows: np.ndarray,
@@ -526,9 +544,17 @@ def _exact_top_half(E: np.ndarray, g: int, d: int, Q: np.ndarray, rows: np.ndarr
     r = np.empty(s, dtype=np.int64)
     sc = np.empty(s, dtype=np.float32)
     bits = np.empty(d, dtype=np.uint32)
+    q = np.empty(d, dtype=np.float32)
+    big = np.float32(2.0 ** 112)
     for i in range(nq):
         m = _valid_sorted(rows[i], r)
-        _exact_scores_half(E, g, d, Q[i], r, m, l2, sc, bits)
+        top = np.float32(0.0)
+        for c in range(d):
+            top = max(top, abs(Q[i, c]))
+        scaled = not l2 and top < np.float32(2.0 ** 15)  # times 2^112 stays finite
+        for c in range(d):
+            q[c] = Q[i, c] * big if scaled else Q[i, c]
+        _exact_scores_half(E, g, d, q, r, m, l2, sc, bits, scaled)
         _keep_best(sc, r, m, keep, out_rows[i], out_scores[i])
 
 def _missed_positions(hit: np.ndarray) -> np.ndarray:
@@ -630,6 +656,7 @@ if AVAILABLE:
     # reassociation lets the eight row sums vectorise over dimensions; nothing else is relaxed
     _row_score = numba.njit(cache=True, nogil=True, inline="always", fastmath={"reassoc", "contract"})(_row_score)
     _exact_scores = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores)
+    _half_bits = numba.njit(cache=True, nogil=True, inline="always")(_half_bits)
     _exact_scores_half = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores_half)
     _keep_best = numba.njit(cache=True, nogil=True)(_keep_best)
     _valid_sorted = numba.njit(cache=True, nogil=True)(_valid_sorted)
