@@ -60,6 +60,8 @@ def family_of(spec: str) -> str:
         return "NUQ-entropy" if "_e" in last else "NUQ"
     if last in ("SQ8", "SQ4", "SQ6", "FP16"):
         return last
+    if re.fullmatch(r"RQ\d+x\d+(?:_b\d+)?_r\d+", last):
+        return "RQ+refine"
     m = re.match(r"[A-Z]+", last)
     return m.group(0) if m else last
 

@@ -69,7 +69,7 @@ def test_oversized_and_failing_candidates_are_recorded_with_their_code_sizes(dig
 
 def test_default_candidates_cover_every_family():
     specs = auto_candidates(16, 384, "ip")
-    for family in ("PQ16x8", "OPQ16,PQ16x8", "RQ16x8", "PCA,NUQ16", "PCA16,SQ8", "PCA32,SQ4"):
+    for family in ("PQ16x8", "OPQ16,PQ16x8", "RQ16x8_b2", "RQ16x8_r4", "RQ16x8_b2_r4", "PCA,NUQ16", "PCA16,SQ8", "PCA32,SQ4"):
         assert family in specs
     assert all(make_codec(s).code_size == 16 for s in specs if "SQ" not in s)
 
@@ -198,7 +198,7 @@ def test_default_candidates_reach_below_the_budget():
 
 def test_half_budget_fallbacks_are_fitted_only_when_their_family_has_no_accepted_code(digits):
     plan = dict(make_codec("auto", budget_bytes=32)._candidate_plan(384))
-    assert plan["RQ32x8_b2"] is False and plan["RQ16x8"] is True  # RQ16x8 backs up the beam-2 RQ32
+    assert plan["RQ32x8_b2"] is False and plan["RQ16x8_r4"] is True  # RQ16x8_r4 backs up the beam-2 RQ32
     codec = make_codec("auto", budget_bytes=16, exclude=["RQ", "SQ"]).fit(digits)
     report = {r["spec"]: r for r in codec.auto_report_}
     assert report["PQ8x8"]["status"] == "skipped" and report["PQ8x8"]["fit_seconds"] is None
@@ -225,7 +225,7 @@ def test_a_file_saved_before_budgets_were_upper_bounds_still_loads(auto, digits,
 def test_residual_codes_up_to_16_bytes_are_offered_with_both_beams():
     for budget in (4, 8, 16):
         specs = auto_candidates(budget, 64, "l2")
-        assert f"RQ{budget}x8" in specs and f"RQ{budget}x8_b2" in specs
+        assert {f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4", f"RQ{budget}x8_b2"} <= set(specs)
     assert "RQ32x8" not in auto_candidates(32, 64, "l2")  # at 32 bytes only the beam of 2 encodes fast enough
 
 

@@ -185,3 +185,47 @@ def test_lsq_encodes_its_training_rows_as_it_would_in_any_order(encode_error):
         assert error["ordered"] > 0.8 * error["permuted"], error
         codec.index_.lsq.random_seed = codec.random_state  # premise: the training seed replays
         assert encode_error(codec.encode, codec.decode, rows, ordered) < 0.05 * error["permuted"]
+
+
+# ---- residual codebooks refined jointly -------------------------------------------------------
+def test_a_refinement_round_never_raises_the_training_error_and_keeps_unchosen_codewords():
+    from mmcompress.codecs.faiss_quantizers import refine_residual_codebooks
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        X = rng.standard_normal((400, 12)).astype(np.float32)
+        C = rng.standard_normal((3, 16, 12)).astype(np.float32) * 0.5
+        codes = rng.integers(0, 16, (400, 3))
+        codes[:, 1] %= 8  # codewords 8..15 of stage 1: no row chose them
+
+        def err(Cb: np.ndarray, X: np.ndarray = X, codes: np.ndarray = codes) -> float:
+            return float(((X - Cb[np.arange(3)[None, :], codes].sum(axis=1)) ** 2).sum())
+
+        new = refine_residual_codebooks(X, codes, C)
+        assert err(new) <= err(C) + 1e-3
+        np.testing.assert_array_equal(new[1, 8:], C[1, 8:])
+        # each refitted codeword is the least-squares one: moving it raises the error
+        moved = new.copy()
+        moved[2, codes[0, 2]] += 0.01
+        assert err(moved) > err(new)
+
+
+def test_refined_residual_codes_reconstruct_better_and_round_trip(split, recall10, tmp_path):
+    from mmcompress.codecs import load_codec
+
+    base, queries = split
+    plain = make_codec("RQ8x8_b2", metric="ip").fit(base)
+    refined = make_codec("RQ8x8_b2_r3", metric="ip").fit(base)
+    assert refined.spec == "RQ8x8_b2_r3" and refined.code_size == 8
+
+    def mse(codec) -> float:
+        return float(((codec.decode(codec.encode(base)) - base) ** 2).sum(axis=1).mean())
+
+    assert mse(refined) < 0.97 * mse(plain)
+    assert recall10(refined, base, queries) >= recall10(plain, base, queries) - 0.01
+    refined.save(tmp_path / "rq")
+    again = load_codec(tmp_path / "rq")
+    assert again.spec == "RQ8x8_b2_r3"
+    np.testing.assert_array_equal(again.encode(queries), refined.encode(queries))
+    with pytest.raises(Exception, match="8-bit"):
+        make_codec("RQ8x4_r2")

@@ -8,7 +8,7 @@ and B/4). A smaller size adds only the families that no larger size offers (at 6
 32-byte residual quantizer, which has no 64-byte candidate because its encoding would fall below
 the encode-rate floor) and never the neural or plugin families (minutes-long fits); the B/2
 candidates of the families already offered are fallbacks, fitted only when no larger code of
-their family was accepted (``RQ16x8`` when ``RQ32x8_b2`` encodes below the floor on wide
+their family was accepted (``RQ16x8_r4`` when ``RQ32x8_b2`` encodes below the floor on wide
 vectors). So the search stays about as long as an exact-budget one; when ``max_candidates``
 cuts the list, the candidates of the budget itself are kept first, fallbacks last.
 ``smaller_sizes=0`` searches the budget's own candidates only. ``exclude`` drops families by
@@ -205,7 +205,7 @@ class AutoCodec(Codec):
         at fit). Otherwise: the budget's own candidates; per smaller size, those of the cheap
         families (ranked before ``QINCO``) that no larger size offers; then fallbacks: the
         budget/2 candidates of the cheap families already offered, costliest family first,
-        tried only when no larger candidate of their family was accepted (e.g. ``RQ16x8`` when
+        tried only when no larger candidate of their family was accepted (e.g. ``RQ16x8_r4`` when
         ``RQ32x8_b2`` encodes below the floor on wide vectors). ``max_candidates`` keeps that
         many in this order; they are then tried cheap families first, larger codes first within
         a family.

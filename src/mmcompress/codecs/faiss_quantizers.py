@@ -300,26 +300,67 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
         return self._scanner.search(codes, queries, k, norm_weight, norms)
 
 
+def refine_residual_codebooks(X: np.ndarray, codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """One round of block-coordinate least squares over a residual quantizer's codebooks.
+
+    faiss trains residual codebooks greedily: stage ``m``'s k-means sees the residuals the
+    earlier stages left and never revisits them. Given every row's codes, each stage's
+    codewords are here set, stage after stage, to the mean of what the other stages leave of
+    the rows that chose them (``x - sum_{j != m} C_j[c_j]``): the least-squares codeword for
+    those rows, so the training rows' squared error never rises; a codeword no row chose is kept.
+    ``X`` (n, d) float32, ``codes`` (n, M) integer, ``codebooks`` (M, K, d); returns new
+    codebooks (float32)."""
+    C = np.array(codebooks, dtype=np.float32, copy=True)
+    M, K, _ = C.shape
+    codes = np.asarray(codes, dtype=np.int64)
+    X_hat = C[np.arange(M)[None, :], codes].sum(axis=1)
+    for m in range(M):
+        target = X - X_hat + C[m][codes[:, m]]  # what the other stages leave
+        counts = np.bincount(codes[:, m], minlength=K)
+        sums = np.zeros((K, X.shape[1]), dtype=np.float64)
+        np.add.at(sums, codes[:, m], target)
+        chosen = counts > 0
+        new = C[m].copy()
+        new[chosen] = (sums[chosen] / counts[chosen, None]).astype(np.float32)
+        X_hat += new[codes[:, m]] - C[m][codes[:, m]]
+        C[m] = new
+    return C
+
+
 class ResidualQuantizer(AdditiveQuantizerCodec):
-    """``RQ<M>x<nbits>[_b<beam>]``: residual quantizer trained and encoded with beam search.
+    """``RQ<M>x<nbits>[_b<beam>][_r<rounds>]``: residual quantizer trained and encoded with beam
+    search; ``_r<rounds>``: then that many rounds of joint codebook refinement (encode the
+    training rows, :func:`refine_residual_codebooks`), each stage's codewords refitted to what
+    the final codes of the other stages leave instead of to the greedy residuals it was trained
+    on. Codes are still faiss's beam search over the refined codebooks.
 
     The default beam (4) keeps encoding fast; wider beams gain little on embedding data.
+    Refinement, measured on the inner-product catalogs (16 B, beam 2, 1,000 held-out queries,
+    recall@10 of ``q . x_hat``): fused MovieLens 0.755 -> 0.791 after 2 rounds (0.792 after 4),
+    MiniLM text 0.719 -> 0.731, Debian (10,000 items) 0.775 -> 0.786; faiss's own
+    ``Train_refine_codebook`` (its joint least squares at the end of training) gave 0.765 on
+    fused with a beam of 2 and 0.785 with 5.
     """
 
     kind = "rq"
     default_beam = 4
 
     def __init__(self, M: int, nbits: int = 8, beam: int | None = None, metric: str = "ip",
-                 max_train_rows: int | None = 20000, random_state: int = 0) -> None:
+                 max_train_rows: int | None = 20000, random_state: int = 0, refine: int = 0) -> None:
         super().__init__(M, nbits, metric, max_train_rows, random_state)
         self.beam = beam or self.default_beam
         if self.beam < 1:
             raise CodecError(f"RQ beam width must be >= 1; found {self.beam}")
+        if refine < 0:
+            raise CodecError(f"RQ refinement rounds must be >= 0; found {refine}")
+        if refine and nbits != 8:
+            raise CodecError(f"RQ refinement (_r{refine}) needs 8-bit codebooks; found {nbits} bits")
+        self.refine = int(refine)
 
     @property
     def spec(self) -> str:
         suffix = "" if self.beam == self.default_beam else f"_b{self.beam}"
-        return f"RQ{self.M}x{self.nbits}{suffix}"
+        return f"RQ{self.M}x{self.nbits}{suffix}" + (f"_r{self.refine}" if self.refine else "")
 
     def _new_index(self, d: int) -> Any:
         import faiss
@@ -331,10 +372,29 @@ class ResidualQuantizer(AdditiveQuantizerCodec):
         index.rq.cp.min_points_per_centroid = 1
         return index
 
+    def _fit(self, X: np.ndarray) -> None:
+        super()._fit(X)
+        if not self.refine:
+            return
+        import faiss
+
+        index = self.index_
+        rq = index.rq
+        rows = np.ascontiguousarray(subsample_rows(X, self.max_train_rows, self.random_state), dtype=np.float32)
+        C = faiss.vector_to_array(rq.codebooks).reshape(self.M, 1 << self.nbits, -1)
+        for _ in range(self.refine):
+            codes = index.sa_encode(rows)  # one byte per stage (8-bit codebooks, no norm bytes)
+            C = refine_residual_codebooks(rows, codes, C)
+            faiss.copy_array_to_vector(C.ravel(), rq.codebooks)
+            rq.compute_codebook_tables()  # the beam search's look-up tables follow the codebooks
+        self.index_ = self._ready(index)
+
     def _ready(self, index: Any) -> Any:
         # Encoding settings are not all serialized; restore them so codes are bit-identical.
         index.rq.max_beam_size = self.beam
         index.rq.use_beam_LUT = 1
+        if index.rq.M > 1 and index.rq.codebook_cross_products.size() == 0:
+            index.rq.compute_codebook_tables()
         return super()._ready(index)
 
 
@@ -381,7 +441,7 @@ def _build_pq(m: re.Match[str], ctx: SpecContext) -> Codec:
 def _build_rq(m: re.Match[str], ctx: SpecContext) -> Codec:
     beam = int(m["beam"]) if m["beam"] else ctx.options.get("beam")
     return ResidualQuantizer(int(m["M"]), int(m["nbits"] or 8), beam, ctx.metric,
-                             _train_rows(ctx, 20000), ctx.random_state)
+                             _train_rows(ctx, 20000), ctx.random_state, int(m["refine"] or 0))
 
 
 def _build_lsq(m: re.Match[str], ctx: SpecContext) -> Codec:
@@ -405,13 +465,16 @@ def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
     # better. Measured on scikit-learn digits (L2, 1,438 rows, 359 held-out queries): RQ8x8
     # recall@10 0.929 with a beam of 2, 0.914 / 0.910 / 0.905 with 4 / 8 / 16 (faiss's beam of 5:
     # 0.918); RQ16x8 0.983 against 0.980; on the Debian text vectors (ip, 8 B) 0.5685 against
-    # 0.5689, with half the fit time.
+    # 0.5689, with half the fit time. Refined codebooks (``_r4``, see ResidualQuantizer) replace
+    # the plain beam-4 codes up to 16 bytes: on the three inner-product catalogs they raised
+    # held-out recall@10 by 0.01-0.05 for a third more fit time; the plain beam of 2 stays as
+    # the fallback where a catalog is too small for refinement to pay.
     if budget <= 16:
-        return [f"RQ{budget}x8", f"RQ{budget}x8_b2"]
+        return [f"RQ{budget}x8_b2", f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4"]
     return [f"RQ{budget}x8_b2"] if budget <= 32 else []
 
 
 register_quantizer(r"PQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_pq, auto_candidates=_pq_candidates)
-register_quantizer(r"RQ(?P<M>\d+)(?:x(?P<nbits>\d+))?(?:_b(?P<beam>\d+))?", _build_rq,
+register_quantizer(r"RQ(?P<M>\d+)(?:x(?P<nbits>\d+))?(?:_b(?P<beam>\d+))?(?:_r(?P<refine>\d+))?", _build_rq,
                    auto_candidates=_rq_candidates)
 register_quantizer(r"LSQ(?P<M>\d+)(?:x(?P<nbits>\d+))?", _build_lsq)

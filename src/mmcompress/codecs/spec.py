@@ -22,6 +22,7 @@ token                       meaning                                         modu
                             bytes, optional entropy weight ``l``
 ``PQ<M>x<b>``               product quantizer                               faiss_quantizers
 ``RQ<M>x<b>``, ``_b<w>``    residual quantizer, beam width ``w``            faiss_quantizers
+``RQ<M>x8_r<n>``            the same, codebooks refined jointly ``n`` times  faiss_quantizers
 ``LSQ<M>x<b>``              local search (additive) quantizer               faiss_quantizers
 ``BIN<bits>``, ``_rr``      sign bits after ITQ (or random) rotation        binary
 ``BIN<bits>_f16``           the same, projection held in float16            binary
