@@ -60,8 +60,9 @@ def family_of(spec: str) -> str:
         return "NUQ-entropy" if "_e" in last else "NUQ"
     if last in ("SQ8", "SQ4", "SQ6", "FP16"):
         return last
-    if re.fullmatch(r"RQ\d+x\d+(?:_b\d+)?_r\d+", last):
-        return "RQ+refine"
+    refined = re.fullmatch(r"RQ\d+x\d+(?:_b(?P<beam>\d+))?_r\d+", last)
+    if refined:  # one row per beam: rows of one label replace each other
+        return "RQ+refine" + (f" (beam {refined['beam']})" if refined["beam"] else "")
     m = re.match(r"[A-Z]+", last)
     return m.group(0) if m else last
 
@@ -118,14 +119,19 @@ def rabitq_factory(d: int, budget: int, bits: int) -> str | None:
     return None
 
 
-def faiss_specs(budget: int, d: int, quick: bool) -> list[tuple[str, str]]:
-    """(label, index_factory string or a named construction) of the faiss baselines."""
+def faiss_specs(budget: int, d: int, quick: bool, n_train: int | None = None) -> list[tuple[str, str]]:
+    """(label, index_factory string or a named construction) of the faiss baselines;
+    ``n_train``: the training rows (faiss's joint refinement needs one per codebook entry)."""
     out = []
     dp = d - d % budget
     out.append(("faiss PQ", f"PQ{budget}" if dp == d else f"PCA{dp},PQ{budget}"))
     out.append(("faiss OPQ+PQ", f"OPQ{budget},PQ{budget}" if dp == d else f"OPQ{budget}_{dp},PQ{budget}"))
     if budget <= 32 and not quick:
         out.append(("faiss RQ", f"RQ{budget}x8"))
+    if budget <= 16 and not quick and (n_train is None or n_train >= 256 * budget):
+        # faiss's own joint refinement (train_type Train_refine_codebook), which refuses fewer
+        # training rows than codebook entries
+        out.append(("faiss RQ+refine", f"RQ{budget}x8,refine"))
     if budget <= 16 and not quick:
         out.append(("faiss LSQ", f"LSQ{budget}x8"))
     if budget <= d:
@@ -157,6 +163,10 @@ class FaissCodec:
         self.factory = factory
         self.metric = metric
         m = re.fullmatch(r"ITQ(\d+),LSH", factory)
+        refine = re.fullmatch(r"(RQ\d+x\d+),refine", factory)
+        self.refine = refine is not None
+        if refine:  # a residual quantizer whose codebooks faiss refines jointly after training
+            factory = refine.group(1)
         if m:
             bits = int(m.group(1))
             self.index = faiss.IndexPreTransform(faiss.ITQTransform(d, bits, True),
@@ -170,6 +180,10 @@ class FaissCodec:
         # and keeps faiss's default ST_decompress, which adds no bytes to the code.
         if isinstance(base, faiss.IndexResidualQuantizer):  # faiss's default beam (5)
             base.rq.use_beam_LUT = 1
+            if self.refine:  # (its refinement step encodes without the look-up tables)
+                base.rq.train_type = faiss.ResidualQuantizer.Train_progressive_dim | \
+                    faiss.ResidualQuantizer.Train_refine_codebook
+                base.rq.use_beam_LUT = 0
             if metric == "ip":
                 base.rq.search_type = faiss.AdditiveQuantizer.ST_LUT_nonorm
         if isinstance(base, faiss.IndexLocalSearchQuantizer) and metric == "ip":
@@ -185,6 +199,9 @@ class FaissCodec:
 
     def fit(self, X: np.ndarray) -> FaissCodec:
         self.index.train(X)
+        if self.refine:  # encode with the look-up tables of the refined codebooks, as plain RQ does
+            self.base.rq.use_beam_LUT = 1
+            self.base.rq.compute_codebook_tables()
         if self.lsq is not None:
             # faiss LSQ draws the codes it starts encoding from with the seed its training drew
             # its first codes with: the training rows, encoded in training order (here, the
@@ -645,7 +662,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "machine": this_run}
         for budget in args.budgets:
             jobs = [("project", label, spec) for label, spec in project_specs(budget, ds.d, args.quick, ds.metric)]
-            jobs += [("faiss", label, spec) for label, spec in faiss_specs(budget, ds.d, args.quick)]
+            jobs += [("faiss", label, spec) for label, spec in faiss_specs(budget, ds.d, args.quick, len(xt))]
             for source, label, spec in jobs:
                 if args.only and label not in args.only:
                     continue
