@@ -52,18 +52,24 @@ def matmul_half_t(Q: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
+def _half_bits(src: np.ndarray, bits: np.ndarray) -> None:
+    """float16 bit patterns ``src`` -> the float32 patterns of the same values times 2^-112 in
+    ``bits``: the sign moved to bit 31, exponent and mantissa shifted up 13 bits (subnormal
+    halves become subnormal floats, still exact). One integer pass; a product by 2^112 makes
+    the values (:func:`_widen_row`), or a factor of 2^112 on the other operand stands in for it."""
+    for j in range(src.shape[0]):
+        h = np.uint32(src[j])
+        bits[j] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+
+
 def _widen_row(src: np.ndarray, bits: np.ndarray) -> None:
     """float16 bit patterns ``src`` -> float32 values in ``bits.view(float32)``: exact for every
     finite float16, subnormals included (the ``2^112`` product renormalises them)."""
-    n = src.shape[0]
-    for j in range(n):
-        bits[j] = (np.uint32(src[j]) & np.uint32(0x7FFF)) << np.uint32(13)
+    _half_bits(src, bits)
     f = bits.view(np.float32)
     big = np.float32(2.0 ** 112)
-    for j in range(n):
+    for j in range(src.shape[0]):
         f[j] = f[j] * big
-    for j in range(n):
-        bits[j] |= (np.uint32(src[j]) & np.uint32(0x8000)) << np.uint32(16)
 
 
 def _matmul_half_py(Q: np.ndarray, Wb: np.ndarray, out: np.ndarray) -> None:
@@ -94,6 +100,7 @@ def _matmul_half_t_py(Q: np.ndarray, Cb: np.ndarray, out: np.ndarray) -> None:
 
 
 if AVAILABLE:
+    _half_bits = numba.njit(nogil=True, cache=True, inline="always")(_half_bits)
     _widen_row = numba.njit(nogil=True, cache=True)(_widen_row)
     _matmul_half = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_half_py)
     _matmul_half_t = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_half_t_py)
@@ -103,3 +110,5 @@ else:  # pragma: no cover - numba is a project dependency
 #: float16 bit patterns (uint16) -> float32 values written into a uint32 buffer's bits; compiled
 #: where numba is, so other kernels (the row store's float16 rows) can call it
 widen_half_row = _widen_row
+#: float16 bit patterns -> float32 patterns of the values times 2^-112 (see ``_half_bits``)
+half_bits_scaled_down = _half_bits

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmcompress.codecs.halfmath import widen_half_row
+from mmcompress.codecs.halfmath import half_bits_scaled_down, widen_half_row
 
 try:
     import numba
@@ -477,21 +477,12 @@ def _exact_scores_half(E: np.ndarray, g: int, d: int, q: np.ndarray, rows: np.nd
     row = bits.view(np.float32)
     if scaled and not l2:
         for j in range(m):
-            _half_bits(_line(E, g, d, rows[j]), bits)
+            half_bits_scaled_down(_line(E, g, d, rows[j]), bits)
             out[j] = _row_score(q, row, d, False)
         return
     for j in range(m):
         widen_half_row(_line(E, g, d, rows[j]), bits)
         out[j] = _row_score(q, row, d, l2)
-
-
-def _half_bits(src: np.ndarray, bits: np.ndarray) -> None:
-    """float16 bit patterns -> float32 patterns of the same values times 2^-112: the sign moved
-    to bit 31, exponent and mantissa shifted up 13 bits (subnormal halves become subnormal
-    floats, still exact)."""
-    for j in range(src.shape[0]):
-        h = np.uint32(src[j])
-        bits[j] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
 
 
 def _keep_best(sc: np.ndarray, r: np.ndarray, m: int, keep: int, out_rows: np.ndarray,
@@ -600,7 +591,6 @@ def _cut_rows_half(flat: np.ndarray, hit: np.ndarray, pidx: np.ndarray, at: np.n
                 X[i, j] = row[j]
 
 
-
 def _page_plan(rows: np.ndarray, n: int, data_offset: int, g: int, group_bytes: int, row_bytes: int,
                itemsize: int, page_bytes: int, max_run: int, pidx: np.ndarray, at: np.ndarray,
                pages: np.ndarray, run_first: np.ndarray, run_count: np.ndarray) -> tuple[int, int]:
@@ -656,7 +646,6 @@ if AVAILABLE:
     # reassociation lets the eight row sums vectorise over dimensions; nothing else is relaxed
     _row_score = numba.njit(cache=True, nogil=True, inline="always", fastmath={"reassoc", "contract"})(_row_score)
     _exact_scores = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores)
-    _half_bits = numba.njit(cache=True, nogil=True, inline="always")(_half_bits)
     _exact_scores_half = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_exact_scores_half)
     _keep_best = numba.njit(cache=True, nogil=True)(_keep_best)
     _valid_sorted = numba.njit(cache=True, nogil=True)(_valid_sorted)
@@ -685,7 +674,6 @@ def cut_rows(X: np.ndarray, frames: np.ndarray, hit: np.ndarray, pidx: np.ndarra
     args = (flat, np.ascontiguousarray(hit, dtype=np.bool_), np.ascontiguousarray(pidx, dtype=np.int64),
             np.ascontiguousarray(at, dtype=np.int64), X, page_values)
     (_cut_rows_half if half else _cut_rows)(*args)
-
 
 
 def page_plan(rows: np.ndarray, n: int, data_offset: int, rows_per_group: int, group_bytes: int,

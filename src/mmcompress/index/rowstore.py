@@ -652,10 +652,12 @@ class DirectRowReader:
         self._scratch_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _release, self._fd, [None], self._aio_contexts)
         lay = self.layout
-        # the lean path's fixed arguments (kernels.page_plan), and the most rows it takes
-        self._lean = ((lay.n, lay.data_offset, lay.rows_per_group, lay.group_bytes, lay.row_bytes, lay.itemsize,
-                       PAGE_BYTES, _MAX_RUN_PAGES, self.rows_per_read)
-                      if self.engine == "kernel_aio" and lay.format == PAGED and lay.max_pages_per_row == 1 else None)
+        # the lean path's fixed arguments (kernels.page_plan) where it applies, and the most rows it takes
+        self._plan_args = ((lay.n, lay.data_offset, lay.rows_per_group, lay.group_bytes, lay.row_bytes,
+                            lay.itemsize, PAGE_BYTES, _MAX_RUN_PAGES)
+                           if self.engine == "kernel_aio" and lay.format == PAGED and lay.max_pages_per_row == 1
+                           else None)
+        self._plan_rows = self.rows_per_read
 
     @property
     def nbytes(self) -> int:
@@ -810,9 +812,9 @@ class DirectRowReader:
         """:func:`~mmcompress.index.kernels.page_plan` of ``rows`` where the lean path reads
         them (kernel AIO, rows of one page, at most :attr:`rows_per_read` of them, sorted and
         distinct, in range); else None."""
-        if self._lean is None or not 0 < len(rows) <= self._lean[-1]:
+        if self._plan_args is None or not 0 < len(rows) <= self._plan_rows:
             return None
-        return kernels.page_plan(rows, *self._lean[:-1])
+        return kernels.page_plan(rows, *self._plan_args)
 
     def _start(self, rows: np.ndarray, plan: tuple[np.ndarray, ...], counts: ReadCounts | None
                ) -> Callable[[], np.ndarray]:
