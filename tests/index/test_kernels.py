@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmcompress.codecs import make_codec
 from mmcompress.evaluation.metrics import recall_at_k
@@ -85,6 +88,24 @@ def test_more_candidates_than_the_sample_promised_fall_back_to_counting_every_ro
     want = smallest_counts(dist.astype(np.uint8), s1, 255)
     assert kept[0] == s1 and list(rows[0]) == list(want)
     np.testing.assert_array_equal(scores[0], -dist[want].astype(np.float32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 0xFFFF), min_size=64, max_size=256), start=st.integers(0, 192),
+       t=st.integers(0, 0xFFFF))
+def test_the_compiled_64_row_mask_is_the_plain_loop_bit_for_bit(values, start, t):
+    """The selection's mask of 64 distances (an LLVM vector comparison) sets bit ``j`` exactly
+    where distance ``start + j`` is at most ``t``, at any offset and for extreme distances."""
+    dist = np.zeros(256 + 64, dtype=np.uint16)
+    dist[:len(values)] = values
+    start = min(start, len(values))
+
+    @numba.njit
+    def masks(d, a, t):
+        return kernels._at_most(d, a, t), kernels._at_most(d, a, np.uint16(t))
+
+    compiled, narrow = masks(dist, start, t)
+    assert compiled == narrow == kernels._at_most_loop(dist, start, t)
 
 
 def test_sign_tables_sum_the_signed_projections_of_each_byte():
@@ -200,10 +221,12 @@ def test_coarse_only_scores_are_negative_distances_best_first(digits, bin64, com
 
 def test_best_cells_are_the_highest_scores_best_first_with_ties_by_column():
     rng = np.random.default_rng(2)
-    S = rng.integers(0, 20, (30, 64)).astype(np.float32)  # many equal scores
-    for nprobe in (1, 5, 64):
-        got = kernels.best_cells(S, nprobe)
-        np.testing.assert_array_equal(got, np.argsort(-S, axis=1, kind="stable")[:, :nprobe])
+    tied = rng.integers(0, 20, (30, 64)).astype(np.float32)  # many equal scores
+    distinct = rng.standard_normal((30, 64))
+    for S in (tied, distinct, tied.astype(np.float64)):
+        for nprobe in (1, 5, 31, 63, 64):
+            got = kernels.best_cells(S, nprobe)
+            np.testing.assert_array_equal(got, np.argsort(-S, axis=1, kind="stable")[:, :nprobe])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

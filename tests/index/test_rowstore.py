@@ -484,6 +484,17 @@ def test_memory_reader_accounts_pages_like_the_file(matrix):
     assert reader.stats()["pages_read"] == 2  # rows 2-3 on one page of the row file, 11 on the next
 
 
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 3000), d=st.sampled_from([8, 100, 384, 1500]), dtype=st.sampled_from(["float32", "float16"]),
+       picks=st.lists(st.integers(0, 10**6), max_size=400))
+def test_page_count_is_the_number_of_distinct_pages_for_few_rows_and_for_a_batch(n, d, dtype, picks):
+    """A handful of rows counts by sorting, a batch's by marking their groups: both are the
+    number of distinct pages the rows lie on (repeats counted once, multi-page rows in full)."""
+    layout = RowLayout.paged(n, d, dtype)
+    rows = np.array([p % n for p in picks], dtype=np.int64)
+    assert layout.page_count(rows) == len(layout.pages(rows))
+
+
 def test_exact_reader_config_is_checked():
     with pytest.raises(CodecError, match="exact.reader"):
         CascadeConfig.from_params({"exact": {"reader": "nfs"}})

@@ -2,10 +2,10 @@
 
 One pass per query over its probed cells: popcount distances of the binary coarse codes
 (vectorised), their histogram, a counting selection of the ``s1`` nearest (ties kept in scan
-order, exactly as the numpy path selects; SWAR masks of 64 rows, so only kept rows are
-visited), then the sign look-up-table scores of those rows' fine codes (tables built here from
-the query's projections; optionally times each row's item scale, plus the weighted score of
-its cell) and their best ``s2`` by a binned threshold. Nothing between the stages goes back to
+order, exactly as the numpy path selects; one vector comparison per 64 rows gives a bit mask,
+so only kept rows are visited), then the sign look-up-table scores of those rows' fine codes
+(tables built here from the query's projections; optionally times each row's item scale, plus
+the weighted score of its cell) and their best ``s2`` by a binned threshold. Nothing between the stages goes back to
 Python, so the per-query cost is the scan itself rather than array bookkeeping.
 :func:`best_cells` picks IVF probes the same way for both paths; :func:`exact_top` is the
 exact rerank (eight stored rows scored at a time). Without numba the index keeps its numpy path.
@@ -19,6 +19,8 @@ from mmcompress.codecs.halfmath import half_bits_scaled_down, widen_half_row
 
 try:
     import numba
+    import numba.extending
+    from llvmlite import ir
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a project dependency
@@ -86,17 +88,42 @@ def _histogram(dist: np.ndarray, w: int, hist: np.ndarray) -> None:
         x += 1
 
 
-_LANES_HIGH = np.uint64(0x8000800080008000)
-_LANES_ONE = np.uint64(0x0001000100010001)
-_GATHER = np.uint64(1 + (1 << 15) + (1 << 30) + (1 << 45))  # lane high bits 15/31/47/63 -> bits 45..48
-_NIBBLE = np.uint64(15)
+def _mask_at_most(typingctx, dist, start, t):  # pragma: no cover - compiled (see _at_most_loop)
+    """The compiled ``_at_most``'s typing and code (a numba intrinsic)."""
+    if not (isinstance(dist, numba.types.Array) and dist.dtype == numba.types.uint16 and dist.ndim == 1
+            and dist.layout == "C"):
+        return None
+    sig = numba.types.uint64(dist, start, t)
+
+    def codegen(context, builder, signature, args):
+        arr, first, limit = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        lanes = ir.VectorType(ir.IntType(16), 64)
+        v = builder.load(builder.bitcast(builder.gep(data, [first]), lanes.as_pointer()), align=2)
+        t16 = context.cast(builder, limit, signature.args[2], numba.types.uint16)
+        one = builder.insert_element(ir.Constant(lanes, ir.Undefined), t16, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
+        return builder.bitcast(builder.icmp_unsigned("<=", v, splat), ir.IntType(64))
+
+    return sig, codegen
 
 
-def _lanes_at_most(x: np.uint64, limit: np.uint64) -> np.uint64:
-    """A 4-bit mask of which of the four 16-bit lanes of ``x`` are <= ``limit`` (every lane below
-    0x8000; ``limit`` is ``0x8000 + t`` per lane): the lane-wise subtraction keeps its high bit
-    exactly where there was nothing to borrow."""
-    return ((((limit - x) & _LANES_HIGH) >> np.uint64(15)) * _GATHER >> np.uint64(45)) & _NIBBLE
+def _at_most_loop(dist: np.ndarray, start: int, t: int) -> np.uint64:
+    """Bit ``j`` set where ``dist[start + j] <= t``, for the 64 distances from ``start`` (the
+    caller pads ``dist`` past its last block). Compiled as one vector comparison whose lane
+    mask is the word itself (``vpcmpuw`` into a mask register with AVX-512, a compare and
+    ``pmovmskb`` pairs with AVX2): numba has no such operation and LLVM does not recognise the
+    scalar loop that builds it, which stays several times slower, hence an intrinsic in LLVM
+    IR. This plain version is the reference it is tested against."""
+    bits = np.uint64(0)
+    for j in range(64):
+        if dist[start + j] <= t:
+            bits |= np.uint64(1) << np.uint64(j)
+    return bits
+
+
+_at_most = _at_most_loop
 
 
 def _lowest_bit(x: np.uint64) -> np.uint64:
@@ -107,35 +134,27 @@ def _lowest_bit(x: np.uint64) -> np.uint64:
 def _select_below(dist: np.ndarray, w: int, t: int, ties: int, out: np.ndarray) -> int:
     """Positions in ``dist[:w]`` whose distance is below ``t``, plus the first ``ties`` equal to
     it, in scan order, into ``out``; returns their count, or -1 where more than ``len(out)``
-    qualify. ``dist`` is padded to a multiple of 64 with 0x7FFF. Sixteen words of four distances are compared at once (SWAR) into two 64-bit
-    masks per block; only the set bits (about one row in ten) are visited, so the loop neither
-    branches on each row nor stores for rows it drops."""
-    lanes = dist.view(np.uint64)
+    qualify. ``dist`` is padded to a multiple of 64 with 0x7FFF. Each block of 64 distances is
+    compared at once into one mask (two where ties are kept, :func:`_at_most`); only the set
+    bits (about one row in ten) are visited, so the loop neither branches on each row nor
+    stores for rows it drops."""
     limit = out.shape[0]
-    below_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t) - _LANES_ONE  # d <= t - 1
-    equal_limit = _LANES_HIGH + _LANES_ONE * np.uint64(t)  # d <= t
     m = 0
     for blk in range(0, w, 64):
-        lt = np.uint64(0)
-        le = np.uint64(0)
-        base = blk >> 2
-        for j in range(16):
-            x = lanes[base + j]
-            shift = np.uint64(4 * j)
-            lt |= _lanes_at_most(x, below_limit) << shift
-            le |= _lanes_at_most(x, equal_limit) << shift
-        eq = le & ~lt
-        if ties > 0 and eq != 0:
-            n_eq = np.int64(_popcount64(eq))
-            if n_eq <= ties:
-                ties -= n_eq
-            else:  # keep the lowest ``ties`` positions
-                rest = eq
-                for _ in range(ties):
-                    rest &= rest - _ONE
-                eq ^= rest
-                ties = 0
-            lt |= eq
+        lt = _at_most(dist, blk, t - 1) if t > 0 else np.uint64(0)
+        if ties > 0:
+            eq = _at_most(dist, blk, t) & ~lt
+            if eq != 0:
+                n_eq = np.int64(_popcount64(eq))
+                if n_eq <= ties:
+                    ties -= n_eq
+                else:  # keep the lowest ``ties`` positions
+                    rest = eq
+                    for _ in range(ties):
+                        rest &= rest - _ONE
+                    eq ^= rest
+                    ties = 0
+                lt |= eq
         if m + np.int64(_popcount64(lt)) > limit:
             return -1
         while lt != 0:
@@ -152,23 +171,26 @@ _CAND_PER_S1 = 8
 
 
 def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.ndarray,
-                    cand: np.ndarray, out: np.ndarray) -> int:
+                    cand: np.ndarray, cand_dist: np.ndarray, out: np.ndarray) -> int:
     """The same ``s1`` positions as the full counting selection, from a histogram of every
     eighth distance instead of all of them: the sample's distance below which about twice
-    ``s1`` rows should lie bounds the candidates (one SWAR pass, :func:`_select_below`); the
+    ``s1`` rows should lie bounds the candidates (one masked pass, :func:`_select_below`); the
     exact threshold and its first ties in scan order then come from the candidates alone.
     Exact whenever at least ``s1`` rows lie within the bound, since every row the full
     selection keeps is then a candidate; returns -1 otherwise, or where more candidates lie
     within it than ``cand`` holds (the caller counts everything). The histogram pass is a third
-    of a long scan's cost, and this replaces it with an eighth of it."""
-    hist[:] = 0
+    of a long scan's cost, and this replaces it with an eighth of it. ``hist`` is (4, n_bins);
+    ``out`` has a spare slot past ``s1`` (the last pass writes every candidate and advances
+    only past those it keeps: ties in random order would mispredict a branch on most rows)."""
+    h = hist[0]
+    h[:] = 0
     for x in range(0, w, _SAMPLE_STRIDE):
-        hist[dist[x]] += 1
+        h[dist[x]] += 1
     want = (2 * s1 + 64 + _SAMPLE_STRIDE - 1) // _SAMPLE_STRIDE
     cum = 0
     t = 0
     while t < n_bins - 1:  # the last bin holds excluded rows: never a candidate
-        cum += hist[t]
+        cum += h[t]
         if cum >= want:
             break
         t += 1
@@ -177,25 +199,27 @@ def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.nda
     c = _select_below(dist, w, t + 1, 0, cand)  # distances <= t, in scan order
     if c < s1:
         return -1
-    hist[:] = 0
     for y in range(c):
-        hist[dist[cand[y]]] += 1
+        cand_dist[y] = dist[cand[y]]
+    _histogram(cand_dist, c, hist)
     below = 0
     t = 0
-    while below + hist[t] < s1:
-        below += hist[t]
+    while True:
+        n_t = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
+        if below + n_t >= s1:
+            break
+        below += n_t
         t += 1
     ties = s1 - below
+    threshold = np.uint16(t)
     m = 0
+    seen = 0
     for y in range(c):
-        dy = dist[cand[y]]
-        if dy < t:
-            out[m] = cand[y]
-            m += 1
-        elif dy == t and ties > 0:
-            out[m] = cand[y]
-            m += 1
-            ties -= 1
+        dy = cand_dist[y]
+        tied = dy == threshold
+        out[m] = cand[y]
+        m += (dy < threshold) | (tied & (seen < ties))
+        seen += tied
     return m
 
 
@@ -292,10 +316,12 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
         width = max(width, w)
     dist = np.empty((width // 64 + 2) * 64, dtype=np.uint16)  # whole 64-row blocks plus padding
     hist = np.zeros((4, n_bins), dtype=np.int32)
-    pos = np.empty(s1, dtype=np.int64)
+    pos = np.empty(s1 + 1, dtype=np.int64)  # a spare slot for _select_sampled's last pass
     # candidates of a sampled selection: about 2 s1 expected; room for 8 s1 (a threshold bin of
     # many ties), not for the whole scan (8 bytes a row scanned: megabytes at a million rows)
-    cand = np.empty(_CAND_PER_S1 * s1 + 512 if width >= _SAMPLED_MIN_ROWS else 0, dtype=np.int64)
+    n_cand = _CAND_PER_S1 * s1 + 512 if width >= _SAMPLED_MIN_ROWS else 0
+    cand = np.empty(n_cand, dtype=np.int64)
+    cand_dist = np.empty(n_cand, dtype=np.uint16)
     sel = np.empty(s1, dtype=np.int64)
     sel_probe = np.empty(s1, dtype=np.int64)
     score = np.empty(s1, dtype=np.float32)
@@ -320,7 +346,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
         dist[w:w + 64] = _PAD
         m = -1
         if w >= _SAMPLED_MIN_ROWS:
-            m = _select_sampled(dist, w, s1, n_bins, hist[0], cand, pos)
+            m = _select_sampled(dist, w, s1, n_bins, hist, cand, cand_dist, pos)
         if m < 0:  # short scans, or a sample that promised too few rows: count every distance
             _histogram(dist, w, hist)
             # counting selection: the threshold distance, then rows below it and the first ties
@@ -632,7 +658,7 @@ if AVAILABLE:
     _page_plan = numba.njit(cache=True, nogil=True)(_page_plan)
     _popcount64 = numba.njit(cache=True, nogil=True, inline="always")(_popcount64)
     _cell_distances = numba.njit(cache=True, nogil=True)(_cell_distances)
-    _lanes_at_most = numba.njit(cache=True, nogil=True, inline="always")(_lanes_at_most)
+    _at_most = numba.extending.intrinsic(_mask_at_most)
     _lowest_bit = numba.njit(cache=True, nogil=True, inline="always")(_lowest_bit)
     _select_below = numba.njit(cache=True, nogil=True)(_select_below)
     _select_sampled = numba.njit(cache=True, nogil=True)(_select_sampled)
