@@ -69,7 +69,7 @@ def test_oversized_and_failing_candidates_are_recorded_with_their_code_sizes(dig
 
 def test_default_candidates_cover_every_family():
     specs = auto_candidates(16, 384, "ip")
-    for family in ("PQ16x8", "OPQ16,PQ16x8", "RQ16x8_b2", "RQ16x8_r4", "RQ16x8_b2_r4", "RQ16x8_b8_r4", "PCA,NUQ16", "PCA16,SQ8", "PCA32,SQ4"):
+    for family in ("PQ16x8", "OPQ16,PQ16x8", "RQ16x8_b2", "RQ16x8_r4", "RQ16x8_b2_r4", "PCA,NUQ16", "PCA16,SQ8", "PCA32,SQ4"):
         assert family in specs
     assert all(make_codec(s).code_size == 16 for s in specs if "SQ" not in s)
 
@@ -225,7 +225,7 @@ def test_a_file_saved_before_budgets_were_upper_bounds_still_loads(auto, digits,
 def test_residual_codes_up_to_16_bytes_are_offered_with_both_beams():
     for budget in (4, 8, 16):
         specs = auto_candidates(budget, 64, "l2")
-        assert {f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4", f"RQ{budget}x8_b8_r4", f"RQ{budget}x8_b2"} <= set(specs)
+        assert {f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4", f"RQ{budget}x8_b2"} <= set(specs)
     assert "RQ32x8" not in auto_candidates(32, 64, "l2")  # at 32 bytes only the beam of 2 encodes fast enough
 
 

@@ -468,12 +468,9 @@ def _rq_candidates(budget: int, d: int, metric: str) -> list[str]:
     # the plain beam-4 codes up to 16 bytes: in the codec benchmark (held-out test queries)
     # RQ16x8_r4 against plain RQ16x8_b2 gained +0.035 / +0.057 / +0.045 recall@10 on fused /
     # text / Debian and +0.013 on digits (L2), for about 2.7x the fit; the plain beam of 2
-    # stays as the fallback where a catalog is too small for refinement to pay. A beam of 8 over
-    # refined codebooks is offered too: on the fused MovieLens vectors (16 B, the benchmark's
-    # held-out test queries) RQ16x8_b8_r4 reached 0.830 against RQ16x8_r4's 0.824, encoding
-    # 17,613 vectors/s (well above the floor) against 25,429.
+    # stays as the fallback where a catalog is too small for refinement to pay.
     if budget <= 16:
-        return [f"RQ{budget}x8_b2", f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4", f"RQ{budget}x8_b8_r4"]
+        return [f"RQ{budget}x8_b2", f"RQ{budget}x8_r4", f"RQ{budget}x8_b2_r4"]
     return [f"RQ{budget}x8_b2"] if budget <= 32 else []
 
 
