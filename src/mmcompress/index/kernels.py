@@ -5,8 +5,9 @@ One pass per query over its probed cells: popcount distances of the binary coars
 order, exactly as the numpy path selects; one vector comparison per 64 rows gives a bit mask,
 so only kept rows are visited), then the sign look-up-table scores of those rows' fine codes
 (tables built here from the query's projections; optionally times each row's item scale, plus
-the weighted score of its cell) and their best ``s2`` by a binned threshold. Nothing between the stages goes back to
-Python, so the per-query cost is the scan itself rather than array bookkeeping.
+the weighted score of its cell) and their best ``s2`` by a binned threshold. Nothing between
+the stages goes back to Python, so the per-query cost is the scan itself rather than array
+bookkeeping.
 :func:`best_cells` picks IVF probes the same way for both paths; :func:`exact_top` is the
 exact rerank (eight stored rows scored at a time). Without numba the index keeps its numpy path.
 """
@@ -86,6 +87,19 @@ def _histogram(dist: np.ndarray, w: int, hist: np.ndarray) -> None:
     while x < w:
         hist[0, dist[x]] += 1
         x += 1
+
+
+def _threshold_bin(hist: np.ndarray, keep: int) -> tuple[int, int]:
+    """The lowest distance ``t`` at which the counts of :func:`_histogram` (four interleaved
+    copies, summed here) reach ``keep`` rows, and how many rows lie below it."""
+    below = 0
+    t = 0
+    while True:
+        n_t = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
+        if below + n_t >= keep:
+            return t, below
+        below += n_t
+        t += 1
 
 
 def _mask_at_most(typingctx, dist, start, t):  # pragma: no cover - compiled (see _at_most_loop)
@@ -202,14 +216,7 @@ def _select_sampled(dist: np.ndarray, w: int, s1: int, n_bins: int, hist: np.nda
     for y in range(c):
         cand_dist[y] = dist[cand[y]]
     _histogram(cand_dist, c, hist)
-    below = 0
-    t = 0
-    while True:
-        n_t = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
-        if below + n_t >= s1:
-            break
-        below += n_t
-        t += 1
+    t, below = _threshold_bin(hist, s1)
     ties = s1 - below
     threshold = np.uint16(t)
     m = 0
@@ -374,14 +381,7 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
             # counting selection: the threshold distance, then rows below it and the first ties
             n_valid = w - (hist[0, n_bins - 1] + hist[1, n_bins - 1] + hist[2, n_bins - 1] + hist[3, n_bins - 1])
             keep = min(s1, n_valid)
-            below = 0
-            t = 0
-            while True:
-                h = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
-                if below + h >= keep:
-                    break
-                below += h
-                t += 1
+            t, below = _threshold_bin(hist, keep)
             m = _select_below(dist, w, t, keep - below, pos)
         p = 0  # scan positions back to rows, cell by cell
         start = 0
@@ -692,6 +692,7 @@ if AVAILABLE:
     _select_below = numba.njit(cache=True, nogil=True)(_select_below)
     _select_sampled = numba.njit(cache=True, nogil=True)(_select_sampled)
     _histogram = numba.njit(cache=True, nogil=True)(_histogram)
+    _threshold_bin = numba.njit(cache=True, nogil=True, inline="always")(_threshold_bin)
     # scores are finite: min/max need not order NaNs, which lets them vectorise
     _best = numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})(_best)
     _sign_tables = numba.njit(cache=True, nogil=True)(_sign_tables)
