@@ -450,7 +450,10 @@ def markdown(results: dict[str, Any]) -> str:
            f"{ENCODE_FLOOR:.0f} vectors/s in this run (the floor auto holds its own choice to); `ratio ≤B` = "
            "recall@10 / best faiss recall@10 over every faiss row of the dataset whose codes take at most the "
            "budget, whatever budget it ran at: the budget is an upper bound, so this is the reference `auto` "
-           "has to match (`faiss ≤B` names that row).", ""]
+           "has to match (`faiss ≤B` names that row). Every codec is fitted on the catalog rows it then "
+           "encodes (as a catalog is compressed), so codebooks that memorise those rows score here; "
+           "`unseen.md` (benchmarks/bench_unseen.py) measures `auto` and the residual codes on items they "
+           "were not fitted on. `auto` scores its candidates on rows none of them was fitted on.", ""]
     for name in dataset_order(results):
         ds_rows = [r for r in rows if r["dataset"] == name]
         budgets = sorted({r["budget"] for r in ds_rows})

@@ -105,10 +105,22 @@ def test_a_winner_whose_spec_resolves_differently_is_still_marked_and_refitted(d
 
 
 # ---- budget as an upper bound, small catalogs ------------------------------------------------
-#: At 16 bytes: scalar codes after PCA, Lloyd-Max levels and a 4-bit product quantizer; and an
-#: 8-byte residual quantizer encoded with a beam of 2, which on scikit-learn digits (L2) beats every one of them.
-FULL_16 = ["PCA16,SQ8", "PCA32,SQ4", "PCA,NUQ16", "PQ32x4"]
-SMALLER = "RQ8x8_b2"  # plain RQ8x8 led by only 0.008 on one machine (0.906 vs 0.898), under the premise's 0.01
+#: A tiny L2 catalog of rank 8 in 64 dimensions (plus faint noise): scalar codes on its 8
+#: principal axes take 8 bytes and keep nearly everything, while 16-byte codes that spread their
+#: bits over 32 axes (4-bit scalars after PCA, a 4-bit product quantizer on 2-dimension blocks)
+#: spend most of them on noise. (Measured on rows the codecs were not fitted on, as auto scores
+#: them: on scikit-learn digits, where a residual 8-byte code had looked best, it led only on
+#: the rows it was fitted on.)
+FULL_16 = ["PCA32,SQ4", "PQ32x4"]
+SMALLER = "PCA8,SQ8"
+
+
+@pytest.fixture(scope="module")
+def rank8_l2() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((64, 8)))[0]
+    X = (rng.standard_normal((1500, 8)) * np.linspace(2.0, 1.0, 8)) @ basis.T
+    return (X + 0.01 * rng.standard_normal((1500, 64))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -119,30 +131,37 @@ def digits_l2() -> np.ndarray:
     return load_digits().data.astype(np.float32)
 
 
-def test_premise_an_8_byte_code_beats_every_16_byte_candidate_on_digits(digits_l2, recall10):
-    """Checked on a split of its own (not auto's), so the next test can fail honestly."""
-    perm = np.random.default_rng(7).permutation(len(digits_l2))
-    base, queries = digits_l2[np.sort(perm[300:])], digits_l2[perm[:300]]
-    recall = {s: recall10(make_codec(s, metric="l2").fit(base), base, queries, "l2") for s in FULL_16 + [SMALLER]}
-    assert make_codec(SMALLER).code_size == 8
-    assert all(make_codec(s, metric="l2").fit(base[:300]).code_size == 16 for s in FULL_16)
-    assert recall[SMALLER] > max(recall[s] for s in FULL_16) + 0.01, recall
+def test_premise_an_8_byte_code_beats_every_16_byte_candidate_on_a_rank_8_catalog(rank8_l2, recall10):
+    """Checked on a split of its own (not auto's: fitted on some rows, searched over others),
+    so the next test can fail honestly."""
+    perm = np.random.default_rng(7).permutation(len(rank8_l2))
+    queries, held, fit = rank8_l2[perm[:300]], rank8_l2[np.sort(perm[300:600])], rank8_l2[np.sort(perm[600:])]
+
+    def held_recall(spec: str) -> float:
+        codec = make_codec(spec, metric="l2").fit(fit)
+        return recall10(codec, held, queries, "l2")
+
+    recall = {s: held_recall(s) for s in FULL_16 + [SMALLER]}
+    assert make_codec(SMALLER).fit(fit).code_size == 8
+    assert all(make_codec(s, metric="l2").fit(fit).code_size == 16 for s in FULL_16)
+    assert recall[SMALLER] > max(recall[s] for s in FULL_16) + 0.05, recall
 
 
-def test_auto_returns_the_smaller_code_when_it_wins(digits_l2, tmp_path):
-    codec = make_codec("auto", budget_bytes=16, metric="l2", candidates=FULL_16 + [SMALLER]).fit(digits_l2)
+def test_auto_returns_the_smaller_code_when_it_wins(rank8_l2, tmp_path):
+    X = rank8_l2
+    codec = make_codec("auto", budget_bytes=16, metric="l2", candidates=FULL_16 + [SMALLER]).fit(X)
     assert codec.spec == SMALLER and codec.code_size == 8 and codec.budget_bytes == 16
     report = {r["spec"]: r for r in codec.auto_report_}
     assert report[SMALLER]["status"] == "chosen" and report[SMALLER]["code_size"] == 8
     assert all(report[s]["code_size"] == 16 and report[s]["status"] == "ok" for s in FULL_16)
     assert report[SMALLER]["recall_at_10"] > max(report[s]["recall_at_10"] for s in FULL_16)
-    codes = codec.encode(digits_l2)
-    assert codes.shape == (len(digits_l2), 8)
+    codes = codec.encode(X)
+    assert codes.shape == (len(X), 8)
     # saved and loaded, it keeps the chosen size and the budget it was searched under
     codec.save(tmp_path / "auto.json")
     again = load_codec(tmp_path / "auto.json")
     assert again.code_size == 8 and again.budget_bytes == 16 and again.spec == SMALLER
-    np.testing.assert_array_equal(again.search(codes, digits_l2[:5], 10)[1], codec.search(codes, digits_l2[:5], 10)[1])
+    np.testing.assert_array_equal(again.search(codes, X[:5], 10)[1], codec.search(codes, X[:5], 10)[1])
 
 
 def test_equal_recall_goes_to_the_smaller_code_then_the_faster_fit():
@@ -163,17 +182,17 @@ def test_codebook_entries_of_specs():
 
 
 def test_a_small_catalog_skips_codebooks_it_cannot_fit(digits):
-    rows = digits[:400]  # auto holds out 80 as queries and fits on 320: 1.25 rows per 8-bit entry
+    rows = digits[:400]  # auto holds out 80 as queries and 80 to score on, and fits on 240: 0.94 rows per 8-bit entry
     codec = make_codec("auto", budget_bytes=8, candidates=["PQ8x8", "OPQ8,PQ8x8", "PQ16x4", "PCA8,SQ8"]).fit(rows)
     report = {r["spec"]: r for r in codec.auto_report_}
     for spec in ("PQ8x8", "OPQ8,PQ8x8"):
         assert report[spec]["status"] == "skipped" and report[spec]["fit_seconds"] is None
         assert "256 entries" in report[spec]["reason"] and "512 training rows" in report[spec]["reason"]
-        assert "the search has 320" in report[spec]["reason"]
+        assert "the search has 240" in report[spec]["reason"]
     assert report["PQ16x4"]["status"] in ("ok", "chosen")  # 16 entries: 32 rows are enough
     assert codec.spec in ("PQ16x4", "PCA8,SQ8")
-    # with enough rows per entry the same candidate is fitted
-    wide = make_codec("auto", budget_bytes=8, candidates=["PQ8x8"], min_rows_per_entry=1.0).fit(rows)
+    # with enough rows per entry (500 rows: 320 fitted on) the same candidate is fitted
+    wide = make_codec("auto", budget_bytes=8, candidates=["PQ8x8"], min_rows_per_entry=1.0).fit(digits[:500])
     assert wide.auto_report_[0]["status"] == "chosen"
 
 
@@ -229,26 +248,64 @@ def test_residual_codes_up_to_16_bytes_are_offered_with_both_beams():
     assert "RQ32x8" not in auto_candidates(32, 64, "l2")  # at 32 bytes only the beam of 2 encodes fast enough
 
 
-def test_auto_beats_faiss_residual_codes_on_digits_at_8_bytes(digits_l2):
-    """The L2 catalog where auto trailed faiss at 8 bytes (RQ8x8 with the default beam, 0.914
-    against faiss's 0.918): with both beams offered, auto's held-out recall picks the narrow
-    beam, ahead of faiss's residual quantizer on queries auto never saw."""
+def test_auto_keeps_up_with_faiss_residual_codes_on_digits_at_8_bytes_on_unseen_rows(digits_l2):
+    """The L2 catalog where auto had trailed faiss at 8 bytes, compared on rows neither codec
+    was fitted on (as auto now scores its candidates): codes within 0.01 recall@10 of faiss's
+    residual quantizer. Measured with three seeds of this split: auto (PQ8x8) 0.873 / 0.879 /
+    0.871 against faiss RQ8x8 0.876 / 0.883 / 0.874; scored on the rows they were fitted on, the
+    residual codes had looked 0.01 to 0.02 better than that."""
     import faiss
 
     from mmcompress.codecs import exact_search
 
     perm = np.random.default_rng(0).permutation(len(digits_l2))
-    base, queries = digits_l2[np.sort(perm[359:])], digits_l2[perm[:359]]
-    _, truth = exact_search(base, queries, 10, "l2")
+    queries, held, fit = digits_l2[perm[:359]], digits_l2[np.sort(perm[359:719])], digits_l2[np.sort(perm[719:])]
+    _, truth = exact_search(held, queries, 10, "l2")
 
     def recall(found: np.ndarray) -> float:
         return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
-    codec = make_codec("auto", budget_bytes=8, metric="l2", candidates=["RQ8x8", "RQ8x8_b2"]).fit(base)
-    assert codec.spec == "RQ8x8_b2"
-    ours = recall(codec.search(codec.encode(base), queries, 10)[1])
-    rq = faiss.IndexResidualQuantizer(base.shape[1], 8, 8, faiss.METRIC_L2)
-    rq.train(base)
-    rq.add(base)
+    codec = make_codec("auto", budget_bytes=8, metric="l2").fit(fit)
+    ours = recall(codec.search(codec.encode(held), queries, 10)[1])
+    rq = faiss.IndexResidualQuantizer(fit.shape[1], 8, 8, faiss.METRIC_L2)
+    rq.train(fit)
+    rq.add(held)
     theirs = recall(rq.search(queries, 10)[1])
-    assert ours >= theirs + 0.005, (ours, theirs)
+    assert codec.code_size <= 8 and ours >= theirs - 0.01, (codec.spec, ours, theirs)
+
+
+def test_candidates_are_scored_on_rows_they_were_not_fitted_on(digits, monkeypatch):
+    """The evaluation database holds rows no candidate was fitted on, so a codec that memorises
+    its training rows gains nothing in the choice; the winner's refit then sees every row."""
+    import mmcompress.codecs.spec as spec_module
+    from mmcompress.codecs.auto import AutoCodec
+
+    fitted_on, scored_on = [], []
+    real_make, real_encode = spec_module.make_codec, AutoCodec._timed_encode
+
+    def spying_make(*args, **kwargs):
+        codec = real_make(*args, **kwargs)
+        real_fit = codec.fit
+
+        def fit(X, *a, **k):
+            fitted_on.append(np.asarray(X).copy())
+            return real_fit(X, *a, **k)
+
+        codec.fit = fit
+        return codec
+
+    def spying_encode(self, codec, xb):
+        scored_on.append(np.asarray(xb).copy())
+        return real_encode(self, codec, xb)
+
+    monkeypatch.setattr(spec_module, "make_codec", spying_make)
+    monkeypatch.setattr(AutoCodec, "_timed_encode", spying_encode)
+    X = np.unique(digits, axis=0)  # distinct rows, so a row is recognised by its bytes
+    auto = make_codec("auto", budget_bytes=8, metric="ip", candidates=["PQ8x8", "PCA8,SQ8"]).fit(X)
+    rows = lambda A: {r.tobytes() for r in np.ascontiguousarray(A, dtype=np.float32)}  # noqa: E731
+    *searched, refit = fitted_on
+    assert len(searched) == 2 and len(scored_on) == 2
+    evaluation, training = rows(scored_on[0]), set().union(*(rows(A) for A in searched))
+    assert evaluation and training and not evaluation & training
+    assert len(evaluation) >= len(X) // 6 and len(training) >= len(X) // 2
+    assert len(rows(refit)) == len(X) and auto.code_size == 8

@@ -83,3 +83,24 @@ def test_k_larger_than_database_is_clipped(X, k):
     scores, ids = codec.search(codes, X[:3], k)
     assert ids.shape == (3, min(k, len(codes)))
     assert sorted(ids[0].tolist()) == sorted(set(ids[0].tolist()))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(M=st.integers(1, 12), nbits=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_unpacked_codes_follow_faiss_bit_order(M, nbits, seed):
+    """unpack_codes reads M fields of nbits bits, least significant bit first from bit 0 of
+    byte 0 (faiss's BitstringWriter), for any field width; checked against a bit-by-bit packer."""
+    from hypothesis import assume
+
+    from mmcompress.codecs.faiss_quantizers import unpack_codes
+
+    assume(M * nbits % 8 == 0)
+    values = np.random.default_rng(seed).integers(0, 1 << nbits, (7, M))
+    packed = np.zeros((7, M * nbits // 8), dtype=np.uint8)
+    for i in range(7):
+        for m in range(M):
+            for b in range(nbits):
+                if values[i, m] >> b & 1:
+                    at = m * nbits + b
+                    packed[i, at // 8] |= 1 << (at % 8)
+    np.testing.assert_array_equal(unpack_codes(packed, M, nbits), values)

@@ -300,6 +300,17 @@ class AdditiveQuantizerCodec(FaissCodesCodec):
         return self._scanner.search(codes, queries, k, norm_weight, norms)
 
 
+def unpack_codes(codes: np.ndarray, M: int, nbits: int) -> np.ndarray:
+    """(n, M) int64 codeword indices of faiss's packed codes: ``M`` fields of ``nbits`` bits
+    each, written least significant bit first from bit 0 of byte 0 on (``BitstringWriter``);
+    with 8-bit fields that is the code bytes themselves."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if nbits == 8:
+        return codes[:, :M].astype(np.int64)
+    bits = np.unpackbits(codes, axis=1, bitorder="little")[:, :M * nbits].reshape(len(codes), M, nbits)
+    return bits.astype(np.int64) @ (np.int64(1) << np.arange(nbits, dtype=np.int64))
+
+
 def refine_residual_codebooks(X: np.ndarray, codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """One round of block-coordinate least squares over a residual quantizer's codebooks.
 
@@ -354,8 +365,6 @@ class ResidualQuantizer(AdditiveQuantizerCodec):
             raise CodecError(f"RQ beam width must be >= 1; found {self.beam}")
         if refine < 0:
             raise CodecError(f"RQ refinement rounds must be >= 0; found {refine}")
-        if refine and nbits != 8:
-            raise CodecError(f"RQ refinement (_r{refine}) needs 8-bit codebooks; found {nbits} bits")
         self.refine = int(refine)
 
     @property
@@ -384,7 +393,7 @@ class ResidualQuantizer(AdditiveQuantizerCodec):
         rq = index.rq
         C = faiss.vector_to_array(rq.codebooks).reshape(self.M, 1 << self.nbits, -1)
         for _ in range(self.refine):
-            codes = index.sa_encode(rows)  # one byte per stage (8-bit codebooks, no norm bytes)
+            codes = unpack_codes(index.sa_encode(rows), self.M, self.nbits)  # no norm bytes (ST_decompress)
             C = refine_residual_codebooks(rows, codes, C)
             faiss.copy_array_to_vector(C.ravel(), rq.codebooks)
             rq.compute_codebook_tables()  # the beam search's look-up tables follow the codebooks
