@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast lint venv venv-peers lock bench bench-data bench-codecs bench-serve airflow serve clean
+.PHONY: demo test test-fast lint venv venv-peers lock bench bench-data bench-codecs bench-unseen bench-serve airflow serve clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,13 +47,16 @@ lock:  ## regenerate requirements.lock from requirements.in in a clean venv
 	{ echo "# Generated from requirements.in in a clean Python 3.11 venv (pip freeze). Regenerate with: make lock"; \
 	  /tmp/mmcompress-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock
 
-bench: bench-codecs bench-serve
+bench: bench-codecs bench-unseen bench-serve
 
 bench-data: $(STAMP)  ## embed the Debian package catalog for the benchmarks into data/cache/bench/ (minutes; then cached)
 	$(BIN)/python -m benchmarks.datasets
 
 bench-codecs: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_codecs
+
+bench-unseen: $(STAMP)  ## auto and the residual codes on catalog items they were not fitted on
+	$(BIN)/python -m benchmarks.bench_unseen
 
 bench-serve: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_serve

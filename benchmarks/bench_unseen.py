@@ -1,7 +1,7 @@
 """Codecs on items they were not fitted on: the codec benchmark's rows, with the fit held apart.
 
-    python -m benchmarks.bench_unseen [--datasets fused text debian] [--budgets 16]
-                                      [--holdout 0.2] [--out benchmarks/results]
+    python -m benchmarks.bench_unseen [--datasets fused text debian] [--vectors NAME=PATH.npy ...]
+                                      [--budgets 16] [--holdout 0.2] [--out benchmarks/results]
 
 The codec benchmark (:mod:`benchmarks.bench_codecs`) fits every codec on the catalog it then
 encodes, as a catalog compressor is used. On a catalog of a few thousand items that rewards
@@ -117,7 +117,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="*", default=["fused", "text", "debian"], metavar="NAME")
+    p.add_argument("--vectors", nargs="*", default=[], metavar="NAME=PATH.npy",
+                   help="inner-product datasets instead of the defaults (rows L2-normalised)")
+    p.add_argument("--datasets", nargs="*", default=None, metavar="NAME",
+                   help="the datasets to run (default: fused, text and debian, or every --vectors one)")
     p.add_argument("--budgets", nargs="*", type=int, default=[16])
     p.add_argument("--holdout", type=float, default=0.2, help="share of the catalog set apart")
     p.add_argument("--n-queries", type=int, default=1000)
@@ -128,8 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.holdout < 1:
         p.error(f"--holdout must be between 0 and 1; found {args.holdout}")
-    # what bench_codecs.load_inputs reads
-    args.vectors, args.l2_vectors = [], []
+    args.l2_vectors = []  # the catalogs compared here are the inner-product ones
+    if args.datasets is None and not args.vectors:
+        args.datasets = ["fused", "text", "debian"]
     return args
 
 
