@@ -25,7 +25,7 @@ def test_benchmark_measures_fitted_and_unseen_items_and_writes_its_tables(digits
     bench_unseen.main(["--vectors", f"digits={path}", "--budgets", "4", "--n-queries", "100", "--out", str(out)])
     result = json.loads((out / "unseen.json").read_text())
     rows = {r["label"]: r for r in result["rows"]}
-    assert set(rows) == {"auto", "RQ (plain)", "RQ+refine", "faiss RQ+refine"}
+    assert set(rows) == {"auto", "RQ (plain)", "RQ+refine", "faiss RQ", "faiss RQ+refine"}
     for r in rows.values():
         assert r["code_bytes"] <= 4
         for part in ("fitted", "unseen"):
@@ -37,3 +37,9 @@ def test_benchmark_measures_fitted_and_unseen_items_and_writes_its_tables(digits
     assert sizes["n_unseen"] == round(0.2 * (sizes["n_fitted"] + sizes["n_unseen"]))
     md = (out / "unseen.md").read_text()
     assert "## digits, 4 bytes" in md and "| faiss RQ+refine |" in md
+    # one codec run again: the other rows are kept as they were
+    again = bench_unseen.main(["--vectors", f"digits={path}", "--budgets", "4", "--n-queries", "100",
+                               "--out", str(out), "--resume", "--only", "faiss RQ"])
+    assert [r["label"] for r in again["rows"]] == [r["label"] for r in result["rows"]]
+    assert [r for r in again["rows"] if r["label"] != "faiss RQ"] == \
+        [r for r in result["rows"] if r["label"] != "faiss RQ"]
