@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, (X, metric) in load_inputs(args).items():
         ds = common.split_queries(name, X, args.n_queries, args.seed, args.max_items, metric=metric)
         fitted, unseen = split_fit(len(ds.xb), args.holdout, args.seed)
-        result["datasets"][name] = {"data": f"{name} ({len(ds.xb):,} x {ds.d}, {metric}, real)",
+        kind = "" if args.vectors else ", real"  # the default catalogs are real; given files are what they are
+        result["datasets"][name] = {"data": f"{name} ({len(ds.xb):,} x {ds.d}, {metric}{kind})",
                                     "n_fitted": len(fitted), "n_unseen": len(unseen), "n_queries": len(ds.xq)}
         for budget in args.budgets:
             new = run(ds, budget, fitted, unseen, args.max_train, args.seed, args.only)
