@@ -45,6 +45,7 @@ import numpy as np
 import benchmarks.common as common  # first: sets the OpenMP wait policy before faiss loads
 from mmcompress.artifacts import write_bytes_atomic, write_json_atomic
 from mmcompress.codecs import Codec, auto_candidates, make_codec, pack
+from mmcompress.codecs.faiss_quantizers import subsample_rows
 from mmcompress.errors import ArtifactError, CodecError
 
 
@@ -658,8 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for name, (X, metric) in load_inputs(args).items():
         ds = common.split_queries(name, X, args.n_queries, args.seed, args.max_items, metric=metric)
-        xt = ds.xb[np.sort(np.random.default_rng(args.seed).choice(len(ds.xb), min(len(ds.xb), args.max_train),
-                                                                   replace=False))]
+        xt = subsample_rows(ds.xb, args.max_train, args.seed)
         results["datasets"][name] = {"n_items": len(ds.xb), "d": ds.d, "n_queries": len(ds.xq),
                                      "n_train": len(xt), "metric": ds.metric, "skipped": [],
                                      "machine": this_run}

@@ -39,6 +39,7 @@ import benchmarks.common as common  # first: sets the OpenMP wait policy before 
 from benchmarks.bench_codecs import FaissCodec, load_inputs
 from mmcompress.artifacts import write_bytes_atomic, write_json_atomic
 from mmcompress.codecs import exact_search, make_codec
+from mmcompress.codecs.faiss_quantizers import subsample_rows
 
 
 def codecs_for(budget: int) -> list[tuple[str, str, str]]:
@@ -69,7 +70,7 @@ def part_scores(codec: Any, X: np.ndarray, xq: np.ndarray, metric: str) -> dict[
 def run(ds: common.Dataset, budget: int, fitted: np.ndarray, unseen: np.ndarray, max_train: int,
         seed: int, only: list[str] | None = None) -> list[dict[str, Any]]:
     xf, xu = ds.xb[fitted], ds.xb[unseen]
-    xt = xf[np.sort(np.random.default_rng(seed).choice(len(xf), min(len(xf), max_train), replace=False))]
+    xt = subsample_rows(xf, max_train, seed)
     rows = []
     for label, source, spec in codecs_for(budget):
         if only and label not in only:
