@@ -748,3 +748,39 @@ def test_a_querys_sorted_rows_take_the_lean_path_and_read_the_same(matrix, row_f
         lean.close()
         general.close()
     assert len(planned) >= 120  # every call above went through the plan
+
+
+@pytest.mark.parametrize("pool_pages", [0, 12])
+def test_the_exact_stage_scores_rows_in_the_frames_the_disk_filled(matrix, row_file, half_file, aio_reader_kw,
+                                                                  pool_pages, monkeypatch):
+    """Through a kernel-AIO reader the exact stage scores each query's rows where they lie in
+    the page frames its reads filled (no float32 copy of the rows): the same rows and scores
+    as the memory-mapped store, the same pages and hits counted as the row-copying path, and
+    the frames handed back (the reader's spares stay bounded)."""
+    from mmcompress.index import rowstore
+
+    copied = []
+    real_start = DirectRowReader._start
+    monkeypatch.setattr(DirectRowReader, "_start", lambda self, *a: copied.append(1) or real_start(self, *a))
+    lent = []
+    real_lines = DirectRowReader._start_lines
+    monkeypatch.setattr(DirectRowReader, "_start_lines", lambda self, *a: lent.append(1) or real_lines(self, *a))
+    rng = np.random.default_rng(31)
+    Q = rng.standard_normal((40, matrix.shape[1])).astype(np.float32)
+    for path in (row_file, half_file):
+        disk = DirectRowReader(path, pool_bytes=pool_pages * PAGE_BYTES, **aio_reader_kw)
+        mapped = open_row_store(path, reader="mmap")
+        for nq, s in ((1, 50), (1, 200), (40, 30)):  # one query; one longer than a read; a batch
+            rows = rng.integers(0, len(matrix), (nq, s))
+            rows[:, -3:] = -1
+            for i in range(nq):
+                got = exact_rerank(disk, Q[i:i + 1], rows[i:i + 1], 10, "ip")
+                want = exact_rerank(mapped, Q[i:i + 1], rows[i:i + 1], 10, "ip")
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_allclose(got[1], want[1], rtol=1e-6)  # sums in another order
+        assert not copied and len(lent) >= 42  # every read lent its frames; none copied rows out
+        a = disk.stats()
+        assert a["pages_read"] > 0 and (a["pool_hits"] > 0) == (pool_pages > 0)
+        assert len(disk._spare) <= rowstore._SPARE_SCRATCH
+        disk.close()
+        mapped.close()

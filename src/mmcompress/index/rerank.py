@@ -20,12 +20,20 @@ buffers then hold one such range, not the whole batch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mmcompress.errors import CodecError
 from mmcompress.index import kernels
 from mmcompress.index.rerankbound import LEVELS, RerankBound, check_confidence
-from mmcompress.index.rowstore import MemoryRowReader, ReadCounts, RowReader, unique_inverse
+from mmcompress.index.rowstore import (
+    MemoryRowReader,
+    PageLines,
+    ReadCounts,
+    RowReader,
+    unique_inverse,
+)
 from mmcompress.index.select import best_columns
 
 
@@ -114,22 +122,19 @@ def _one_wave(reader: RowReader, Q: np.ndarray, rows: np.ndarray, keep: int, met
     groups = query_groups(n_rows, limit)
     if len(groups) == 1:
         return _read_and_score(reader, Q, rows, valid, keep, metric, counts)
-    start = getattr(reader, "read_ahead", None)
-    if start is None:
-        parts = [_read_and_score(reader, Q[a:b], rows[a:b], valid[a:b], keep, metric, counts) for a, b in groups]
-    else:  # the next range's reads in flight while this one is scored
-        def begin(a: int, b: int) -> tuple:
-            uniq, inv = unique_inverse(rows[a:b][valid[a:b]])
-            return a, b, uniq, inv, start(uniq, counts=counts)
+    # the next range's reads in flight while this one is scored
+    def begin(a: int, b: int) -> tuple:
+        uniq, inv = unique_inverse(rows[a:b][valid[a:b]])
+        return a, b, uniq, inv, _start_read(reader, uniq, counts)
 
-        parts, ahead = [], begin(*groups[0])
-        for j in range(len(groups)):
-            a, b, uniq, inv, finish = ahead
-            try:
-                ahead = begin(*groups[j + 1]) if j + 1 < len(groups) else None
-            finally:
-                X = finish()
-            parts.append(_score(X, uniq, inv, Q[a:b], valid[a:b], keep, metric))
+    parts, ahead = [], begin(*groups[0])
+    for j in range(len(groups)):
+        a, b, uniq, inv, finish = ahead
+        try:
+            ahead = begin(*groups[j + 1]) if j + 1 < len(groups) else None
+        finally:
+            lines = finish()
+        parts.append(_score(lines, uniq, inv, Q[a:b], valid[a:b], keep, metric))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -159,19 +164,44 @@ def _read_and_score(reader: RowReader, Q: np.ndarray, rows: np.ndarray, valid: n
                     metric: str, counts: ReadCounts | None) -> tuple[np.ndarray, np.ndarray]:
     """One read of the distinct rows of ``rows``, then each query's best ``keep`` of them."""
     uniq, inv = unique_inverse(rows[valid])
-    return _score(reader.read(uniq, counts=counts), uniq, inv, Q, valid, keep, metric)
+    return _score(_start_read(reader, uniq, counts)(), uniq, inv, Q, valid, keep, metric)
 
 
-def _score(X: np.ndarray, uniq: np.ndarray, inv: np.ndarray, Q: np.ndarray, valid: np.ndarray, keep: int,
+def _start_read(reader: RowReader, uniq: np.ndarray, counts: ReadCounts | None) -> Callable[[], PageLines]:
+    """Start reading the rows ``uniq`` (sorted, distinct); the returned function waits for them.
+    A disk reader lends the page frames its reads filled (``lines_ahead``: the rows are scored
+    where they lie); otherwise the rows are read (ahead where the reader can) and copied out."""
+    if len(uniq):
+        lend = getattr(reader, "lines_ahead", None)
+        pending = lend(uniq, counts=counts) if lend is not None else None
+        if pending is not None:
+            return pending
+        start = getattr(reader, "read_ahead", None)
+        if start is not None:
+            finish = start(uniq, counts=counts)
+            return lambda: PageLines.of_rows(finish())
+    X = reader.read(uniq, counts=counts)
+    return lambda: PageLines.of_rows(X)
+
+
+def _score(lines: PageLines, uniq: np.ndarray, inv: np.ndarray, Q: np.ndarray, valid: np.ndarray, keep: int,
            metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best ``keep`` of the rows ``uniq`` (read as ``X``) it has in ``valid``."""
-    if len(uniq) == 0:
-        return np.full((len(Q), keep), -1, np.int64), np.full((len(Q), keep), -np.inf, np.float32)
-    local = np.full(valid.shape, -1, dtype=np.int64)
-    local[valid] = inv  # uniq is sorted: local order is storage order
-    top = kernels.exact_top if kernels.AVAILABLE else _faiss_top
-    found, scores = top(X, Q, local, keep, metric)
-    return np.where(found >= 0, uniq[np.maximum(found, 0)], -1), scores
+    """Each query's best ``keep`` of the rows ``uniq`` (read as ``lines``) it has in ``valid``;
+    the lines are released here."""
+    try:
+        if len(uniq) == 0:
+            return np.full((len(Q), keep), -1, np.int64), np.full((len(Q), keep), -np.inf, np.float32)
+        local = np.full(valid.shape, -1, dtype=np.int64)
+        local[valid] = lines.local[inv]  # local increases with the row: local order is storage order
+        if kernels.AVAILABLE:
+            found, scores = kernels.exact_top(lines.lines, Q, local, keep, metric,
+                                              rows_per_line=lines.rows_per_line, d=lines.d)
+        else:  # pragma: no cover - numba is a project dependency (readers then lend no frames)
+            found, scores = _faiss_top(lines.lines, Q, local, keep, metric)
+    finally:
+        lines.release()
+    at = np.searchsorted(lines.local, np.maximum(found, 0))
+    return np.where(found >= 0, uniq[np.minimum(at, len(uniq) - 1)], -1), scores
 
 
 def _faiss_top(E: np.ndarray, Q: np.ndarray, rows: np.ndarray, keep: int,
