@@ -345,19 +345,21 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
         width = max(width, w)
     dist = np.empty((width // 64 + 2) * 64, dtype=np.uint16)  # whole 64-row blocks plus padding
     hist = np.zeros((4, n_bins), dtype=np.int32)
-    pos = np.empty(s1 + 1, dtype=np.int64)  # a spare slot for _select_sampled's last pass
+    # scan positions fit int32 (a probe's scan is under 2^31 rows): half the scratch of int64;
+    # a small catalog's long shortlist (s1 = 2,400 of 8,242 rows) held ~200 KB of it per query
+    pos = np.empty(s1 + 1, dtype=np.int32)  # a spare slot for _select_sampled's last pass
     # candidates of a sampled selection: about 2 s1 expected; room for 8 s1 (a threshold bin of
     # many ties), not for the whole scan (8 bytes a row scanned: megabytes at a million rows)
     n_cand = _CAND_PER_S1 * s1 + 512 if width >= _SAMPLED_MIN_ROWS else 0
-    cand = np.empty(n_cand, dtype=np.int64)
+    cand = np.empty(n_cand, dtype=np.int32)
     cand_dist = np.empty(n_cand, dtype=np.uint16)
     sel = np.empty(s1, dtype=np.int64)
-    sel_probe = np.empty(s1, dtype=np.int64)
+    sel_probe = np.empty(s1 if has_prior else 0, dtype=np.int32)  # only a cell prior reads it
     score = np.empty(s1, dtype=np.float32)
     best = np.empty(s2 + 1, dtype=np.int64)
     counts = np.empty((4, _SELECT_BINS), dtype=np.int32)
     bins = np.empty(s1, dtype=np.int32)
-    tied = np.empty(s1 + 1, dtype=np.int64)
+    tied = np.empty(s1 + 1, dtype=np.int32)
     L = np.empty(256 * n_fine, dtype=np.float32)
     for i in range(nq):
         # pass 1: distances of every probed row, in scan order, then their histogram
@@ -392,7 +394,8 @@ def _scan(qwords: np.ndarray, words: np.ndarray, offsets: np.ndarray, probes: np
                 p += 1
                 c = probes[i, p]
             sel[x] = offsets[c] + pos[x] - start
-            sel_probe[x] = p
+            if has_prior:
+                sel_probe[x] = p
             score[x] = -np.float32(dist[pos[x]])
         kept[i] = m
         top = min(s2, m)
