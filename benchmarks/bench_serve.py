@@ -152,12 +152,14 @@ def cascade_ivf_grid(nlist: int, quick: bool, n: int = 0) -> list[dict[str, Any]
 
 
 def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None = None,
-              store_dtype: str = "float32", layout_ablation: bool = False) -> list[Built]:
+              store_dtype: str = "float32", layout_ablation: bool = False,
+              projection: str = "f16") -> list[Built]:
     """The contenders at their documented good settings (grids to tune over); ``only``: label
     substrings to keep (every contender without it); ``store_dtype``: the values of every exact
     store the benchmark writes (the cascades' own and the faiss first stages' shared one);
     ``layout_ablation``: also the wide full-scan cascade with its rows stored in insertion order
-    instead of the locality order every other store uses."""
+    instead of the locality order every other store uses; ``projection``: how the cascades' sign
+    codecs hold their (d, bits) projection (``f16``: float16; ``i8``: int8 times one scale)."""
 
     def wanted(label: str) -> bool:
         return not only or any(o in label for o in only)
@@ -175,12 +177,14 @@ def build_all(xb: np.ndarray, workdir: Path, quick: bool, only: list[str] | None
     pq_prefix = "" if m4 * 6 == d else f"PCAR{m4 * 6},"
     built = []
     # ITQ sign codes give at most d bits (the BIN_rr variant goes wider); projections in float16
-    # (_f16): the (d, bits) table is most of the fixed cost on a catalog of a few thousand items
-    wide = "BIN256_f16" if d >= 256 else f"BIN{min(256, 2 * d) // 8 * 8}_rr_f16"
-    narrow = f"BIN{min(128, d // 8 * 8)}_f16"
+    # (_f16) or int8 (_i8): the (d, bits) table is most of the fixed cost on a catalog of a few
+    # thousand items
+    wide = f"BIN256_{projection}" if d >= 256 else f"BIN{min(256, 2 * d) // 8 * 8}_rr_{projection}"
+    narrow = f"BIN{min(128, d // 8 * 8)}_{projection}"
     specs = [(f"cascade {narrow} -> sign tables", narrow, {})]
     if d >= 256:  # between the two: 24 bytes of codes, for catalogs whose projection costs more
-        specs.append(("cascade BIN192_f16 -> sign tables x item scales", "BIN192_f16", {"item_scales": True}))
+        specs.append((f"cascade BIN192_{projection} -> sign tables x item scales", f"BIN192_{projection}",
+                      {"item_scales": True}))
     specs.append((f"cascade {wide} -> sign tables x item scales", wide, {"item_scales": True}))
     if layout_ablation:
         specs.append((f"cascade {wide} -> sign tables x item scales, insertion layout", wide, {"item_scales": True}))
@@ -461,7 +465,8 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
         np.save(workdir / f"{name}.npy", arr)
     truth_tune, truth_test = ground_truth(xb, xtune), ground_truth(xb, xtest)
     set_threads(args.threads)
-    builts = build_all(xb, workdir, args.quick, args.contenders, args.store_dtype, args.layout_ablation)
+    builts = build_all(xb, workdir, args.quick, args.contenders, args.store_dtype, args.layout_ablation,
+                       args.projection)
     tuned, picks = {}, {}
     for b in builts:
         print(f"  tune {b.extra['label']}", flush=True)
@@ -634,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
                     help="values of the exact stores (cascades' and the faiss first stages' shared one)")
+    ap.add_argument("--projection", choices=["f16", "i8"], default="f16",
+                    help="how the cascades' sign codecs hold their projection (float16, or int8 times a scale)")
     ap.add_argument("--layout-ablation", action="store_true",
                     help="also the wide full-scan cascade with its exact store in insertion order")
     ap.add_argument("--quick", action="store_true", help="small smoke run")

@@ -55,3 +55,17 @@ def test_float32_matrices_and_views_pass_through():
     np.testing.assert_allclose(matmul_half(Q[:, ::1], W16[::2]), Q @ W16[::2].astype(np.float32), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(matmul_half_t(Q[:, :24], W16[:5]), Q[:, :24] @ W16[:5].astype(np.float32).T,
                                rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nq=st.integers(1, 2 * FEW_QUERIES), d=st.integers(1, 70), r=st.integers(1, 40),
+       seed=st.integers(0, 2**31 - 1))
+def test_int8_products_match_widening_first(nq, d, r, seed):
+    """An int8 matrix (a ``_i8`` projection): the fused path for few queries and the widened one
+    for a batch give the float64 product within float32 accumulation error."""
+    rng = np.random.default_rng(seed)
+    Q = rng.standard_normal((nq, d)).astype(np.float32)
+    W = rng.integers(-127, 128, (d, r)).astype(np.int8)
+    got, want = matmul_half(Q, W), _reference(Q, W)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_less(np.abs(got - want), 1e-5 * (np.abs(Q) @ np.abs(W.astype(np.float64))) + 1e-30)

@@ -142,7 +142,7 @@ def bin64(digits):
     return make_codec("BIN64").fit(digits["xb"])
 
 
-@pytest.mark.parametrize("spec", ["BIN64", "BIN64_f16"])
+@pytest.mark.parametrize("spec", ["BIN64", "BIN64_f16", "BIN64_i8"])
 @pytest.mark.parametrize("routing", [{}, {"nlist": 16, "nprobe": 6}], ids=["exhaustive", "ivf"])
 def test_compiled_and_numpy_paths_agree(digits, bin64, routing, spec):
     codec = bin64 if spec == "BIN64" else make_codec(spec).fit(digits["xb"])

@@ -1,5 +1,5 @@
 """Sign-bit codes: ``BIN<bits>`` (PCA + ITQ rotation) and ``BIN<bits>_rr`` (random rotation);
-a ``_f16`` suffix keeps the (d, bits) projection in float16.
+a ``_f16`` suffix keeps the (d, bits) projection in float16, ``_i8`` in int8 times one scale.
 
 One bit per projected dimension, packed MSB-first, ``bits / 8`` bytes per item: the
 ultra-compact coarse tier of the cascade index. Two scans:
@@ -15,6 +15,10 @@ The projection is the codec's one table, ``d * bits`` floats: on a catalog of a 
 items it outweighs the codes (474 x 256 float32 is 59 bytes per item over 8,242 items). With
 ``_f16`` it is rounded to float16 *before* anything is encoded, so codes, scans and decode all
 use the same (rounded) projection and nothing is approximated later; products widen it per call.
+With ``_i8`` it is ``scale * W8``, ``W8`` int8 and one float for the whole matrix (a quarter of
+float32; the entries of an orthonormal projection share one range, so no per-column scales):
+the signs of ``x W`` are the signs of ``x W8``, and a uniform scale changes no ranking of code
+space routing; the scale folds into the sign weights ``alpha``.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class BinaryCodec(Codec):
     supports_norm_weight = True
 
     def __init__(self, bits: int, rotation: str = "itq", metric: str = "ip",
-                 max_train_rows: int | None = 20000, random_state: int = 0, half: bool = False) -> None:
+                 max_train_rows: int | None = 20000, random_state: int = 0, half: bool = False,
+                 int8: bool = False) -> None:
         super().__init__(metric)
         if bits < 8 or bits % 8:
             raise CodecError(f"BIN needs a positive multiple of 8 bits; found {bits}")
@@ -67,12 +72,16 @@ class BinaryCodec(Codec):
         self.rotation = rotation
         self.max_train_rows = max_train_rows
         self.random_state = random_state
+        if half and int8:
+            raise CodecError("BIN: a projection is held in float16 (_f16) or in int8 (_i8), not both")
         self.half = half
+        self.int8 = int8
         self._lock = threading.Lock()
 
     @property
     def spec(self) -> str:
-        return f"BIN{self.bits}" + ("_rr" if self.rotation == "rr" else "") + ("_f16" if self.half else "")
+        return (f"BIN{self.bits}" + ("_rr" if self.rotation == "rr" else "") + ("_f16" if self.half else "")
+                + ("_i8" if self.int8 else ""))
 
     @property
     def code_size(self) -> int:
@@ -93,23 +102,34 @@ class BinaryCodec(Codec):
             reps = -(-self.bits // d)
             W = np.concatenate([random_orthogonal(d, self.random_state + r) for r in range(reps)],
                                axis=1)[:, :self.bits]
+        scale = 1.0
         if self.half:
             W = W.astype(np.float16).astype(np.float64)
-        proj = (Xs - mean) @ W
+        elif self.int8:
+            scale = max(float(np.abs(W).max()) / 127, 1e-30)
+            W = np.clip(np.rint(W / scale), -127, 127)  # the stored int8 values, in float64
+        proj = (Xs - mean) @ (W * scale)
         alpha = np.maximum(np.abs(proj).mean(axis=0), 1e-12)
-        self._set_params(mean, W, alpha)
+        self._set_params(mean, W, alpha, scale)
 
-    def _set_params(self, mean: np.ndarray, W: np.ndarray, alpha: np.ndarray) -> None:
-
+    def _set_params(self, mean: np.ndarray, W: np.ndarray, alpha: np.ndarray, scale: float = 1.0) -> None:
         self.mean_ = np.asarray(mean, dtype=np.float32)
-        self.W_ = np.ascontiguousarray(W, dtype=np.float16 if self.half else np.float32)
+        self.W_ = np.ascontiguousarray(W, dtype=np.float16 if self.half else np.int8 if self.int8 else np.float32)
         self.alpha_ = np.asarray(alpha, dtype=np.float32)
-        W32 = self.W_.astype(np.float32)
-        # float16 rounding (relative 2^-11 per entry) moves the Gram matrix by about 1e-4
-        atol = 2e-3 if self.half else 1e-4
+        self.wscale_ = float(scale)  # the projection is wscale_ * W_ (1 but for _i8)
+        W32 = self.W_.astype(np.float32) * np.float32(scale)
+        # float16 rounding (relative 2^-11 per entry) moves the Gram matrix by about 1e-4; int8
+        # rounding (|error| <= scale / 2 per entry) by at most scale * sqrt(d) + d scale^2 / 4 per
+        # entry, the bound for unit columns: an orthonormal projection stays one up to its rounding
+        d = W32.shape[0]
+        atol = 2e-3 if self.half else (scale * np.sqrt(d) + d * scale * scale / 4 + 1e-4) if self.int8 else 1e-4
         self._orthonormal = bool(np.allclose(W32.T @ W32, np.eye(self.bits), atol=atol))
+        # the sign weights in the stored projection's units: x W = wscale_ (x W_)
+        self._alpha_w = (self.alpha_ * np.float32(scale)).astype(np.float32)
         # a view where W is orthonormal: a second (d, bits) copy would double the codec's RAM
-        self._recon = self.W_.T if self._orthonormal else np.linalg.pinv(W32).astype(np.float32)
+        # (int8: widened per decode instead, decode not being on a search path)
+        self._recon = (None if self.int8 else self.W_.T) if self._orthonormal \
+            else np.linalg.pinv(W32).astype(np.float32)
         self._scan_index = None  # built by the first scan (see _sign_pq)
 
     def _sign_pq(self) -> Any:
@@ -121,7 +141,7 @@ class BinaryCodec(Codec):
 
         if self._scan_index is None:
             index = faiss.IndexPQ(self.bits, self.bits // 8, 8, faiss.METRIC_INNER_PRODUCT)
-            faiss.copy_array_to_vector(sign_patterns(self.alpha_).ravel(), index.pq.centroids)
+            faiss.copy_array_to_vector(sign_patterns(self._alpha_w).ravel(), index.pq.centroids)
             index.is_trained = True
             self._scan_index = index
         return self._scan_index
@@ -134,7 +154,10 @@ class BinaryCodec(Codec):
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
-        return self.mean_ + (signs * self.alpha_) @ self._recon
+        if not self._orthonormal:  # the pseudo-inverse of the projection itself (scale included)
+            return self.mean_ + (signs * self.alpha_) @ self._recon
+        recon = self.W_.T.astype(np.float32) if self._recon is None else self._recon
+        return self.mean_ + (signs * self._alpha_w) @ recon
 
     def _scan(self, codes: np.ndarray, queries: np.ndarray, k: int,
               norm_weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +179,11 @@ class BinaryCodec(Codec):
 
     def sign_projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(mean, W, alpha)`` with ``decode(code) = mean + (signs * alpha) @ W.T``, where the
-        projection is orthonormal (else the reconstruction uses a pseudo-inverse: None)."""
+        projection is orthonormal (else the reconstruction uses a pseudo-inverse: None). ``W`` is
+        the stored projection (float16 or int8 for ``_f16`` / ``_i8``); an ``_i8`` scale is in
+        ``alpha``."""
         self._check_fitted()
-        return (self.mean_, self.W_, self.alpha_) if self._orthonormal else None
+        return (self.mean_, self.W_, self._alpha_w) if self._orthonormal else None
 
     def encode_queries(self, queries: np.ndarray) -> np.ndarray:
         """Sign codes of float queries, for :meth:`search_hamming` or external popcount scans."""
@@ -178,20 +203,24 @@ class BinaryCodec(Codec):
         return -D.astype(np.float32), ids
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"mean": self.mean_, "W": self.W_, "alpha": self.alpha_}
+        return ({"wscale": self.wscale_} if self.int8 else {}), {"mean": self.mean_, "W": self.W_,
+                                                                  "alpha": self.alpha_}
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if arrays["W"].shape[1] != self.bits:
             raise CodecError(f"{self.spec}: saved projection has {arrays['W'].shape[1]} columns")
-        want = np.float16 if self.half else np.float32
+        want = np.float16 if self.half else np.int8 if self.int8 else np.float32
         if arrays["W"].dtype != want:
             raise CodecError(f"{self.spec}: saved projection is {arrays['W'].dtype}; expected {np.dtype(want)}")
-        self._set_params(arrays["mean"], arrays["W"], arrays["alpha"])
+        scale = meta.get("wscale", 1.0) if self.int8 else 1.0
+        if self.int8 and not (isinstance(scale, float) and np.isfinite(scale) and scale > 0):
+            raise CodecError(f"{self.spec}: saved projection scale 'wscale' must be a positive float; found {scale!r}")
+        self._set_params(arrays["mean"], arrays["W"], arrays["alpha"], scale)
 
 
 def _build_bin(m: re.Match[str], ctx: SpecContext) -> Codec:
     return BinaryCodec(int(m["bits"]), "rr" if m["rr"] else "itq", ctx.metric,
-                       random_state=ctx.random_state, half=bool(m["f16"]))
+                       random_state=ctx.random_state, half=m["prec"] == "_f16", int8=m["prec"] == "_i8")
 
 
-register_quantizer(r"BIN(?P<bits>\d+)(?P<rr>_rr)?(?P<f16>_f16)?", _build_bin)
+register_quantizer(r"BIN(?P<bits>\d+)(?P<rr>_rr)?(?P<prec>_f16|_i8)?", _build_bin)

@@ -10,7 +10,7 @@ emit for the conversion (``(h & 0x7fff) << 13`` scaled by ``2^112``, sign bit mo
 a row at a time, fused with the product. For a batch of queries widening once is cheaper, and
 numpy does that.
 
-    matmul_half(Q, W)       # Q (nq, d) float32 @ W (d, r) float16 or float32 -> (nq, r) float32
+    matmul_half(Q, W)       # Q (nq, d) float32 @ W (d, r) float16, int8 or float32 -> (nq, r) float32
     matmul_half_t(Q, C)     # Q (nq, r) @ C.T for C (n, r): scores against rows (centroids)
 """
 
@@ -29,8 +29,14 @@ FEW_QUERIES = 16  # up to this many queries the fused kernels beat widening the 
 
 
 def matmul_half(Q: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``Q @ W`` in float32 for a float16 or float32 ``W`` (d, r)."""
+    """``Q @ W`` in float32 for a float16, int8 or float32 ``W`` (d, r)."""
     Q = np.asarray(Q, dtype=np.float32)
+    if W.dtype == np.int8:
+        if not AVAILABLE or Q.ndim != 2 or len(Q) > FEW_QUERIES:
+            return Q @ W.astype(np.float32)
+        out = np.empty((len(Q), W.shape[1]), dtype=np.float32)
+        _matmul_int8(np.ascontiguousarray(Q), np.ascontiguousarray(W), out)
+        return out
     if W.dtype != np.float16:
         return Q @ W
     if not AVAILABLE or Q.ndim != 2 or len(Q) > FEW_QUERIES:
@@ -86,6 +92,22 @@ def _matmul_half_py(Q: np.ndarray, Wb: np.ndarray, out: np.ndarray) -> None:
                 out[i, j] += qk * row[j]
 
 
+def _matmul_int8_py(Q: np.ndarray, W: np.ndarray, out: np.ndarray) -> None:
+    """``Q @ W`` for an int8 ``W``: numpy would widen all of ``W`` to float32 first (a copy of
+    four times its bytes per call)."""
+    nq, d = Q.shape
+    r = W.shape[1]
+    row = np.empty(r, np.float32)
+    out[:] = 0.0
+    for k in range(d):
+        for j in range(r):
+            row[j] = np.float32(W[k, j])
+        for i in range(nq):
+            qk = Q[i, k]
+            for j in range(r):
+                out[i, j] += qk * row[j]
+
+
 def _matmul_half_t_py(Q: np.ndarray, Cb: np.ndarray, out: np.ndarray) -> None:
     nq, r = Q.shape
     bits = np.empty(r, np.uint32)
@@ -104,8 +126,9 @@ if AVAILABLE:
     _widen_row = numba.njit(nogil=True, cache=True)(_widen_row)
     _matmul_half = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_half_py)
     _matmul_half_t = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_half_t_py)
+    _matmul_int8 = numba.njit(nogil=True, cache=True, fastmath=True)(_matmul_int8_py)
 else:  # pragma: no cover - numba is a project dependency
-    _matmul_half, _matmul_half_t = _matmul_half_py, _matmul_half_t_py
+    _matmul_half, _matmul_half_t, _matmul_int8 = _matmul_half_py, _matmul_half_t_py, _matmul_int8_py
 
 #: float16 bit patterns (uint16) -> float32 values written into a uint32 buffer's bits; compiled
 #: where numba is, so other kernels (the row store's float16 rows) can call it

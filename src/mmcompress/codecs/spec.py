@@ -26,6 +26,7 @@ token                       meaning                                         modu
 ``LSQ<M>x<b>``              local search (additive) quantizer               faiss_quantizers
 ``BIN<bits>``, ``_rr``      sign bits after ITQ (or random) rotation        binary
 ``BIN<bits>_f16``           the same, projection held in float16            binary
+``BIN<bits>_i8``            the same, projection in int8 times one scale   binary
 ==========================  ==============================================  =================
 
 Adding a codec family (this is how :mod:`mmcompress.codecs.learned` plugs in, without

@@ -162,9 +162,10 @@ class CascadeIndex:
         if cfg.coarse.nlist > 0:
             nlist = min(cfg.coarse.nlist, len(X))
             projection = self._routing_projection()
-            # centroids kept in the code's subspace take its projection's precision (a ``_f16``
-            # sign codec: float16, half their bytes; scored in float32 either way)
-            half = cfg.half_precision_tables if projection is None else projection.dtype == np.float16
+            # centroids kept in the code's subspace take its projection's precision (a ``_f16`` or
+            # ``_i8`` sign codec: float16, half their bytes; scored in float32 either way). An
+            # ``_i8`` projection is the orthonormal one over a uniform scale: rankings unchanged
+            half = cfg.half_precision_tables if projection is None else projection.dtype != np.float32
             self.partition = CoarsePartition(nlist, cfg.metric, random_state=cfg.seed,
                                              max_train_rows=cfg.train_rows,
                                              dtype="float16" if half else "float32").fit(train, projection)
