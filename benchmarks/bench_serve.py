@@ -59,6 +59,7 @@ from benchmarks.contenders import (
     describe_setting,
     set_threads,
 )
+from benchmarks.machine import cpu_model
 from benchmarks.tuning import Z as PICK_MARGIN_SE
 from benchmarks.tuning import per_query_recall, recall_lower_bound
 
@@ -658,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         args.skip = ["cache", "load"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the work directory
     result: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs, load average "
                    f"{os.getloadavg()[0]:.1f} at start", "threads": args.threads, "quick": args.quick,
         "rounds": args.rounds, "cold_rounds": args.cold_rounds, "target_recall": TARGET_RECALL,
         "budget_bytes_per_item": BUDGET_BYTES, "pages_budget": PAGES_BUDGET, "store_dtype": args.store_dtype,

@@ -17,6 +17,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import cpu_model  # noqa: E402
+
 DEFAULT_FUSED = Path("artifacts/fused/vectors.npy")
 DEFAULT_CATALOG = Path("data/catalog")
 
@@ -122,7 +124,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def machine_info() -> dict[str, Any]:
     import faiss
 
-    return {"python": platform.python_version(), "machine": platform.machine(),
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_model(),
             "cpus": os.cpu_count(), "faiss": faiss.__version__, "numpy": np.__version__,
             "faiss_threads": faiss.omp_get_max_threads(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
