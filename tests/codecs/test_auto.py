@@ -309,3 +309,23 @@ def test_candidates_are_scored_on_rows_they_were_not_fitted_on(digits, monkeypat
     assert evaluation and training and not evaluation & training
     assert len(evaluation) >= len(X) // 6 and len(training) >= len(X) // 2
     assert len(rows(refit)) == len(X) and auto.code_size == 8
+
+
+def test_the_encode_floor_counts_cpu_seconds_times_usable_cores(digits, monkeypatch):
+    """auto judges a candidate's encode rate by rows per CPU second of this process times the
+    cores it may use, never by the wall clock: a busy machine stretches wall time, so a floor on
+    wall time (or on the smaller of the two) refused codes under load that it kept when idle."""
+    import os
+    from types import SimpleNamespace
+
+    from mmcompress.codecs import auto as auto_module
+
+    assert 1 <= auto_module.usable_cores() <= (os.cpu_count() or 1)
+    codec = make_codec("PCA8,SQ8").fit(digits)
+    ticks = [10.0, 12.0]  # the encode costs two CPU seconds, however long it took on the wall
+    monkeypatch.setattr(auto_module, "time", SimpleNamespace(process_time=lambda: ticks.pop(0)))
+    monkeypatch.setattr(auto_module, "usable_cores", lambda: 2)
+    rows = digits[:1000]
+    codes, rate = make_codec("auto", budget_bytes=8)._timed_encode(codec, rows)
+    np.testing.assert_array_equal(codes, codec.encode(rows))
+    assert rate == pytest.approx(1000 * 2 / 2.0)
