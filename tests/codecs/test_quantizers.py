@@ -190,6 +190,8 @@ def test_int8_projection_quarters_the_table_and_keeps_the_codes_consistent(split
     meta, arrays = i8._get_state()
     with pytest.raises(CodecError, match="wscale"):
         make_codec("BIN64_i8")._set_state({**meta, "wscale": -1.0}, arrays)
+    with pytest.raises(CodecError, match="wscale"):
+        make_codec("BIN64_i8")._set_state({}, arrays)
     from mmcompress.codecs.binary import BinaryCodec
 
     with pytest.raises(CodecError, match="not both"):

@@ -212,7 +212,7 @@ class BinaryCodec(Codec):
         want = np.float16 if self.half else np.int8 if self.int8 else np.float32
         if arrays["W"].dtype != want:
             raise CodecError(f"{self.spec}: saved projection is {arrays['W'].dtype}; expected {np.dtype(want)}")
-        scale = meta.get("wscale", 1.0) if self.int8 else 1.0
+        scale = meta.get("wscale") if self.int8 else 1.0  # an _i8 file without its scale is refused
         if self.int8 and not (isinstance(scale, float) and np.isfinite(scale) and scale > 0):
             raise CodecError(f"{self.spec}: saved projection scale 'wscale' must be a positive float; found {scale!r}")
         self._set_params(arrays["mean"], arrays["W"], arrays["alpha"], scale)
