@@ -369,7 +369,7 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
             opened[b.name] = (c, s)
             out.setdefault(b.name, {"setting": s, "store_bytes": store, "pools": {}})
             out[b.name]["pools"][str(frac)] = {"qps": [], "pages": [], "hit_rate": [], "batch_qps": [],
-                                               "batch_pages": [], "pool_bytes": int(frac * store)}
+                                               "batch_pages": [], "qps_1": [], "pool_bytes": int(frac * store)}
         for _ in range(rounds):
             for name, (c, s) in opened.items():
                 c.reset_exact_stats()
@@ -382,6 +382,11 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                 p.update({"recall": recall10(truth, found), "p50_ms": float(np.percentile(lat, 50)),
                           "p99_ms": float(np.percentile(lat, 99)), "mode": c.exact_stats().get("mode"),
                           "engine": c.exact_stats().get("engine")})
+                if frac == 0 and threads > 1:
+                    # the same single queries on one thread: how far the contender's own threads
+                    # scale (a search that holds the interpreter lock between its compiled and
+                    # I/O steps gains less from a second thread than one that runs in one call)
+                    p["qps_1"].append(concurrent_run(c, xtest, s, 1)[0])
                 # the peers' protocol: the whole test batch in one call on the same threads (each
                 # chunk's exact reads go to the disk together)
                 c.reset_exact_stats()
@@ -397,6 +402,8 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                       "batch_qps_median": float(np.median(p["batch_qps"])),
                       "batch_qps_min": float(min(p["batch_qps"])), "batch_qps_max": float(max(p["batch_qps"])),
                       "batch_pages_per_query": float(np.median(p["batch_pages"]))})
+            if p["qps_1"]:
+                p["qps_1_median"] = float(np.median(p["qps_1"]))
             print(f"    cold pool {frac:>5.0%} {name:<40} {p['qps_median']:7.0f} q/s  "
                   f"{p['pages_per_query']:.1f} pages/query  hit {p['hit_rate_median']:.2f}  "
                   f"batch {p['batch_qps_median']:7.0f} q/s  "
@@ -538,7 +545,9 @@ def markdown(result: dict[str, Any]) -> str:
              "Warm: exact store through the page cache, whole test batches, contenders alternating "
              f"batch by batch ({result['rounds']} rounds: median (min-max)). Cold: exact store read with "
              "O_DIRECT into the index's own buffer pool (0 / 1% / 10% of the store), "
-             f"{result['threads']} threads of single queries ({result['cold_rounds']} rounds, median); "
+             f"{result['threads']} threads of single queries ({result['cold_rounds']} rounds, median; "
+             "1 thread: the same queries on one thread in each round, so the two columns show how "
+             "far a second thread helps); "
              "batch q/s: the whole test batch in one call on the same threads, as the peers are timed "
              "(a row several queries of one call share is read once, so its pages per query can be fewer). "
              "All-in B/item: the highest anonymous memory of a fresh process over a baseline with the "
@@ -567,9 +576,9 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{w['p50_ms']:.2f} / {w['p99_ms']:.2f} | {c['resident_bytes'] / n:.1f} | "
                          f"{_bpi(c['memory'].get('warm'), n)} |")
         lines += ["", "| contender (exact store on disk) | cold setting | recall | pages/query | q/s pool 0 "
-                  "| batch q/s pool 0 | p50 / p99 ms pool 0 | q/s pool 1% (hit) | q/s pool 10% (hit) "
-                  "| all-in B/item cold |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| q/s pool 0, 1 thread | batch q/s pool 0 | p50 / p99 ms pool 0 | q/s pool 1% (hit) "
+                  "| q/s pool 10% (hit) | all-in B/item cold |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in cat["contenders"].values():
             cold = c.get("cold")
             if not cold:
@@ -580,9 +589,11 @@ def markdown(result: dict[str, Any]) -> str:
             for frac in ("0.01", "0.1"):
                 p = cold["pools"].get(frac)
                 cells.append(f"{p['qps_median']:.0f} ({p['hit_rate_median']:.2f})" if p else "-")
+            one = f"{p0['qps_1_median']:.0f}" if "qps_1_median" in p0 else "-"
             lines.append(f"| {label} | {describe_setting(cold['setting'])} | {p0['recall']:.3f} | "
                          f"{p0['pages_per_query']:.1f} | {p0['qps_median']:.0f} ({p0['qps_min']:.0f}-{p0['qps_max']:.0f}) | "
-                         f"{_batch_cell(p0, c['memory'].get('cold_batch'), n)} | {p0['p50_ms']:.2f} / {p0['p99_ms']:.2f} | {cells[0]} | {cells[1]} | "
+                         f"{one} | {_batch_cell(p0, c['memory'].get('cold_batch'), n)} | "
+                         f"{p0['p50_ms']:.2f} / {p0['p99_ms']:.2f} | {cells[0]} | {cells[1]} | "
                          f"{_bpi(c['memory'].get('cold'), n)} |")
         if cat.get("peers"):
             lines += ["", "Peers (own processes in .venv-peers, same base, queries and threads, after the "
@@ -640,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["cache", "load"])
     ap.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
                     help="values of the exact stores (cascades' and the faiss first stages' shared one)")
-    ap.add_argument("--projection", choices=["f16", "i8"], default="f16",
+    ap.add_argument("--projection", choices=["f16", "i8"], default="i8",
                     help="how the cascades' sign codecs hold their projection (float16, or int8 times a scale)")
     ap.add_argument("--layout-ablation", action="store_true",
                     help="also the wide full-scan cascade with its exact store in insertion order")

@@ -49,6 +49,8 @@ def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
     for c in disk:
         pool0 = c["cold"]["pools"]["0.0"]
         assert pool0["pages_per_query"] > 1 and pool0["hit_rate_median"] == 0.0
+        # the same single queries on one thread beside the threaded figure, every round
+        assert len(pool0["qps_1"]) == result["cold_rounds"] and pool0["qps_1_median"] > 0
         assert pool0["mode"] in ("o_direct", "pread_dontneed")
         cold = c["memory"]["cold"]
         # measured from the process, and close to the index's own accounting: the page cache holds
@@ -56,5 +58,5 @@ def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
         assert cold["page_cache_bytes"] <= cold["own_accounting_bytes"] + (64 << 10)
         assert 0.5 * cold["own_accounting_bytes"] <= cold["all_in_bytes"] <= 3 * cold["own_accounting_bytes"] + 64 * n
     md = (tmp_path / "serve.quick.md").read_text()
-    assert "## movielens" in md and "pages/query" in md
+    assert "## movielens" in md and "pages/query" in md and "q/s pool 0, 1 thread" in md
     assert result["store_dtype"] == "float16" and "hold float16 rows" in md  # the stores the run wrote
