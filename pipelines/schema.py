@@ -90,6 +90,7 @@ class AutoOptions(_Section):
     exclude: list[str] = Field(default_factory=list)
     smaller_sizes: Annotated[int, Field(ge=0)] = 2  # halvings of the budget also searched (0: the budget only)
     min_rows_per_entry: Annotated[float, Field(gt=0)] = 2.0  # training rows per codebook entry below which a candidate is skipped
+    unseen_share: Annotated[float, Field(ge=0, le=1)] = 0.2  # share of auto's evaluation rows that no candidate was fitted on
 
 
 class CompressParams(_Section):

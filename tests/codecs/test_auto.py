@@ -182,13 +182,13 @@ def test_codebook_entries_of_specs():
 
 
 def test_a_small_catalog_skips_codebooks_it_cannot_fit(digits):
-    rows = digits[:400]  # auto holds out 80 as queries and 80 to score on, and fits on 240: 0.94 rows per 8-bit entry
+    rows = digits[:400]  # auto holds out 80 as queries and 64 unseen rows to score on, and fits on 256: 1 row per 8-bit entry
     codec = make_codec("auto", budget_bytes=8, candidates=["PQ8x8", "OPQ8,PQ8x8", "PQ16x4", "PCA8,SQ8"]).fit(rows)
     report = {r["spec"]: r for r in codec.auto_report_}
     for spec in ("PQ8x8", "OPQ8,PQ8x8"):
         assert report[spec]["status"] == "skipped" and report[spec]["fit_seconds"] is None
         assert "256 entries" in report[spec]["reason"] and "512 training rows" in report[spec]["reason"]
-        assert "the search has 240" in report[spec]["reason"]
+        assert "the search has 256" in report[spec]["reason"]
     assert report["PQ16x4"]["status"] in ("ok", "chosen")  # 16 entries: 32 rows are enough
     assert codec.spec in ("PQ16x4", "PCA8,SQ8")
     # with enough rows per entry (500 rows: 320 fitted on) the same candidate is fitted
@@ -274,9 +274,11 @@ def test_auto_keeps_up_with_faiss_residual_codes_on_digits_at_8_bytes_on_unseen_
     assert codec.code_size <= 8 and ours >= theirs - 0.01, (codec.spec, ours, theirs)
 
 
-def test_candidates_are_scored_on_rows_they_were_not_fitted_on(digits, monkeypatch):
-    """The evaluation database holds rows no candidate was fitted on, so a codec that memorises
-    its training rows gains nothing in the choice; the winner's refit then sees every row."""
+@pytest.mark.parametrize("share", [0.2, 1.0, 0.0])
+def test_candidates_are_scored_on_a_database_of_fitted_and_unseen_rows(digits, monkeypatch, share):
+    """The evaluation database is shaped like the catalog the winner serves: rows the candidates
+    were fitted on plus ``unseen_share`` of rows none was fitted on (items added between refits);
+    1 scores on unseen rows only, 0 on fitted rows only. The winner's refit sees every row."""
     import mmcompress.codecs.spec as spec_module
     from mmcompress.codecs.auto import AutoCodec
 
@@ -301,14 +303,25 @@ def test_candidates_are_scored_on_rows_they_were_not_fitted_on(digits, monkeypat
     monkeypatch.setattr(spec_module, "make_codec", spying_make)
     monkeypatch.setattr(AutoCodec, "_timed_encode", spying_encode)
     X = np.unique(digits, axis=0)  # distinct rows, so a row is recognised by its bytes
-    auto = make_codec("auto", budget_bytes=8, metric="ip", candidates=["PQ8x8", "PCA8,SQ8"]).fit(X)
+    auto = make_codec("auto", budget_bytes=8, metric="ip", candidates=["PQ8x8", "PCA8,SQ8"],
+                      unseen_share=share).fit(X)
     rows = lambda A: {r.tobytes() for r in np.ascontiguousarray(A, dtype=np.float32)}  # noqa: E731
     *searched, refit = fitted_on
     assert len(searched) == 2 and len(scored_on) == 2
+    assert rows(scored_on[0]) == rows(scored_on[1])  # every candidate scored on the same rows
     evaluation, training = rows(scored_on[0]), set().union(*(rows(A) for A in searched))
-    assert evaluation and training and not evaluation & training
-    assert len(evaluation) >= len(X) // 6 and len(training) >= len(X) // 2
+    assert all(rows(A) == training for A in searched)  # and fitted on the same rows
+    unseen = evaluation - training
+    assert len(evaluation) >= len(X) // 2 if share < 1 else len(evaluation) >= len(X) // 6
+    assert len(unseen) == pytest.approx(share * len(evaluation), abs=1)
+    assert len(training) >= len(X) // 2
     assert len(rows(refit)) == len(X) and auto.code_size == 8
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, "0.2", True])
+def test_an_unseen_share_outside_zero_to_one_is_refused(share):
+    with pytest.raises(CodecError, match="unseen_share"):
+        make_codec("auto", budget_bytes=8, unseen_share=share)
 
 
 def test_the_encode_floor_counts_cpu_seconds_times_usable_cores(digits, monkeypatch):
