@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import disk_probe
 from benchmarks.contenders import (
     Built,
     Contender,
@@ -412,14 +413,16 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
     return out
 
 
+def _store_path(b: Built) -> Path:
+    if b.kind == "cascade":
+        return next(Path(b.directory).glob("exact.rows"), None) or next(Path(b.directory).glob("exact*"))
+    return Path(b.extra["rows"])
+
+
 def _store_bytes(b: Built) -> int:
     from mmcompress.index.rowstore import read_layout
 
-    if b.kind == "cascade":
-        path = next(Path(b.directory).glob("exact.rows"), None) or next(Path(b.directory).glob("exact*"))
-    else:
-        path = Path(b.extra["rows"])
-    return read_layout(path).file_bytes
+    return read_layout(_store_path(b)).file_bytes
 
 
 def measure_memory(b: Built, setting: dict[str, Any], *, reader: str, pool_bytes: int, workdir: Path,
@@ -486,6 +489,10 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
     for name, r in warm.items():
         print(f"    warm {name:<40} recall {r['recall']:.3f}  {r['qps_median']:8.0f} q/s "
               f"({r['qps_min']:.0f}-{r['qps_max']:.0f})  p50 {r['p50_ms']:.2f} ms", flush=True)
+    stores = [_store_path(b) for b in builts if b.kind != "faiss"]
+    disk = disk_probe.probe(max(stores, key=lambda p: p.stat().st_size), seconds=0.5 if args.quick else 2.0) \
+        if stores else None
+    print(f"  disk: {disk_probe.describe(disk)}", flush=True)
     print("  test, cold", flush=True)
     cold = test_cold(builts, picks, xtest, truth_test, xtune, args.threads, args.cold_rounds, args.pools)
     memory: dict[str, Any] = {}
@@ -503,7 +510,7 @@ def bench_catalog(cat: dict[str, Any], args: argparse.Namespace, workroot: Path)
             print(f"    memory {key} {b.name:<40} {memory[b.name][key]}", flush=True)
     peers = run_peers(workdir, truth_tune, truth_test, args.threads) if args.peers else {}
     result = {"name": cat["name"], "data": cat["data"], "n_items": len(xb), "d": int(xb.shape[1]),
-              "n_tune": len(xtune), "n_test": len(xtest),
+              "n_tune": len(xtune), "n_test": len(xtest), "disk": disk,
               "contenders": {b.name: {**b.to_dict(), "tuning": tuned[b.name], "picks": picks[b.name],
                                       "warm": warm.get(b.name), "cold": cold.get(b.name),
                                       "memory": memory[b.name]} for b in builts},
@@ -575,7 +582,11 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{w['qps_median']:.0f} ({w['qps_min']:.0f}-{w['qps_max']:.0f}) | "
                          f"{w['p50_ms']:.2f} / {w['p99_ms']:.2f} | {c['resident_bytes'] / n:.1f} | "
                          f"{_bpi(c['memory'].get('warm'), n)} |")
-        lines += ["", "| contender (exact store on disk) | cold setting | recall | pages/query | q/s pool 0 "
+        lines += ["", f"Disk (where the exact stores lie, probed before the cold test): "
+                  f"{disk_probe.describe(cat.get('disk'))}. Cold single queries cannot run faster "
+                  "than this rate over the reads each issues (adjacent pages of a query coalesce "
+                  "into one read).", "",
+                  "| contender (exact store on disk) | cold setting | recall | pages/query | q/s pool 0 "
                   "| q/s pool 0, 1 thread | batch q/s pool 0 | p50 / p99 ms pool 0 | q/s pool 1% (hit) "
                   "| q/s pool 10% (hit) | all-in B/item cold |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -45,6 +45,9 @@ def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
             pick = next(r for r in c["tuning"]["rows"] if r["setting"] == c["picks"]["cold"])
             assert pick["pages"] <= bench_serve.PAGES_BUDGET
     disk = [c for c in contenders.values() if c["cold"]]
+    probed = cat["disk"]  # the store device's random-read rate, beside the cold figures
+    if any(c["cold"]["pools"]["0.0"]["engine"] == "kernel_aio" for c in disk):  # where the stores read so
+        assert probed["reads_per_s_1"] > 0 and probed["reads_per_s_2"] > 0, probed
     assert disk, "no contender with an exact store on disk reached the recall target"
     for c in disk:
         pool0 = c["cold"]["pools"]["0.0"]
@@ -59,4 +62,5 @@ def test_quick_run_tunes_serves_cold_and_warm_and_measures_memory(tmp_path):
         assert 0.5 * cold["own_accounting_bytes"] <= cold["all_in_bytes"] <= 3 * cold["own_accounting_bytes"] + 64 * n
     md = (tmp_path / "serve.quick.md").read_text()
     assert "## movielens" in md and "pages/query" in md and "q/s pool 0, 1 thread" in md
+    assert "Disk (where the exact stores lie" in md
     assert result["store_dtype"] == "float16" and "hold float16 rows" in md  # the stores the run wrote
