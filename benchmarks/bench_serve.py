@@ -384,9 +384,9 @@ def test_cold(builts: list[Built], picks: dict[str, dict], xtest: np.ndarray, tr
                           "p99_ms": float(np.percentile(lat, 99)), "mode": c.exact_stats().get("mode"),
                           "engine": c.exact_stats().get("engine")})
                 if frac == 0 and threads > 1:
-                    # the same single queries on one thread: how far the contender's own threads
-                    # scale (a search that holds the interpreter lock between its compiled and
-                    # I/O steps gains less from a second thread than one that runs in one call)
+                    # the same single queries on one thread: how far a second thread helps (little
+                    # where a query's time is mostly its reads and the disk serves one submitter
+                    # best, see benchmarks/disk_probe.py)
                     p["qps_1"].append(concurrent_run(c, xtest, s, 1)[0])
                 # the peers' protocol: the whole test batch in one call on the same threads (each
                 # chunk's exact reads go to the disk together)

@@ -5,8 +5,8 @@
 side by side. A cold single query issues a few dozen such reads (adjacent pages of one query
 coalesce into one read), so cold queries/s cannot exceed this rate over a query's reads however
 fast the search around them is: the serving benchmark records it beside its cold figures.
-(On a cloud disk the rate is the volume's provisioned I/O limit, which a second process or
-thread does not raise.)
+The two-thread figure shows whether the device takes several submitters: the benchmark
+machine's virtio disk (one hardware queue) read less in total from two threads than from one.
 """
 
 from __future__ import annotations
