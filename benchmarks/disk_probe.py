@@ -21,24 +21,24 @@ from typing import Any
 
 import numpy as np
 
-PAGE = 4096
+from mmcompress.index.rowstore import PAGE_BYTES
 
 
 def _reader(path: Path, seconds: float, depth: int, seed: int, out: list[int]) -> None:
     from mmcompress.index import kernelaio
 
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, depth * PAGE)
+    buf = mmap.mmap(-1, depth * PAGE_BYTES)
     ctx = kernelaio.AioContext(depth)
     try:
         base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        bufs = (base + PAGE * np.arange(depth)).astype(np.uint64)
-        lengths = np.full(depth, PAGE, dtype=np.int64)
-        n_pages = os.fstat(fd).st_size // PAGE
+        bufs = (base + PAGE_BYTES * np.arange(depth)).astype(np.uint64)
+        lengths = np.full(depth, PAGE_BYTES, dtype=np.int64)
+        n_pages = os.fstat(fd).st_size // PAGE_BYTES
         rng = np.random.default_rng(seed)
         done, end = 0, time.perf_counter() + seconds
         while time.perf_counter() < end:
-            offsets = rng.integers(0, n_pages, depth, dtype=np.int64) * PAGE
+            offsets = rng.integers(0, n_pages, depth, dtype=np.int64) * PAGE_BYTES
             ctx.read(fd, bufs, offsets, lengths)
             done += depth
         out.append(done)
